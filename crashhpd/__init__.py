@@ -1,0 +1,3 @@
+"""crashhpd: keeps the kdump elfcorehdr in step with CPU and memory hotplug."""
+
+__version__ = "0.1.0"

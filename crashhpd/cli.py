@@ -1,0 +1,130 @@
+"""`crashhpd`: generate and inspect headers, and run the daemon.
+
+Every error the outside world can cause ends as one line on stderr and an
+exit status, never a traceback: 0 ok, 1 invalid header, 2 usage or I/O error.
+"""
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import CrashhpdError
+from .header import build
+from .layout import plan, preset
+from .ranges import size_text
+from .snapshot import read_snapshot
+from .validate import NotAHeader, ParsedHeader, check, parse
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+def _hex(text: str) -> int:
+    return int(text, 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="crashhpd", description="Keeps the kdump elfcorehdr in step with hotplug.")
+    ap.add_argument("--version", action="version", version=f"crashhpd {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="build the elfcorehdr for this system (or a tree under --root)")
+    gen.add_argument("--root", default="/", help="root of the /proc and /sys to read (default /)")
+    gen.add_argument("--layout", choices=["kernel", "kexec-tools"], default="kernel")
+    gen.add_argument("--cpus", choices=["online", "present", "possible"], default=None,
+                     help="CPU set of the kernel layout (default online)")
+    gen.add_argument("--page-offset", type=_hex, default=None, help="direct-map base, overrides /proc/kcore")
+    gen.add_argument("-o", "--output", metavar="FILE", help="write the header here (default: standard output)")
+
+    ins = sub.add_parser("inspect", help="show a header's program headers and whether it is valid")
+    ins.add_argument("file")
+    ins.add_argument("--json", action="store_true", help="machine-readable output")
+    ins.add_argument("--root", default=None, help="also check it against the system under this root")
+
+    from .daemon import add_run_parser  # the daemon pulls in pyudev and journald; only `run` needs them
+
+    add_run_parser(sub)
+    return ap
+
+
+def generate(args: argparse.Namespace) -> int:
+    snapshot = read_snapshot(args.root)
+    model = plan(snapshot, preset(args.layout, args.cpus, args.page_offset))
+    data = build(model)
+    problems = check(parse(data), snapshot)
+    if problems:
+        for problem in problems:
+            print(f"crashhpd: generated header is invalid: {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    if model.cpus_without_notes:
+        print(f"crashhpd: warning: no crash_notes for CPU(s) {', '.join(map(str, model.cpus_without_notes))}; "
+              "they get no note (is the kernel built with CONFIG_CRASH_DUMP?)", file=sys.stderr)
+    if args.output:
+        with open(args.output, "wb") as f:
+            f.write(data)
+    elif sys.stdout.isatty():
+        print("crashhpd: refusing to write a binary header to a terminal; use -o FILE", file=sys.stderr)
+        return EXIT_USAGE
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    ram_bytes = sum(end - start + 1 for start, end in model.ram)
+    print(f"crashhpd: {len(data)} bytes, {model.phnum} program headers: {len(model.cpu_notes)} CPU notes, "
+          f"{'a' if model.vmcoreinfo else 'no'} VMCOREINFO note, {'a' if model.image else 'no'} kernel image, "
+          f"{len(model.ram)} RAM ranges ({size_text(ram_bytes)})", file=sys.stderr)
+    return EXIT_OK
+
+
+def table(header: ParsedHeader) -> str:
+    """The program headers the way `readelf -lW` shows them, plus what each one is."""
+    rows = ["Type Offset             VirtAddr           PhysAddr           FileSiz    MemSiz     Flg What"]
+    for s in header.segments:
+        kind = "NOTE" if s.type == "PT_NOTE" else "LOAD" if s.type == "PT_LOAD" else s.type
+        what = "kernel image" if s.is_image else ("RAM " + size_text(s.memsz)) if s.is_ram else "note"
+        flags = "".join(c if s.flags & bit else " " for c, bit in (("R", 4), ("W", 2), ("E", 1)))
+        rows.append(f"{kind:<4} 0x{s.offset:016x} 0x{s.vaddr:016x} 0x{s.paddr:016x} "
+                    f"0x{s.filesz:08x} 0x{s.memsz:08x} {flags} {what}")
+    return "\n".join(rows)
+
+
+def inspect(args: argparse.Namespace) -> int:
+    with open(args.file, "rb") as f:
+        data = f.read()
+    snapshot = read_snapshot(args.root) if args.root else None
+    try:
+        header = parse(data)
+    except NotAHeader as err:
+        problems, header = [str(err)], None
+    else:
+        problems = check(header, snapshot)
+    if args.json:
+        print(json.dumps({"file": args.file, "valid": not problems, "problems": problems,
+                          "header": header.to_json() if header else None}, indent=2))
+    else:
+        if header is not None:
+            print(table(header))
+            ram = header.ram
+            print(f"\n{len(header.segments)} program headers in {header.size} bytes: {len(header.notes)} notes, "
+                  f"{len(ram)} RAM ranges ({size_text(sum(e - s + 1 for s, e in ram))})")
+        print("valid" if not problems else "INVALID:\n" + "\n".join(f"  {p}" for p in problems))
+    return EXIT_OK if not problems else EXIT_INVALID
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"generate": generate, "inspect": inspect}
+    try:
+        return handlers[args.command](args) if args.command in handlers else args.handler(args)
+    except CrashhpdError as err:
+        print(f"crashhpd: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:
+        print(f"crashhpd: {err.filename or ''}: {err.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_USAGE

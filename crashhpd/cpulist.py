@@ -1,0 +1,38 @@
+"""The kernel's CPU list format (`0-3,6,8-11`), as in /sys/devices/system/cpu/{possible,present,online}."""
+
+from .errors import ParseError
+
+
+def parse(text: str, path: str) -> frozenset[int]:
+    """CPU numbers of a list like `0-3,6`; an empty file means no CPU."""
+    text = text.strip()
+    cpus: set[int] = set()
+    if not text:
+        return frozenset()
+    for part in text.split(","):
+        first, dash, last = part.partition("-")
+        try:
+            lo = int(first, 10)
+            hi = int(last, 10) if dash else lo
+        except ValueError:
+            raise ParseError(path, 1, text, f"bad CPU list item {part!r}") from None
+        if lo < 0 or hi < lo:
+            raise ParseError(path, 1, text, f"bad CPU range {part!r}")
+        cpus.update(range(lo, hi + 1))
+    return frozenset(cpus)
+
+
+def format(cpus: frozenset[int] | set[int]) -> str:
+    """The inverse of parse: `0-3,6`."""
+    out: list[str] = []
+    run_start = prev = None
+    for cpu in sorted(cpus):
+        if prev is not None and cpu == prev + 1:
+            prev = cpu
+            continue
+        if run_start is not None:
+            out.append(f"{run_start}-{prev}" if prev != run_start else f"{run_start}")
+        run_start = prev = cpu
+    if run_start is not None:
+        out.append(f"{run_start}-{prev}" if prev != run_start else f"{run_start}")
+    return ",".join(out)

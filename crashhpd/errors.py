@@ -1,0 +1,41 @@
+"""Errors that carry one clear line for the admin.
+
+Every failure that comes from the outside world (a file, a config, a loader)
+is one of these, so the CLI and the daemon can print `str(err)` and go on,
+instead of a traceback.
+"""
+
+
+class CrashhpdError(Exception):
+    """Base of every error crashhpd reports as one line."""
+
+
+class ParseError(CrashhpdError):
+    """A kernel file had a line crashhpd cannot read; names file, line and text."""
+
+    def __init__(self, path: str, lineno: int, text: str, why: str) -> None:
+        self.path = path
+        self.lineno = lineno
+        self.text = text
+        self.why = why
+        super().__init__(f"{path}:{lineno}: {why}: {text!r}")
+
+
+class SnapshotError(CrashhpdError):
+    """The system view cannot be used at all (e.g. read without root)."""
+
+
+class HeaderError(CrashhpdError):
+    """A header cannot be built or does not fit where it must go."""
+
+
+class BackendError(CrashhpdError):
+    """A backend could not apply a header; what was applied before still stands."""
+
+
+class ConfigError(CrashhpdError):
+    """The configuration is invalid; `problems` lists each one with file and key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))

@@ -1,0 +1,77 @@
+"""Pack a HeaderModel into the bytes of an ELF64 core header, exactly as the kernel lays them out.
+
+This runs on every hotplug burst and at 16k program headers, so it is plain
+`struct` with precompiled formats writing into one zeroed buffer.
+"""
+
+import struct
+
+from .errors import HeaderError
+from .layout import HeaderModel
+
+EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+PHDR = struct.Struct("<IIQQQQQQ")
+EHDR_SIZE = EHDR.size  # 64
+PHDR_SIZE = PHDR.size  # 56
+
+PT_LOAD = 1
+PT_NOTE = 4
+PF_RWX = 7  # PF_R | PF_W | PF_X
+ET_CORE = 4
+EM_X86_64 = 62
+EV_CURRENT = 1
+PN_XNUM = 0xFFFF
+MAX_PHNUM = PN_XNUM - 1
+E_IDENT = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)  # ELFCLASS64, LSB, EV_CURRENT, SYSV
+
+DEFAULT_MAX_MEMORY_RANGES = 8192  # CRASH_MAX_MEMORY_RANGES
+
+
+def align_up(value: int, align: int) -> int:
+    return (value + align - 1) // align * align
+
+
+def header_size(phnum: int, align: int) -> int:
+    return align_up(EHDR_SIZE + PHDR_SIZE * phnum, align)
+
+
+def capacity(max_cpus: int, max_memory_ranges: int = DEFAULT_MAX_MEMORY_RANGES) -> int:
+    """Bytes the seed patch reserves for the segment: room for every CPU and range there can be."""
+    pnum = 2 + max_cpus + max_memory_ranges
+    if pnum > MAX_PHNUM:
+        raise HeaderError(
+            f"{max_cpus} CPUs + {max_memory_ranges} memory ranges need {pnum} program headers; "
+            f"ELF allows at most {MAX_PHNUM}"
+        )
+    return EHDR_SIZE + PHDR_SIZE * pnum
+
+
+def build(model: HeaderModel) -> bytes:
+    """The header bytes: Ehdr, CPU notes, VMCOREINFO note, kernel image, RAM; zero padded."""
+    phnum = model.phnum
+    if phnum > MAX_PHNUM:
+        raise HeaderError(f"{phnum} program headers; ELF allows at most {MAX_PHNUM}")
+    buf = bytearray(header_size(phnum, model.align))
+    EHDR.pack_into(buf, 0, E_IDENT, ET_CORE, EM_X86_64, EV_CURRENT, 0, EHDR_SIZE, 0, 0,
+                   EHDR_SIZE, PHDR_SIZE, phnum, 0, 0, 0)
+    pack = PHDR.pack_into
+    off = EHDR_SIZE
+    for _cpu, addr, size in model.cpu_notes:
+        pack(buf, off, PT_NOTE, 0, addr, 0, addr, size, size, 0)
+        off += PHDR_SIZE
+    if model.vmcoreinfo is not None:
+        addr, size = model.vmcoreinfo
+        pack(buf, off, PT_NOTE, 0, addr, 0, addr, size, size, 0)
+        off += PHDR_SIZE
+    if model.image is not None:
+        paddr, vaddr, size = model.image
+        pack(buf, off, PT_LOAD, PF_RWX, paddr, vaddr, paddr, size, size, 0)
+        off += PHDR_SIZE
+    page_offset = model.page_offset
+    backup_start, backup_offset = model.backup if model.backup else (-1, 0)
+    for start, end in model.ram:
+        size = end - start + 1
+        pack(buf, off, PT_LOAD, PF_RWX, backup_offset if start == backup_start else start,
+             start + page_offset, start, size, size, 0)
+        off += PHDR_SIZE
+    return bytes(buf)

@@ -1,0 +1,84 @@
+"""/proc/iomem: text in, resource lines out; then the few views the header needs.
+
+The kernel prints one resource per line, `START-END : NAME`, hex with an
+inclusive end, indented two spaces per nesting level. Parsing is strict: a
+line that does not have that shape is an error naming the line, because a
+header built from half-understood memory would silently drop RAM from dumps.
+"""
+
+import re
+from dataclasses import dataclass
+
+from .errors import ParseError, SnapshotError
+from .ranges import Range
+
+_LINE = re.compile(r"( *)([0-9a-fA-F]+)-([0-9a-fA-F]+) : (.*)")
+
+RAM_PREFIX = "System RAM"
+CRASH_KERNEL = "Crash kernel"
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    start: int
+    end: int
+    name: str
+    depth: int
+
+
+def parse(text: str, path: str = "/proc/iomem") -> list[Resource]:
+    """Every line of /proc/iomem as a Resource; refuses malformed lines and a non-root view."""
+    resources: list[Resource] = []
+    open_levels: list[Resource] = []  # the last resource seen at each depth on the current path
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        match = _LINE.fullmatch(line)
+        if match is None:
+            raise ParseError(path, lineno, line, "not 'START-END : NAME'")
+        indent, start_hex, end_hex, name = match.groups()
+        if len(indent) % 2:
+            raise ParseError(path, lineno, line, "odd indentation")
+        depth = len(indent) // 2
+        if depth > len(open_levels):
+            raise ParseError(path, lineno, line, "nested deeper than its parent")
+        start, end = int(start_hex, 16), int(end_hex, 16)
+        if start > end:
+            raise ParseError(path, lineno, line, "start above end")
+        if not name.strip():
+            raise ParseError(path, lineno, line, "empty name")
+        if depth and not (open_levels[depth - 1].start <= start and end <= open_levels[depth - 1].end):
+            raise ParseError(path, lineno, line, "outside its parent range")
+        if depth < len(open_levels) and start <= open_levels[depth].end and not _all_zero(open_levels[depth], start, end):
+            raise ParseError(path, lineno, line, "overlaps or precedes the line before it")
+        res = Resource(start, end, name, depth)
+        del open_levels[depth:]
+        open_levels.append(res)
+        resources.append(res)
+    if resources and all(r.start == 0 and r.end == 0 for r in resources):
+        raise SnapshotError(
+            f"{path}: every address reads 0; it was read without root (CAP_SYS_ADMIN), run as root"
+        )
+    return resources
+
+
+def _all_zero(previous: Resource, start: int, end: int) -> bool:
+    """A non-root reader sees every address as 0; such lines are refused as a whole below."""
+    return previous.start == previous.end == start == end == 0
+
+
+def system_ram(resources: list[Resource]) -> list[Range]:
+    """Every `System RAM*` range at any depth, ascending; a RAM line inside a taken one adds nothing."""
+    ram: list[Range] = []
+    for res in resources:
+        if not res.name.startswith(RAM_PREFIX):
+            continue
+        if ram and res.start <= ram[-1][1]:
+            continue
+        ram.append((res.start, res.end))
+    return ram
+
+
+def named(resources: list[Resource], name: str) -> list[Range]:
+    """Every range with exactly this name, at any depth."""
+    return [(r.start, r.end) for r in resources if r.name == name]

@@ -1,0 +1,43 @@
+"""Inclusive physical address ranges and the one operation the header needs: subtraction.
+
+Ranges are (start, end) tuples with an inclusive end, as /proc/iomem prints them
+and as the kernel's struct crash_mem holds them.
+"""
+
+from collections.abc import Iterable
+
+Range = tuple[int, int]
+
+MIB = 1 << 20
+
+
+def subtract(ranges: Iterable[Range], holes: Iterable[Range]) -> list[Range]:
+    """Remove every hole from every range, splitting where a hole falls inside.
+
+    Input order is kept (the RAM list is already ascending); each range is cut
+    by all holes, which may overlap each other or be out of order.
+    """
+    sorted_holes = sorted(holes)
+    out: list[Range] = []
+    for start, end in ranges:
+        cursor = start
+        for hole_start, hole_end in sorted_holes:
+            if hole_end < cursor or hole_start > end:
+                continue
+            if hole_start > cursor:
+                out.append((cursor, hole_start - 1))
+            cursor = max(cursor, hole_end + 1)
+            if cursor > end:
+                break
+        if cursor <= end:
+            out.append((cursor, end))
+    return out
+
+
+def size_text(nbytes: int) -> str:
+    """A size the way an admin reads it: whole units where exact, else one decimal."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if nbytes >= 1 << shift:
+            value = nbytes / (1 << shift)
+            return f"{value:.0f} {unit}" if nbytes % (1 << shift) == 0 else f"{value:.1f} {unit}"
+    return f"{nbytes} B"

@@ -1,0 +1,218 @@
+"""The system as the header needs it: read every kernel file once, under a configurable root.
+
+All the I/O of crashhpd's input side is here; every value is parsed by a pure
+function. The root defaults to `/` and points at a fake tree in tests, in the
+sandbox and inside a test guest, so nothing below hard-codes /proc or /sys.
+A missing optional file becomes None: older kernels lack half of these.
+"""
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from . import cpulist, iomem
+from .errors import ParseError, SnapshotError
+from .ranges import Range
+
+CPU_DIR = "sys/devices/system/cpu"
+MEMORY_DIR = "sys/devices/system/memory"
+_CPU_NAME = re.compile(r"cpu(\d+)")
+_GIB = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class BootConstants:
+    """What stays fixed from boot to shutdown: read once, not on every hotplug burst."""
+
+    kernel_text: int | None  # _text, KASLR'd
+    kernel_end: int | None  # _end, when kallsyms lists it
+    direct_map_base: int | None  # from /proc/kcore's lowest PT_LOAD, masked to 1 GiB
+
+
+@dataclass(frozen=True, slots=True)
+class CpuNote:
+    addr: int
+    size: int | None  # None: crash_notes_size missing (kernels before 4.10)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    root: str
+    ram: tuple[Range, ...]
+    crash_kernel: tuple[Range, ...]
+    kernel_code: Range | None
+    kernel_bss: Range | None
+    cpus_possible: frozenset[int] | None
+    cpus_present: frozenset[int] | None
+    cpus_online: frozenset[int] | None
+    crash_notes: dict[int, CpuNote] = field(hash=False)
+    vmcoreinfo: tuple[int, int] | None
+    boot: BootConstants
+    kernel_max: int | None = None
+    kexec_crash_loaded: int | None = None
+    kexec_crash_size: int | None = None
+    crash_elfcorehdr_size: int | None = None
+    crash_cma: tuple[Range, ...] = ()
+    crash_hotplug_cpu: int | None = None
+    crash_hotplug_memory: int | None = None
+
+    def cpu_set(self, which: str) -> frozenset[int]:
+        """CPUs listed in possible/present/online; falls back to the CPUs that have notes."""
+        value = {"possible": self.cpus_possible, "present": self.cpus_present, "online": self.cpus_online}[which]
+        return value if value is not None else frozenset(self.crash_notes)
+
+    @property
+    def kernel_updates_header(self) -> bool:
+        """Whether the loaded image is kept current by the kernel itself (Linux 6.6+)."""
+        return self.crash_hotplug_cpu == 1 or self.crash_hotplug_memory == 1
+
+
+# --- pure parsers: text in, values out -------------------------------------------------
+
+
+def parse_int(text: str, path: str, base: int = 10) -> int:
+    try:
+        return int(text.strip(), base)
+    except ValueError:
+        raise ParseError(path, 1, text.strip(), "expected a number") from None
+
+
+def parse_vmcoreinfo(text: str, path: str) -> tuple[int, int]:
+    """`ADDR SIZE`, both hex (the kernel prints `%pa %x`): 0x...100c66000 1024 is 4132 bytes."""
+    parts = text.split()
+    if len(parts) != 2:
+        raise ParseError(path, 1, text.strip(), "expected 'ADDR SIZE'")
+    return parse_int(parts[0], path, 16), parse_int(parts[1], path, 16)
+
+
+def parse_kallsyms(text: str, path: str) -> tuple[int | None, int | None]:
+    """_text and _end, or None where absent or hidden (kptr_restrict shows zeros)."""
+    found: dict[str, int] = {}
+    for name in ("_text", "_end"):
+        match = re.search(rf"^([0-9a-fA-F]+) \S {name}$", text, re.MULTILINE)
+        if match:
+            value = int(match.group(1), 16)
+            found[name] = value or None  # type: ignore[assignment]
+    return found.get("_text"), found.get("_end")
+
+
+def parse_ranges(text: str, path: str) -> tuple[Range, ...]:
+    """Lines of `START-END` in hex (kexec_crash_cma_ranges)."""
+    out: list[Range] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        first, dash, last = line.strip().partition("-")
+        try:
+            start, end = int(first, 16), int(last, 16)
+        except ValueError:
+            raise ParseError(path, lineno, line, "expected 'START-END' in hex") from None
+        if not dash or start > end:
+            raise ParseError(path, lineno, line, "expected 'START-END' in hex")
+        out.append((start, end))
+    return tuple(out)
+
+
+# --- I/O at the edge --------------------------------------------------------------------
+
+
+def _path(root: str, rel: str) -> str:
+    return os.path.join(root, rel)
+
+
+def _read(root: str, rel: str) -> str | None:
+    """A kernel file's text, or None when the kernel does not have it."""
+    path = _path(root, rel)
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except PermissionError:
+        raise SnapshotError(f"{path}: permission denied; crashhpd must run as root") from None
+    except OSError as err:
+        raise SnapshotError(f"{path}: {err.strerror}") from None
+
+
+def _read_int(root: str, rel: str, base: int = 10) -> int | None:
+    text = _read(root, rel)
+    return None if text is None else parse_int(text, _path(root, rel), base)
+
+
+def _read_cpus(root: str, name: str) -> frozenset[int] | None:
+    text = _read(root, f"{CPU_DIR}/{name}")
+    return None if text is None else cpulist.parse(text, _path(root, f"{CPU_DIR}/{name}"))
+
+
+def _read_crash_notes(root: str) -> dict[int, CpuNote]:
+    notes: dict[int, CpuNote] = {}
+    try:
+        entries = os.listdir(_path(root, CPU_DIR))
+    except FileNotFoundError:
+        return notes
+    for entry in entries:
+        match = _CPU_NAME.fullmatch(entry)
+        if not match:
+            continue
+        addr = _read_int(root, f"{CPU_DIR}/{entry}/crash_notes", 16)
+        if addr is None:
+            continue
+        size = _read_int(root, f"{CPU_DIR}/{entry}/crash_notes_size")
+        notes[int(match.group(1))] = CpuNote(addr, size)
+    return notes
+
+
+def _read_direct_map_base(root: str) -> int | None:
+    """The direct map's base (KASLR moves it) from /proc/kcore's lowest PT_LOAD."""
+    path = _path(root, "proc/kcore")
+    try:
+        with open(path, "rb") as f:
+            loads = [seg["p_vaddr"] for seg in ELFFile(f).iter_segments() if seg["p_type"] == "PT_LOAD"]
+    except (OSError, ELFError):
+        return None
+    return min(loads) & ~(_GIB - 1) if loads else None
+
+
+def read_boot_constants(root: str = "/") -> BootConstants:
+    kallsyms = _read(root, "proc/kallsyms")
+    text, end = parse_kallsyms(kallsyms, _path(root, "proc/kallsyms")) if kallsyms is not None else (None, None)
+    return BootConstants(kernel_text=text, kernel_end=end, direct_map_base=_read_direct_map_base(root))
+
+
+def read_snapshot(root: str = "/", boot: BootConstants | None = None) -> Snapshot:
+    """Everything the header depends on, read now; `boot` saves re-reading kallsyms and kcore."""
+    iomem_path = _path(root, "proc/iomem")
+    iomem_text = _read(root, "proc/iomem")
+    if iomem_text is None:
+        raise SnapshotError(f"{iomem_path}: missing; is {root!r} the root of a Linux system?")
+    resources = iomem.parse(iomem_text, iomem_path)
+    code = iomem.named(resources, "Kernel code")
+    bss = iomem.named(resources, "Kernel bss")
+    vmcoreinfo_text = _read(root, "sys/kernel/vmcoreinfo")
+    cma_text = _read(root, "sys/kernel/kexec_crash_cma_ranges")
+    kernel_max = _read_int(root, f"{CPU_DIR}/kernel_max")
+    return Snapshot(
+        root=root,
+        ram=tuple(iomem.system_ram(resources)),
+        crash_kernel=tuple(iomem.named(resources, iomem.CRASH_KERNEL)),
+        kernel_code=code[0] if code else None,
+        kernel_bss=bss[0] if bss else None,
+        cpus_possible=_read_cpus(root, "possible"),
+        cpus_present=_read_cpus(root, "present"),
+        cpus_online=_read_cpus(root, "online"),
+        crash_notes=_read_crash_notes(root),
+        vmcoreinfo=None
+        if vmcoreinfo_text is None
+        else parse_vmcoreinfo(vmcoreinfo_text, _path(root, "sys/kernel/vmcoreinfo")),
+        boot=boot if boot is not None else read_boot_constants(root),
+        kernel_max=kernel_max,
+        kexec_crash_loaded=_read_int(root, "sys/kernel/kexec_crash_loaded"),
+        kexec_crash_size=_read_int(root, "sys/kernel/kexec_crash_size"),
+        crash_elfcorehdr_size=_read_int(root, "sys/kernel/crash_elfcorehdr_size"),
+        crash_cma=() if cma_text is None else parse_ranges(cma_text, _path(root, "sys/kernel/kexec_crash_cma_ranges")),
+        crash_hotplug_cpu=_read_int(root, f"{CPU_DIR}/crash_hotplug"),
+        crash_hotplug_memory=_read_int(root, f"{MEMORY_DIR}/crash_hotplug"),
+    )

@@ -1,0 +1,224 @@
+"""Read a header back with pyelftools and check it the way the kdump kernel will rely on it.
+
+The kdump kernel's own checks (fs/proc/vmcore.c) are few and it does not look
+for overlaps, so the rules here go further: RAM entries sorted, disjoint,
+inside System RAM and outside every crash-kernel range, notes matching the
+running system. A header that fails here must never be applied.
+"""
+
+import io
+from dataclasses import asdict, dataclass
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from .header import EHDR_SIZE, EM_X86_64, ET_CORE, MAX_PHNUM, PF_RWX, PHDR_SIZE
+from .layout import BACKUP_SRC_END
+from .ranges import Range, subtract
+from .snapshot import Snapshot
+
+KERNEL_TEXT_MAP = 0xFFFFFFFF80000000  # __START_KERNEL_map: the image PT_LOAD's vaddr is above it
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    type: str  # PT_NOTE, PT_LOAD, or what pyelftools calls another type
+    flags: int
+    offset: int
+    vaddr: int
+    paddr: int
+    filesz: int
+    memsz: int
+    align: int
+
+    @property
+    def is_image(self) -> bool:
+        return self.type == "PT_LOAD" and self.vaddr >= KERNEL_TEXT_MAP
+
+    @property
+    def is_ram(self) -> bool:
+        return self.type == "PT_LOAD" and not self.is_image
+
+    @property
+    def end(self) -> int:
+        return self.paddr + self.memsz - 1
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedHeader:
+    size: int  # bytes in the buffer, padding included
+    ident: bytes
+    e_type: int
+    e_machine: int
+    e_version: int
+    e_phoff: int
+    e_ehsize: int
+    e_phentsize: int
+    segments: tuple[Segment, ...]
+    trailing: bytes  # everything after the program headers: must be zero padding
+
+    @property
+    def notes(self) -> list[Segment]:
+        return [s for s in self.segments if s.type == "PT_NOTE"]
+
+    @property
+    def ram(self) -> list[Range]:
+        return [(s.paddr, s.end) for s in self.segments if s.is_ram]
+
+    def to_json(self) -> dict:
+        return {
+            "size": self.size,
+            "phnum": len(self.segments),
+            "segments": [asdict(s) for s in self.segments],
+        }
+
+
+class NotAHeader(ValueError):
+    """The bytes cannot be read as an ELF64 program-header table at all."""
+
+
+def parse(data: bytes) -> ParsedHeader:
+    """The header's fields as pyelftools reads them; NotAHeader if it cannot."""
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        hdr = elf.header
+        if hdr["e_phoff"] + hdr["e_phnum"] * hdr["e_phentsize"] > len(data):
+            raise NotAHeader(f"program headers end past the {len(data)} bytes of the file")
+        segments = tuple(
+            Segment(
+                type=str(seg["p_type"]),
+                flags=seg["p_flags"],
+                offset=seg["p_offset"],
+                vaddr=seg["p_vaddr"],
+                paddr=seg["p_paddr"],
+                filesz=seg["p_filesz"],
+                memsz=seg["p_memsz"],
+                align=seg["p_align"],
+            )
+            for seg in (elf.get_segment(i) for i in range(hdr["e_phnum"]))
+        )
+    except ELFError as err:
+        raise NotAHeader(f"not an ELF file: {err}") from None
+    except Exception as err:  # pyelftools' construct raises its own family on short or odd input
+        raise NotAHeader(f"unreadable ELF header: {err}") from None
+    table_end = hdr["e_phoff"] + len(segments) * hdr["e_phentsize"]
+    return ParsedHeader(
+        size=len(data),
+        ident=data[:16],
+        e_type=_enum_value(hdr["e_type"], {"ET_CORE": ET_CORE}),
+        e_machine=_enum_value(hdr["e_machine"], {"EM_X86_64": EM_X86_64}),
+        e_version=_enum_value(hdr["e_version"], {"EV_CURRENT": 1}),
+        e_phoff=hdr["e_phoff"],
+        e_ehsize=hdr["e_ehsize"],
+        e_phentsize=hdr["e_phentsize"],
+        segments=segments,
+        trailing=data[max(table_end, EHDR_SIZE):],
+    )
+
+
+def _enum_value(value: object, names: dict[str, int]) -> int:
+    """pyelftools turns known numbers into names; map the ones we check back to numbers."""
+    if isinstance(value, int):
+        return value
+    return names.get(str(value), -1)
+
+
+def check(header: ParsedHeader, snapshot: Snapshot | None = None) -> list[str]:
+    """Every rule the header breaks, one line each; an empty list means valid."""
+    problems = _check_format(header)
+    if problems:
+        return problems
+    problems += _check_order(header)
+    if snapshot is not None:
+        problems += _check_against(header, snapshot)
+    return problems
+
+
+def _check_format(h: ParsedHeader) -> list[str]:
+    p = []
+    if h.ident[:4] != b"\x7fELF":
+        p.append("bad ELF magic")
+    if h.ident[4] != 2:
+        p.append(f"EI_CLASS {h.ident[4]}, expected 2 (ELFCLASS64)")
+    if h.ident[5] != 1:
+        p.append(f"EI_DATA {h.ident[5]}, expected 1 (little-endian)")
+    if h.ident[6] != 1 or h.e_version != 1:
+        p.append(f"EI_VERSION {h.ident[6]} / e_version {h.e_version}, both must be 1")
+    if h.e_type != ET_CORE:
+        p.append("e_type is not ET_CORE (4)")
+    if h.e_machine != EM_X86_64:
+        p.append("e_machine is not EM_X86_64 (62)")
+    if h.e_ehsize != EHDR_SIZE:
+        p.append(f"e_ehsize {h.e_ehsize}, expected {EHDR_SIZE}")
+    if h.e_phentsize != PHDR_SIZE:
+        p.append(f"e_phentsize {h.e_phentsize}, expected {PHDR_SIZE}")
+    if h.e_phoff != EHDR_SIZE:
+        p.append(f"e_phoff {h.e_phoff}: program headers must follow the Ehdr at {EHDR_SIZE}")
+    if not h.segments:
+        p.append("e_phnum is 0: no program headers")
+    if len(h.segments) > MAX_PHNUM:
+        p.append(f"e_phnum {len(h.segments)} exceeds {MAX_PHNUM}")
+    if any(h.trailing):
+        p.append("bytes after the program headers are not zero padding")
+    return p
+
+
+def _check_order(h: ParsedHeader) -> list[str]:
+    p = []
+    seen_load = False
+    images = 0
+    for i, s in enumerate(h.segments):
+        where = f"phdr {i} ({s.type} 0x{s.paddr:x})"
+        if s.type == "PT_LOAD":
+            seen_load = True
+            images += s.is_image
+            if s.flags != PF_RWX:
+                p.append(f"{where}: flags {s.flags}, expected 7 (RWX)")
+            if s.offset != s.paddr and not (s.is_ram and s.end <= BACKUP_SRC_END):
+                p.append(f"{where}: p_offset 0x{s.offset:x} differs from p_paddr")
+        elif s.type == "PT_NOTE":
+            if seen_load:
+                p.append(f"{where}: PT_NOTE after a PT_LOAD; every note must come first")
+            if s.offset != s.paddr:
+                p.append(f"{where}: p_offset 0x{s.offset:x} differs from p_paddr")
+            if s.vaddr != 0 or s.flags != 0:
+                p.append(f"{where}: a note has p_vaddr 0 and p_flags 0")
+        else:
+            p.append(f"{where}: unexpected segment type")
+        if s.filesz != s.memsz or s.memsz == 0:
+            p.append(f"{where}: p_filesz {s.filesz} and p_memsz {s.memsz} must be equal and non-zero")
+        if s.align != 0:
+            p.append(f"{where}: p_align {s.align}, expected 0")
+    if images > 1:
+        p.append(f"{images} kernel-image PT_LOADs, expected at most one")
+    ram = [s for s in h.segments if s.is_ram]
+    for prev, cur in zip(ram, ram[1:]):
+        if cur.paddr <= prev.end:
+            p.append(f"RAM 0x{cur.paddr:x} overlaps or precedes RAM 0x{prev.paddr:x}-0x{prev.end:x}")
+    offsets = {s.vaddr - s.paddr for s in ram}
+    if len(offsets) > 1:
+        p.append(f"RAM entries disagree on the direct-map base ({len(offsets)} different offsets)")
+    return p
+
+
+def _check_against(h: ParsedHeader, snap: Snapshot) -> list[str]:
+    p = []
+    for start, end in h.ram:
+        if subtract([(start, end)], snap.ram):
+            p.append(f"RAM 0x{start:x}-0x{end:x} is not inside a System RAM range")
+        for hole in snap.crash_kernel + snap.crash_cma:
+            if start <= hole[1] and hole[0] <= end:
+                p.append(f"RAM 0x{start:x}-0x{end:x} overlaps crash-kernel memory 0x{hole[0]:x}-0x{hole[1]:x}")
+    notes = {(n.addr) for n in snap.crash_notes.values()}
+    vmcoreinfo = snap.vmcoreinfo
+    for s in h.notes:
+        if vmcoreinfo is not None and (s.paddr, s.memsz) == vmcoreinfo:
+            continue
+        if s.paddr not in notes:
+            p.append(f"note at 0x{s.paddr:x} is neither a CPU's crash_notes nor VMCOREINFO")
+    if vmcoreinfo is not None and not any((s.paddr, s.memsz) == vmcoreinfo for s in h.notes):
+        p.append(f"no VMCOREINFO note at 0x{vmcoreinfo[0]:x} ({vmcoreinfo[1]} bytes)")
+    for s in h.segments:
+        if s.is_image and snap.kernel_code is not None and s.paddr != snap.kernel_code[0]:
+            p.append(f"kernel image at 0x{s.paddr:x}, but 'Kernel code' starts at 0x{snap.kernel_code[0]:x}")
+    return p
