@@ -30,7 +30,16 @@ class HeaderError(CrashhpdError):
 
 
 class BackendError(CrashhpdError):
-    """A backend could not apply a header; what was applied before still stands."""
+    """A backend could not apply a header; what was applied before still stands.
+
+    `retry_after` (seconds) asks the daemon to try again on its own timer: a
+    busy kexec lock or a freed crash image is worth retrying, a header larger
+    than the segment is not (None).
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 class ConfigError(CrashhpdError):

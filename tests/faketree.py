@@ -1,0 +1,81 @@
+"""Fake /proc and /sys trees: real files in the layout the kernel uses, under a temporary root.
+
+Every test that needs a system view builds one of these and points crashhpd's
+`root` at it, the same way a test guest or the sandbox does.
+"""
+
+from pathlib import Path
+
+DEFAULT_VMCOREINFO = "0x0000000100c66000 1024\n"  # 1024 is hex: 4132 bytes
+DEFAULT_KALLSYMS = (
+    "ffffffff81000000 T _text\n"
+    "ffffffff81000000 T _stext\n"
+    "ffffffff82209988 T _etext\n"
+    "ffffffff84a00000 B _end\n"
+)
+NOTES_BASE = 0x13FC17000  # where CPU 0's crash_notes live in the fake trees
+NOTES_STRIDE = 0x1000
+
+
+def note_addr(cpu: int) -> int:
+    return NOTES_BASE + cpu * NOTES_STRIDE
+
+
+def write(root: Path, rel: str, text: str) -> Path:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def make_tree(
+    root: Path,
+    iomem: str,
+    *,
+    possible: str = "0-3",
+    present: str | None = None,
+    online: str | None = None,
+    notes: dict[int, tuple[int, int | None]] | None = None,
+    vmcoreinfo: str | None = DEFAULT_VMCOREINFO,
+    kallsyms: str | None = DEFAULT_KALLSYMS,
+    kernel_max: int = 63,
+    memory_blocks: int = 0,
+    block_size: int = 0x8000000,
+    extra: dict[str, str] | None = None,
+) -> Path:
+    """A root whose proc/ and sys/ hold what crashhpd reads.
+
+    `notes` maps CPU -> (crash_notes address, crash_notes_size or None for no
+    size file); by default every present CPU has a 368-byte note at
+    note_addr(cpu). `extra` writes any further file, path relative to root.
+    """
+    from crashhpd.cpulist import parse
+
+    present = present if present is not None else possible
+    online = online if online is not None else present
+    write(root, "proc/iomem", iomem)
+    if kallsyms is not None:
+        write(root, "proc/kallsyms", kallsyms)
+    cpu = "sys/devices/system/cpu"
+    write(root, f"{cpu}/possible", possible + "\n")
+    write(root, f"{cpu}/present", present + "\n")
+    write(root, f"{cpu}/online", online + "\n")
+    write(root, f"{cpu}/kernel_max", f"{kernel_max}\n")
+    if notes is None:
+        notes = {n: (note_addr(n), 368) for n in parse(present, "present")}
+    for n in parse(present, "present"):
+        (root / cpu / f"cpu{n}").mkdir(parents=True, exist_ok=True)
+    for n, (addr, size) in notes.items():
+        write(root, f"{cpu}/cpu{n}/crash_notes", f"{addr:x}\n")
+        if size is not None:
+            write(root, f"{cpu}/cpu{n}/crash_notes_size", f"{size}\n")
+    if vmcoreinfo is not None:
+        write(root, "sys/kernel/vmcoreinfo", vmcoreinfo)
+    mem = "sys/devices/system/memory"
+    write(root, f"{mem}/block_size_bytes", f"{block_size:x}\n")
+    for n in range(memory_blocks):
+        write(root, f"{mem}/memory{n}/state", "online\n")
+        write(root, f"{mem}/memory{n}/phys_index", f"{n:08x}\n")
+    for rel, text in (extra or {}).items():
+        write(root, rel, text)
+    return root
