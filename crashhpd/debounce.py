@@ -1,0 +1,42 @@
+"""When to act on a burst of events: a trailing quiet window, capped by a maximum delay.
+
+Hot-adding 480 GiB is 7680 events in a few seconds. Waiting for `quiet`
+seconds without an event turns the burst into one update; `max_delay` from
+the first pending event guarantees an update even while a storm never pauses.
+The policy takes time as an argument, so it is tested without sleeping.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Debouncer:
+    quiet: float  # seconds without an event that end a burst
+    max_delay: float  # seconds from a burst's first event to its update, at most
+    first_at: float | None = None  # time of the first event not yet acted on
+    last_at: float | None = None  # time of the latest such event
+    pending: int = 0  # events since the last update
+
+    def event(self, now: float, count: int = 1) -> None:
+        """Record events seen at `now`."""
+        if self.first_at is None:
+            self.first_at = now
+        self.last_at = now
+        self.pending += count
+
+    def due(self) -> float | None:
+        """When the pending burst must be acted on, or None when nothing is pending."""
+        if self.first_at is None or self.last_at is None:
+            return None
+        return min(self.last_at + self.quiet, self.first_at + self.max_delay)
+
+    def ready(self, now: float) -> bool:
+        due = self.due()
+        return due is not None and now >= due
+
+    def take(self) -> int:
+        """Start the update: returns how many events it covers and clears the burst."""
+        taken = self.pending
+        self.first_at = self.last_at = None
+        self.pending = 0
+        return taken
