@@ -43,9 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true", help="machine-readable output")
     ins.add_argument("--root", default=None, help="also check it against the system under this root")
 
-    from .daemon import add_run_parser  # the daemon pulls in pyudev and journald; only `run` needs them
-
-    add_run_parser(sub)
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", default=None,
+                     help="config file (default /etc/crashhpd/crashhpd.toml and its .d/ drop-ins)")
+    run.add_argument("--root", default=None, help="root of the /proc and /sys to read; overrides the config's root")
     return ap
 
 
@@ -114,9 +115,13 @@ def inspect(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "run":
+        from .daemon import run  # pulls in pyudev, journald and the config; only the daemon needs them
+
+        return run(args.config, args.root)
     handlers = {"generate": generate, "inspect": inspect}
     try:
-        return handlers[args.command](args) if args.command in handlers else args.handler(args)
+        return handlers[args.command](args)
     except CrashhpdError as err:
         print(f"crashhpd: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -6,6 +6,7 @@ inside System RAM and outside every crash-kernel range, notes matching the
 running system. A header that fails here must never be applied.
 """
 
+import bisect
 import io
 from dataclasses import asdict, dataclass
 
@@ -14,7 +15,7 @@ from elftools.elf.elffile import ELFFile
 
 from .header import EHDR_SIZE, EM_X86_64, ET_CORE, MAX_PHNUM, PF_RWX, PHDR_SIZE
 from .layout import BACKUP_SRC_END
-from .ranges import Range, subtract
+from .ranges import Range
 from .snapshot import Snapshot
 
 KERNEL_TEXT_MAP = 0xFFFFFFFF80000000  # __START_KERNEL_map: the image PT_LOAD's vaddr is above it
@@ -203,10 +204,14 @@ def _check_order(h: ParsedHeader) -> list[str]:
 
 def _check_against(h: ParsedHeader, snap: Snapshot) -> list[str]:
     p = []
+    system_ram = sorted(snap.ram)
+    starts = [r[0] for r in system_ram]
+    holes = sorted(snap.crash_kernel + snap.crash_cma)
     for start, end in h.ram:
-        if subtract([(start, end)], snap.ram):
+        i = bisect.bisect_right(starts, start) - 1
+        if i < 0 or end > system_ram[i][1]:
             p.append(f"RAM 0x{start:x}-0x{end:x} is not inside a System RAM range")
-        for hole in snap.crash_kernel + snap.crash_cma:
+        for hole in holes:
             if start <= hole[1] and hole[0] <= end:
                 p.append(f"RAM 0x{start:x}-0x{end:x} overlaps crash-kernel memory 0x{hole[0]:x}-0x{hole[1]:x}")
     notes = {(n.addr) for n in snap.crash_notes.values()}
