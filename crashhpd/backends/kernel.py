@@ -1,0 +1,124 @@
+"""The passive backend: the kernel rewrites the loaded header on hotplug (Linux 6.6+), crashhpd only watches.
+
+When the crash image was loaded with kexec_file_load (`kexec -s`) or with
+`kexec --hotplug`, the kernel rebuilds the elfcorehdr in place on every CPU
+or memory event, in microseconds. A reload from userspace would then only
+open a window with no crash kernel, so this backend never loads and never
+writes. It keeps what the kernel is expected to hold, so the daemon's
+status, diffs and metrics stay meaningful, and it says so loudly when the
+kernel stops doing the job.
+"""
+
+import hashlib
+import logging
+import time
+
+from .. import log
+from ..errors import BackendError, CrashhpdError
+from ..header import EHDR_SIZE, align_up
+from ..kdump_discovery import CRASH_LOADED, ELFCOREHDR_SIZE, crash_hotplug, kernel_updates_header, read_int
+from ..layout import LayoutName
+from .base import Applied, Health
+
+logger = logging.getLogger(__name__)
+
+PAGE_SIZE = 4096  # kexec segments are page-aligned; the kernel's header buffer is too
+
+
+def choose(root: str) -> str:
+    """The backend for `backend = "auto"`: leave the kernel alone whenever it keeps the header itself."""
+    return "kernel" if kernel_updates_header(root) else "kexec"
+
+
+def _state_text(value: int | None) -> str:
+    return "missing" if value is None else str(value)
+
+
+class KernelBackend:
+    name = "kernel"
+    layout: LayoutName = "kernel"
+
+    def __init__(self, root: str) -> None:
+        self._root = root
+        self._expected: bytes | None = None
+        self._state: Applied | None = None
+        self._last_ok: bool | None = None
+
+    def loaded(self) -> bytes | None:
+        """What the kernel should hold after the last burst; None before the first reconcile."""
+        return self._expected
+
+    def state(self) -> Applied | None:
+        return self._state
+
+    def capacity(self) -> int | None:
+        """The kernel's segment (Ehdr + the phdr bytes it publishes), or None on kernels that do not say."""
+        phdr_bytes = read_int(self._root, ELFCOREHDR_SIZE)
+        return None if phdr_bytes is None else EHDR_SIZE + phdr_bytes
+
+    def apply(self, header: bytes) -> Applied:
+        """Record the header the kernel built on the event; nothing is written anywhere.
+
+        A header larger than the segment is the one case the kernel refuses
+        ("elfsz > memsz") and keeps the old header, so it is reported instead
+        of recorded.
+        """
+        capacity = self.capacity()
+        if capacity is not None and len(header) > align_up(capacity, PAGE_SIZE):
+            raise BackendError(
+                f"the header needs {len(header)} bytes but the kernel's elfcorehdr segment holds {capacity}: "
+                "the kernel kept the old header; reload the crash kernel to get a larger segment")
+        generation = self._state.generation + 1 if self._state else 1
+        self._expected = header
+        self._state = Applied(generation, hashlib.sha256(header).hexdigest(), len(header), capacity, time.time())
+        logger.debug("the kernel updates the header itself; recorded generation %d", generation,
+                     extra=log.fields("passive", generation=generation, backend=self.name))
+        return self._state
+
+    def health(self) -> Health:
+        """Re-read the kernel's attributes now; a 0 is reported, never acted on (see `_problem`)."""
+        try:
+            cpu, memory = crash_hotplug(self._root)
+            loaded = read_int(self._root, CRASH_LOADED)
+        except CrashhpdError as err:
+            return Health(False, str(err), {})
+        problem = _problem(cpu, memory, loaded)
+        self._report_change(problem)
+        extra: dict[str, object] = {
+            "crash_hotplug_cpu": cpu,
+            "crash_hotplug_memory": memory,
+            "crash_loaded": loaded,
+            "capacity_bytes": self.capacity(),
+            "generation": self._state.generation if self._state else None,
+        }
+        if problem is not None:
+            return Health(False, problem, extra)
+        return Health(True, f"the kernel updates the header on hotplug (crash_hotplug cpu={_state_text(cpu)} "
+                            f"memory={_state_text(memory)})", extra)
+
+    def _report_change(self, problem: str | None) -> None:
+        """Log when the kernel stops (or resumes) keeping the header, once per change, not on every poll."""
+        ok = problem is None
+        if ok == self._last_ok:
+            return
+        if problem is not None:
+            logger.warning("%s", problem, extra=log.fields("passive", backend=self.name))
+        elif self._last_ok is not None:
+            logger.info("the kernel updates the header on hotplug again", extra=log.fields("passive", backend=self.name))
+        self._last_ok = ok
+
+
+def _problem(cpu: int | None, memory: int | None, loaded: int | None) -> str | None:
+    """Why the passive backend cannot vouch for the header, or None.
+
+    crash_hotplug reads 0 for a moment while another loader holds the kexec
+    lock, so a 0 is no reason to start reloading from here: it is reported,
+    and an admin (or the next start's `auto`) decides.
+    """
+    if loaded == 0:
+        return "NO CRASH KERNEL LOADED (/sys/kernel/kexec_crash_loaded reads 0)"
+    if 1 not in (cpu, memory):
+        return (f"the kernel no longer updates the header (crash_hotplug cpu={_state_text(cpu)} "
+                f"memory={_state_text(memory)}); it reads 0 briefly while a load holds the kexec lock, "
+                "so crashhpd does not reload: if this persists, restart crashhpd with backend \"auto\" or \"kexec\"")
+    return None
