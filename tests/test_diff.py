@@ -1,0 +1,83 @@
+"""The differ on headers built from real trees before and after a hotplug: the lines an admin reads."""
+
+from pathlib import Path
+
+from faketree import make_tree, note_addr
+
+from crashhpd.diff import diff
+from crashhpd.header import build
+from crashhpd.layout import HeaderModel, plan, preset
+from crashhpd.snapshot import read_snapshot
+from crashhpd.validate import ParsedHeader, parse
+
+BASE = """\
+00001000-0009fbff : System RAM
+00100000-bffdffff : System RAM
+  01000000-01ffffff : Kernel code
+  2a000000-340fffff : Crash kernel
+100000000-13fffffff : System RAM
+"""
+CPUS = {note_addr(cpu): cpu for cpu in range(8)}
+
+
+def header(root: Path, iomem: str = BASE, **tree: object) -> ParsedHeader:
+    return parse(build(plan(read_snapshot(str(make_tree(root, iomem, **tree))), preset("kernel"))))
+
+
+def model_header(ram: tuple[tuple[int, int], ...]) -> ParsedHeader:
+    return parse(build(HeaderModel(cpu_notes=((0, 0x5000, 368),), vmcoreinfo=None, image=None, ram=ram,
+                                   page_offset=0xFFFF888000000000, align=4096)))
+
+
+def test_equal_headers_give_nothing(tmp_path):
+    assert diff(header(tmp_path / "a"), header(tmp_path / "b"), CPUS) == []
+
+
+def test_hot_added_block_extending_a_range(tmp_path):
+    grown = BASE.replace("100000000-13fffffff", "100000000-17fffffff")
+    assert diff(header(tmp_path / "a"), header(tmp_path / "b", grown), CPUS) == ["+ RAM 0x140000000-0x17fffffff (1 GiB)"]
+
+
+def test_hot_added_block_as_its_own_line(tmp_path):
+    kmem = BASE + "140000000-17fffffff : dax0.0\n  140000000-17fffffff : System RAM (kmem)\n"
+    assert diff(header(tmp_path / "a"), header(tmp_path / "b", kmem), CPUS) == ["+ RAM 0x140000000-0x17fffffff (1 GiB)"]
+
+
+def test_hot_removed_block_in_the_middle(tmp_path):
+    holed = BASE.replace("100000000-13fffffff : System RAM\n",
+                         "100000000-107ffffff : System RAM\n110000000-13fffffff : System RAM\n")
+    assert diff(header(tmp_path / "a"), header(tmp_path / "b", holed), CPUS) == [
+        "- RAM 0x108000000-0x10fffffff (128 MiB)"]
+
+
+def test_cpu_going_offline_and_coming_back(tmp_path):
+    four = header(tmp_path / "a", possible="0-3")
+    three = header(tmp_path / "b", possible="0-3", online="0-2")
+    assert diff(four, three, CPUS) == ["- CPU 3 note"]
+    assert diff(three, four, CPUS) == ["+ CPU 3 note"]
+
+
+def test_note_of_an_unknown_cpu_and_the_vmcoreinfo_note(tmp_path):
+    old = header(tmp_path / "a", possible="0-1")
+    new = header(tmp_path / "b", possible="0-1", vmcoreinfo="0x0000000100d00000 1024\n")
+    assert diff(old, new, {}, vmcoreinfo_addr=0x100C66000) == ["- VMCOREINFO note 0x100c66000"] + [
+        "+ note 0x100d00000 (4132 bytes)"]
+
+
+def test_notes_then_image_then_ram_in_one_report(tmp_path):
+    old = header(tmp_path / "a", possible="0-3")
+    new = header(tmp_path / "b", BASE.replace("100000000-13fffffff", "100000000-17fffffff").replace(
+        "01000000-01ffffff : Kernel code", "02000000-02ffffff : Kernel code"), possible="0-3", online="0,2-3")
+    assert diff(old, new, CPUS) == [
+        "- CPU 1 note",
+        "~ kernel image 0x1000000+0x3a00000@0xffffffff81000000 -> 0x2000000+0x3a00000@0xffffffff81000000",
+        "+ RAM 0x140000000-0x17fffffff (1 GiB)",
+    ]
+
+
+def test_same_coverage_split_differently_is_named_as_an_encoding_change():
+    whole = model_header(((0x100000000, 0x17FFFFFFF),))
+    split = model_header(((0x100000000, 0x13FFFFFFF), (0x140000000, 0x17FFFFFFF)))
+    assert diff(whole, split) == [
+        "~ same CPUs and RAM, different encoding (2 -> 3 program headers, 4096 -> 4096 bytes)"]
+    assert diff(split, model_header(((0x100000000, 0x13FFFFFFF), (0x140000000, 0x17FFFFFFF)))) == []
