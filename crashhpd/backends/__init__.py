@@ -1,1 +1,41 @@
-"""Backends: how a header reaches the kernel (or a file standing in for it)."""
+"""Backends: how a header reaches the kernel (or a file standing in for it).
+
+`create` is the one place that maps the config's `backend` to a class, so
+the daemon never imports a backend by name.
+"""
+
+from ..config import Config
+from ..snapshot import Snapshot
+from .base import Backend
+
+DEFAULT_MAX_CPUS = 64  # NR_CPUS without MAXSMP, when kernel_max is not published
+
+
+def max_cpus(config: Config, snapshot: Snapshot) -> int:
+    """The segment must hold every CPU the kernel could ever bring up: NR_CPUS = kernel_max + 1."""
+    if config.sandbox.max_cpus is not None:
+        return config.sandbox.max_cpus
+    return snapshot.kernel_max + 1 if snapshot.kernel_max is not None else DEFAULT_MAX_CPUS
+
+
+def resolve_name(config: Config) -> str:
+    if config.backend != "auto":
+        return config.backend
+    from .kernel import choose
+
+    return choose(config.root)
+
+
+def create(config: Config, snapshot: Snapshot) -> Backend:
+    name = resolve_name(config)
+    if name == "sandbox":
+        from .sandbox import SandboxBackend
+
+        return SandboxBackend(config.sandbox.state_dir, max_cpus(config, snapshot), config.sandbox.max_memory_ranges)
+    if name == "kexec":
+        from .kexec import KexecBackend
+
+        return KexecBackend(config.kexec, config.root, config.sandbox.state_dir)
+    from .kernel import KernelBackend
+
+    return KernelBackend(config.root)
