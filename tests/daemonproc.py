@@ -1,0 +1,141 @@
+"""A real `crashhpd run` process on a fake root, with a real sd_notify socket, for end-to-end tests."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+CRASHHPD = str(Path(sys.executable).with_name("crashhpd"))
+MEMORY = Path("/sys/devices/system/memory")
+
+
+def uevent_blocks(limit: int | None = None) -> list[Path]:
+    """This machine's memory blocks whose `uevent` file can be written to inject real kernel uevents."""
+    blocks = sorted(MEMORY.glob("memory[0-9]*/uevent"), key=lambda p: int(p.parent.name[6:]))
+    return blocks[:limit] if limit else blocks
+
+
+def can_inject() -> str | None:
+    """Why real uevents cannot be injected here, or None when they can."""
+    if os.geteuid() != 0:
+        return "injecting kernel uevents needs root"
+    if not uevent_blocks(1):
+        return "no /sys/devices/system/memory blocks on this kernel"
+    return None
+
+
+def inject(action: str, count: int = 1) -> None:
+    """Write `action` to memory blocks' uevent files: the kernel broadcasts a real uevent per write."""
+    blocks = uevent_blocks()
+    for i in range(count):
+        with open(blocks[i % len(blocks)], "w") as f:
+            f.write(action)
+
+
+def toml_value(value: object) -> str:
+    return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+
+
+def write_config(path: Path, tables: dict[str, object]) -> Path:
+    """A TOML file from {key: value, "table": {key: value}}."""
+    lines = [f"{k} = {toml_value(v)}" for k, v in tables.items() if not isinstance(v, dict)]
+    for name, table in tables.items():
+        if isinstance(table, dict):
+            lines.append(f"[{name}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class NotifyListener:
+    """The NOTIFY_SOCKET a service manager would give the daemon: collects every datagram."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.05)
+        self.messages: list[str] = []
+
+    def pump(self) -> None:
+        while True:
+            try:
+                self.messages.append(self.sock.recv(65536).decode())
+            except (TimeoutError, BlockingIOError):
+                return
+
+    def seen(self, needle: str) -> bool:
+        self.pump()
+        return any(needle in m for m in self.messages)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class DaemonProcess:
+    def __init__(self, tmp: Path, config: Path, env: dict[str, str] | None = None) -> None:
+        self.tmp = tmp
+        self.notify = NotifyListener(tmp / "notify.sock")
+        self.stderr_path = tmp / "daemon.stderr"
+        self._stderr = open(self.stderr_path, "w")
+        full_env = dict(os.environ, NOTIFY_SOCKET=str(self.notify.path), **(env or {}))
+        full_env.pop("JOURNAL_STREAM", None)
+        self.proc = subprocess.Popen([CRASHHPD, "run", "--config", str(config)], stdout=subprocess.DEVNULL,
+                                     stderr=self._stderr, env=full_env)
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        wait_for(lambda: self.notify.seen("READY=1") or self.proc.poll() is not None, timeout, "READY=1")
+        assert self.proc.poll() is None, f"daemon exited {self.proc.returncode}: {self.stderr()}"
+
+    def stderr(self) -> str:
+        self._stderr.flush()
+        return self.stderr_path.read_text()
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 10) -> int:
+        if self._stderr.closed:
+            return self.proc.returncode
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._stderr.close()
+        self.notify.pump()
+        self.notify.close()
+        return self.proc.returncode
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def state(state_dir: Path) -> dict:
+    return json.loads((state_dir / "state.json").read_text())
+
+
+def generation(state_dir: Path) -> int:
+    try:
+        return state(state_dir)["generation"]
+    except FileNotFoundError:
+        return 0
+
+
+def generated(root: Path, layout: str = "kernel") -> bytes:
+    """What `crashhpd generate` builds for the tree now: the reference the daemon must match."""
+    return subprocess.run([CRASHHPD, "generate", "--root", str(root), "--layout", layout],
+                          capture_output=True, check=True).stdout

@@ -1,0 +1,174 @@
+"""The daemon as a real process on a fake root, driven by real kernel uevents.
+
+The root tree is fake (crashhpd reads it as it would read / inside a guest);
+the events are real: writing an action to /sys/devices/system/memory/memoryN/uevent
+makes the kernel broadcast a uevent to every netlink listener.
+"""
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from daemonproc import (DaemonProcess, can_inject, generated, generation, inject, state, wait_for,
+                        write_config)
+from faketree import make_tree
+
+pytestmark = pytest.mark.skipif(can_inject() is not None, reason=can_inject() or "")
+
+FIXTURE = (Path(__file__).parent / "fixtures/iomem/virtio-mem.txt").read_text()
+HOT_ADDED = "  350000000-357ffffff : System RAM (virtio_mem)\n"
+QUIET_MS = 150
+
+
+def tree_with(root: Path, extra_blocks: int) -> None:
+    """The virtio-mem fixture plus `extra_blocks` hot-added 128 MiB blocks under virtio1."""
+    lines = "".join(f"  {0x350000000 + i * 0x8000000:x}-{0x350000000 + (i + 1) * 0x8000000 - 1:x} : "
+                    "System RAM (virtio_mem)\n" for i in range(extra_blocks))
+    tmp = root / "proc/.iomem.new"
+    tmp.write_text(FIXTURE + lines)
+    tmp.replace(root / "proc/iomem")  # the kernel's /proc/iomem is never seen half-written either
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    root = make_tree(tmp_path / "root", FIXTURE)
+    state_dir = tmp_path / "state"
+    config = write_config(tmp_path / "crashhpd.toml", {
+        "root": str(root),
+        "monitor": {"source": "kernel"},
+        "debounce": {"quiet_ms": QUIET_MS, "max_delay_ms": 2000},
+        "sandbox": {"state_dir": str(state_dir)},
+        "log": {"level": "debug"},
+        "control": {"socket": str(tmp_path / "control.sock")},
+    })
+    daemons: list[DaemonProcess] = []
+
+    def start(cfg: Path = config, **env: str) -> DaemonProcess:
+        d = DaemonProcess(tmp_path, cfg, env)
+        daemons.append(d)
+        d.wait_ready()
+        return d
+
+    yield root, state_dir, config, start
+    for d in daemons:
+        d.stop()
+
+
+def segment_header(state_dir: Path) -> bytes:
+    st = state(state_dir)
+    return (state_dir / "elfcorehdr").read_bytes()[: st["header_size"]]
+
+
+def test_startup_applies_the_first_header_before_ready(env):
+    root, state_dir, _, start = env
+    d = start()
+    assert generation(state_dir) == 1
+    assert segment_header(state_dir) == generated(root)
+    assert d.notify.seen("STATUS=generation 1")
+
+
+def test_hot_add_with_a_real_uevent_is_exactly_one_apply(env):
+    root, state_dir, _, start = env
+    d = start()
+    tree_with(root, 1)
+    inject("online")
+    wait_for(lambda: generation(state_dir) == 2, 10, "generation 2")
+    time.sleep(QUIET_MS / 1000 * 3)
+    assert generation(state_dir) == 2, "one event, one apply"
+    assert segment_header(state_dir) == generated(root)
+    assert "+ RAM 0x350000000-0x357ffffff (128 MiB)" in d.stderr()
+
+
+def test_event_without_a_relevant_change_applies_nothing(env):
+    root, state_dir, _, start = env
+    d = start()
+    inject("change")
+    wait_for(lambda: "header unchanged" in d.stderr(), 10, "the skipped update")
+    assert generation(state_dir) == 1
+
+
+def test_storm_of_3840_events_is_at_most_two_applies_and_ends_correct(env):
+    root, state_dir, _, start = env
+    d = start()
+    started = time.monotonic()
+    for step in range(4):  # memory arrives while the storm runs
+        tree_with(root, step + 1)
+        inject("online", 960)
+    assert time.monotonic() - started < 1.5, "the storm itself must be fast for this test to mean anything"
+    wait_for(lambda: segment_header(state_dir) == generated(root), 10, "the final header")
+    time.sleep(QUIET_MS / 1000 * 3)
+    assert generation(state_dir) - 1 <= 2
+    assert segment_header(state_dir) == generated(root)
+    assert d.proc.poll() is None
+
+
+def test_overflowing_the_receive_buffer_triggers_a_rescan_that_ends_correct(env, tmp_path):
+    root, state_dir, _, start = env
+    config = write_config(tmp_path / "tiny.toml", {
+        "root": str(root), "monitor": {"source": "kernel", "receive_buffer_bytes": 65536},
+        "debounce": {"quiet_ms": QUIET_MS, "max_delay_ms": 2000}, "sandbox": {"state_dir": str(state_dir)},
+        "log": {"level": "debug"}, "control": {"socket": str(tmp_path / "control.sock")},
+    })
+    d = start(config)
+    d.signal(signal.SIGSTOP)  # the daemon reads nothing while the storm fills its socket
+    try:
+        tree_with(root, 3)
+        inject("online", 3840)
+    finally:
+        d.signal(signal.SIGCONT)
+    wait_for(lambda: "ENOBUFS" in d.stderr(), 10, "the overflow to be noticed")
+    wait_for(lambda: segment_header(state_dir) == generated(root), 10, "the rescanned header")
+    assert d.proc.poll() is None
+
+
+def ready_after_reloading(d: DaemonProcess) -> bool:
+    d.notify.pump()
+    starts = [m.startswith("RELOADING=1") for m in d.notify.messages]
+    return True in starts and any(m.startswith("READY=1") for m in d.notify.messages[starts.index(True):])
+
+
+def test_sighup_with_a_bad_file_keeps_the_old_config(env):
+    root, state_dir, config, start = env
+    d = start()
+    good = config.read_text()
+    config.write_text(good.replace(f"quiet_ms = {QUIET_MS}", "quiet_ms = -5"))
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: "debounce.quiet_ms" in d.stderr(), 10, "the invalid key to be named")
+    wait_for(lambda: ready_after_reloading(d), 5, "READY=1 after RELOADING=1")
+    tree_with(root, 1)
+    inject("online")
+    wait_for(lambda: generation(state_dir) == 2, 10, "an apply under the old config")
+    assert d.proc.poll() is None
+
+
+def test_sighup_with_a_good_file_takes_effect(env):
+    root, state_dir, config, start = env
+    d = start()
+    config.write_text(config.read_text().replace('root = ', 'layout = "kexec-tools"\nroot = '))
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: generation(state_dir) == 2, 10, "the header in the new layout")
+    assert segment_header(state_dir) == generated(root, "kexec-tools")
+    wait_for(lambda: ready_after_reloading(d), 5, "READY=1 after RELOADING=1")
+
+
+def test_watchdog_pings_status_and_clean_stop(env):
+    _, _, _, start = env
+    d = start(WATCHDOG_USEC="200000")
+    wait_for(lambda: d.notify.seen("WATCHDOG=1"), 5, "a watchdog ping")
+    assert d.notify.seen("STATUS=")
+    assert d.stop() == 0
+    assert any("STOPPING=1" in m for m in d.notify.messages)
+
+
+def test_invalid_config_exits_78_naming_the_key(tmp_path):
+    import subprocess
+
+    from daemonproc import CRASHHPD
+
+    bad = write_config(tmp_path / "bad.toml", {"debounce": {"max_delay_ms": "soon"}, "bogus": 1})
+    proc = subprocess.run([CRASHHPD, "run", "--config", str(bad)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 78
+    assert "debounce.max_delay_ms" in proc.stderr and "bogus" in proc.stderr
+    assert "Traceback" not in proc.stderr
