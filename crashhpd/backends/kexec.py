@@ -1,0 +1,484 @@
+"""The kexec backend: reload the crash kernel with kexec-tools, once per burst, never unloading first.
+
+On kernels and kexec-tools that cannot update the loaded header in place
+(Debian 12: Linux 6.1, kexec-tools 2.0.25), the only way to get a new
+elfcorehdr in is a full `kexec -p`, which rebuilds everything. Distributions
+do that once per udev event and unload first (`kexec -p -u`), which leaves
+no crash kernel at all between the two calls. This backend reloads once per
+debounced burst, only when the header kexec-tools would build has changed,
+and relies on `kexec -p` replacing the image inside one syscall.
+
+What it compares is a model of kexec-tools' header (the `kexec-tools`
+layout): kexec builds the real one itself and there is no way to read it
+back, so `loaded()` is the model of the last load that succeeded.
+
+Failures are the outside world's and are retried on the daemon's timer:
+a busy kexec lock backs off exponentially, and a failed load that left no
+crash kernel at all (the kernel frees the old image before loading the new
+one) is retried at once, then backed off, and said loudly.
+"""
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from typing import NoReturn
+
+from .. import log
+from ..config import KexecConfig
+from ..errors import BackendError, CrashhpdError
+from ..kdump_discovery import (BOOT_ID, CRASH_LOADED, ELFCOREHDR_SIZE, LOAD_LIMIT, LOCKDOWN, CrashKernel, discover,
+                               kernel_updates_header, lockdown_forbids_kexec_load, parse_kexec_version, read_int,
+                               read_text, under)
+from ..layout import LayoutName
+from .base import Applied, Health
+
+logger = logging.getLogger(__name__)
+
+HOTPLUG_MIN_VERSION = (2, 0, 28)  # the first kexec-tools with --hotplug
+BACKOFF_START_S = 1.0
+BACKOFF_MAX_S = 60.0
+EBUSY_TEXT = "Device or resource busy"  # kexec_load's EBUSY: another loader holds the kexec lock
+STATE_FILE = "kexec-state.json"  # names distinct from the sandbox backend's, which shares state_dir
+HEADER_FILE = "kexec-elfcorehdr"
+STDERR_CHARS = 240  # enough of kexec's complaint for one readable line
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """The kexec binary in use and what it says its version is."""
+
+    path: str
+    version: tuple[int, int, int] | None
+    version_text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One finished (or killed) kexec process."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    timed_out: bool
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What the last successful load put in force, as persisted under state_dir."""
+
+    generation: int
+    sha256: str
+    header_size: int
+    applied_at: float
+    argv: tuple[str, ...]
+    boot_id: str | None  # a state from an earlier boot says nothing about what is loaded now
+
+
+# --- pure decisions ---------------------------------------------------------------------------
+
+
+def hotplug_blocker(wanted: bool, version: tuple[int, int, int] | None, kernel_has_hotplug: bool,
+                    file_load: bool) -> str | None:
+    """Why `--hotplug` is not used, or None when it is.
+
+    With `-s` the kernel updates kexec_file_load images by itself, so the flag
+    only matters for kexec_load.
+    """
+    if not wanted:
+        return "not enabled (kexec.hotplug = false)"
+    if file_load:
+        return "not needed with kexec_file_load (-s): the kernel updates those images itself"
+    if version is None or version < HOTPLUG_MIN_VERSION:
+        shown = ".".join(map(str, version)) if version else "an unknown version"
+        return f"kexec-tools {shown} is older than 2.0.28"
+    if not kernel_has_hotplug:
+        return "the kernel has no /sys/kernel/crash_elfcorehdr_size (needs Linux 6.6+ with CONFIG_CRASH_HOTPLUG)"
+    return None
+
+
+def load_argv(binary: str, crash: CrashKernel, file_load: bool, hotplug: bool) -> list[str]:
+    """`kexec -p` replacing the loaded crash image in one call: never `-u` first, never a shell."""
+    argv = [binary, "-p"]
+    if file_load:
+        argv.append("-s")
+    if hotplug:
+        argv.append("--hotplug")
+    if crash.initrd is not None:
+        argv.append(f"--initrd={crash.initrd}")
+    argv.append(f"--command-line={crash.cmdline}")
+    argv.append(crash.kernel)
+    return argv
+
+
+def complaint(run: Run) -> str:
+    """kexec's own words in one line: its last stderr line, with the lines before it while they fit."""
+    lines = [line.strip() for line in (run.stderr or run.stdout).splitlines() if line.strip()]
+    kept: list[str] = []
+    for line in reversed(lines):
+        if kept and len(line) + sum(len(k) + 2 for k in kept) > STDERR_CHARS:
+            break
+        kept.insert(0, line)
+    return "; ".join(kept) or "no message"
+
+
+def failure_message(run: Run, timeout_s: float) -> str:
+    name = f"{os.path.basename(run.argv[0])} -p"
+    if run.timed_out:
+        return f"{name} did not finish within {timeout_s:g} s; killed its process group"
+    if EBUSY_TEXT in run.stderr:
+        return f"{name}: another loader holds the kexec lock ({EBUSY_TEXT})"
+    return f"{name} failed with exit status {run.returncode}: {complaint(run)}"
+
+
+class Backoff:
+    """Exponential retry delays: 1 s doubling to 60 s, back to the start after a success."""
+
+    def __init__(self, start: float = BACKOFF_START_S, cap: float = BACKOFF_MAX_S) -> None:
+        self._start = start
+        self._cap = cap
+        self._next = start
+
+    def take(self) -> float:
+        delay = self._next
+        self._next = min(self._cap, self._next * 2)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self._start
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def run(argv: list[str], timeout_s: float) -> Run:
+    """Run kexec in its own process group, so a timeout kills everything it started."""
+    started = time.monotonic()
+    env = {**os.environ, "LC_ALL": "C"}  # kexec's strerror() text is matched (EBUSY); keep it English
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True, env=env)
+    except OSError as err:
+        raise BackendError(f"{argv[0]}: cannot run: {err.strerror}") from None
+    timed_out = False
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+    return Run(tuple(argv), proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"), timed_out,
+               time.monotonic() - started)
+
+
+def probe(binary: str | None, timeout_s: float) -> Tool:
+    """Find kexec (the config's path or name, else `kexec` on PATH) and ask its version."""
+    name = binary or "kexec"
+    path = name if "/" in name else shutil.which(name)
+    if path is None:
+        raise BackendError(f"{name} not found on PATH; install kexec-tools (apt-get install kexec-tools) "
+                           "or set kexec.binary")
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise BackendError(f"kexec.binary {path}: not an executable file")
+    answer = run([path, "--version"], timeout_s)
+    text = (answer.stdout + answer.stderr).strip()
+    version = parse_kexec_version(text)
+    if version is None:
+        logger.warning("%s --version said %r; its version is unknown, so --hotplug is not used", path, text[:80],
+                       extra=log.fields("kexec-load", binary=path))
+    return Tool(path, version, text.splitlines()[0] if text else "")
+
+
+# --- the state that survives a restart ----------------------------------------------------------
+
+
+class StateStore:
+    """The last successful load's model header and record, replaced atomically (header first, then record)."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.state_path = os.path.join(state_dir, STATE_FILE)
+        self.header_path = os.path.join(state_dir, HEADER_FILE)
+        self._dir = state_dir
+
+    def load(self) -> tuple[Record, bytes] | None:
+        """The persisted load, or None when there is none or it does not hold together."""
+        try:
+            with open(self.state_path, encoding="utf-8") as f:
+                raw = json.load(f)
+            with open(self.header_path, "rb") as f:
+                header = f.read()
+            record = Record(**{**raw, "argv": tuple(raw["argv"])})
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            logger.warning("%s: unreadable (%s); the next burst reloads", self.state_path, err,
+                           extra=log.fields("kexec-load"))
+            return None
+        if hashlib.sha256(header).hexdigest() != record.sha256:
+            logger.warning("%s does not match %s; the next burst reloads", self.header_path, self.state_path,
+                           extra=log.fields("kexec-load"))
+            return None
+        return record, header
+
+    def save(self, record: Record, header: bytes) -> None:
+        """Persist; a failure only costs one needless reload after a restart, so it is logged, not raised."""
+        try:
+            os.makedirs(self._dir, mode=0o755, exist_ok=True)
+            self._replace(self.header_path, header)
+            self._replace(self.state_path, json.dumps(asdict(record)).encode())
+        except OSError as err:
+            logger.warning("cannot save the kexec state in %s: %s; a restart will reload once", self._dir,
+                           err.strerror, extra=log.fields("kexec-load"))
+
+    def _replace(self, path: str, data: bytes) -> None:
+        tmp = f"{path}.tmp"
+        try:
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644), "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+# --- the backend --------------------------------------------------------------------------------
+
+
+class KexecBackend:
+    name = "kexec"
+    layout: LayoutName = "kexec-tools"
+
+    def __init__(self, cfg: KexecConfig, root: str, state_dir: str) -> None:
+        self._cfg = cfg
+        self._root = root
+        self._store = StateStore(state_dir)
+        self._tool: Tool | None = None
+        self._backoff = Backoff()
+        self._retried_lost = False  # the one immediate retry after the kernel freed the old image is spent
+        self._failures = 0  # consecutive failed loads
+        self._failure: str | None = None
+        self._retry_after: float | None = None
+        self._last_run: Run | None = None
+        self._argv: list[str] | None = None
+        self._passive = False
+        self._record: Record | None = None
+        self._header: bytes | None = None
+        self._generation = 0
+        self._restore()
+
+    # --- Backend protocol ---------------------------------------------------------------------
+
+    def loaded(self) -> bytes | None:
+        """The model of the last successful load, unless the kernel says nothing is loaded now."""
+        if self._header is None:
+            return None
+        if not self._cfg.dry_run and read_int(self._root, CRASH_LOADED) == 0:
+            return None
+        return self._header
+
+    def state(self) -> Applied | None:
+        record = self._record
+        if record is None:
+            return None
+        return Applied(record.generation, record.sha256, record.header_size, None, record.applied_at)
+
+    def capacity(self) -> int | None:
+        """None: every reload sizes a new segment, so there is no fixed room to outgrow."""
+        return None
+
+    def apply(self, header: bytes) -> Applied:
+        """Reload the crash kernel once for this header; BackendError (with a retry delay) on any failure."""
+        if kernel_updates_header(self._root):
+            return self._record_passive(header)
+        self._passive = False
+        try:
+            self._check_load_limit()
+            argv = self._argv_now()
+        except BackendError as err:
+            self._failure, self._retry_after = str(err), err.retry_after
+            raise
+        if self._cfg.dry_run:
+            logger.warning("dry run: would run %s", shlex.join(argv),
+                           extra=log.fields("kexec-load", argv=shlex.join(argv), dry_run=1, backend=self.name))
+            self._clear_failures()
+            return self._remember(header, argv, persist=False)
+        if self._failures:
+            logger.info("retrying the crash kernel reload (attempt %d)", self._failures + 1,
+                        extra=log.fields("retry", attempt=self._failures + 1, backend=self.name))
+        result = run(argv, self._cfg.timeout_s)
+        self._last_run = result
+        if result.returncode != 0 or result.timed_out:
+            self._fail(result)
+        self._succeeded(result)
+        return self._remember(header, argv, persist=True)
+
+    def health(self) -> Health:
+        try:
+            loaded = read_int(self._root, CRASH_LOADED)
+            limit = read_int(self._root, LOAD_LIMIT)
+            kernel_updates = kernel_updates_header(self._root)
+        except CrashhpdError as err:
+            return Health(False, str(err), self._extra(None, None))
+        try:
+            self._probe()
+        except CrashhpdError as err:
+            return Health(False, str(err), self._extra(loaded, limit))
+        ok, detail = self._verdict(loaded, limit, kernel_updates)
+        return Health(ok, detail, {**self._extra(loaded, limit), "kernel_updates_header": kernel_updates})
+
+    # --- apply, step by step ----------------------------------------------------------------------
+
+    def _record_passive(self, header: bytes) -> Applied:
+        """The kernel rewrites the header itself now (crash_hotplug reads 1): a reload would only hurt."""
+        if not self._passive:
+            logger.info("the kernel updates the header itself now (crash_hotplug reads 1); crashhpd stops reloading, "
+                        "and the next start picks the passive kernel backend",
+                        extra=log.fields("passive", backend=self.name))
+            self._passive = True
+        self._clear_failures()
+        return self._remember(header, self._argv or [], persist=not self._cfg.dry_run)
+
+    def _check_load_limit(self) -> None:
+        """Never spend the kernel's last allowed crash load on an update: an admin may need it."""
+        limit = read_int(self._root, LOAD_LIMIT)
+        if limit is None or limit < 0 or limit > 1:
+            return
+        message = (f"{under(self._root, LOAD_LIMIT)} reads {limit}: "
+                   f"{'no crash load is' if limit == 0 else 'only one more crash load is'} allowed; "
+                   "crashhpd will not spend it on an update")
+        logger.error("%s", message, extra=log.fields("load-limit", load_limit=limit, backend=self.name))
+        raise BackendError(message, retry_after=None)
+
+    def _argv_now(self) -> list[str]:
+        """Everything is looked up again on each load, so fixing a config file needs no restart."""
+        cfg = self._cfg
+        crash = discover(self._root, cfg.kernel, cfg.initrd, cfg.cmdline, cfg.append)
+        tool = self._probe()
+        file_load = cfg.file_load or lockdown_forbids_kexec_load(read_text(self._root, LOCKDOWN))
+        hotplug = self._hotplug_blocker(tool, file_load) is None
+        self._argv = load_argv(tool.path, crash, file_load, hotplug)
+        return self._argv
+
+    def _probe(self) -> Tool:
+        if self._tool is None:
+            self._tool = probe(self._cfg.binary, self._cfg.timeout_s)
+        return self._tool
+
+    def _hotplug_blocker(self, tool: Tool | None, file_load: bool) -> str | None:
+        has_size = os.path.exists(under(self._root, ELFCOREHDR_SIZE))
+        return hotplug_blocker(self._cfg.hotplug, tool.version if tool else None, has_size, file_load)
+
+    def _fail(self, result: Run) -> NoReturn:
+        """Count, log and raise; the retry delay depends on whether a crash kernel is still loaded."""
+        self._failures += 1
+        message = failure_message(result, self._cfg.timeout_s)
+        if read_int(self._root, CRASH_LOADED) == 0:
+            retry = self._backoff.take() if self._retried_lost else 0.0
+            self._retried_lost = True
+            message = f"NO CRASH KERNEL LOADED: {message}"
+            logger.error("%s; retrying in %g s", message, retry,
+                         extra=log.fields("no-crash-kernel", argv=shlex.join(result.argv), exit=result.returncode,
+                                          retry_after_s=retry, backend=self.name))
+        else:
+            retry = self._backoff.take()
+            level = logging.WARNING if EBUSY_TEXT in result.stderr else logging.ERROR
+            logger.log(level, "%s; retrying in %g s", message, retry,
+                       extra=log.fields("kexec-failed", argv=shlex.join(result.argv), exit=result.returncode,
+                                        retry_after_s=retry, backend=self.name))
+        self._failure = message
+        self._retry_after = retry
+        raise BackendError(message, retry_after=retry)
+
+    def _succeeded(self, result: Run) -> None:
+        logger.info("reloaded the crash kernel in %.2f s: %s", result.duration_s, shlex.join(result.argv),
+                    extra=log.fields("kexec-load", argv=shlex.join(result.argv), generation=self._generation + 1,
+                                     duration_us=int(result.duration_s * 1e6), backend=self.name))
+        self._clear_failures()
+
+    def _clear_failures(self) -> None:
+        self._backoff.reset()
+        self._retried_lost = False
+        self._failures = 0
+        self._failure = None
+        self._retry_after = None
+
+    def _remember(self, header: bytes, argv: list[str], persist: bool) -> Applied:
+        self._generation += 1
+        self._record = Record(self._generation, hashlib.sha256(header).hexdigest(), len(header), time.time(),
+                              tuple(argv), self._boot_id())
+        self._header = header
+        if persist:
+            self._store.save(self._record, header)
+        applied = self.state()
+        assert applied is not None
+        return applied
+
+    # --- start-up and health ----------------------------------------------------------------------
+
+    def _boot_id(self) -> str | None:
+        text = read_text(self._root, BOOT_ID)
+        return text.strip() if text else None
+
+    def _restore(self) -> None:
+        """Pick up the last load of this boot, so a restart does not reload for nothing."""
+        found = self._store.load()
+        if found is None:
+            return
+        record, header = found
+        self._generation = record.generation
+        self._argv = list(record.argv)
+        if record.boot_id != self._boot_id():
+            logger.info("%s is from an earlier boot; the first burst reloads", self._store.state_path,
+                        extra=log.fields("kexec-load", generation=record.generation))
+            return
+        self._record, self._header = record, header
+
+    def _verdict(self, loaded: int | None, limit: int | None, kernel_updates: bool) -> tuple[bool, str]:
+        if loaded is None:
+            return False, f"{under(self._root, CRASH_LOADED)} is missing: this kernel has no kexec support"
+        if loaded == 0:
+            return False, "NO CRASH KERNEL LOADED" + (f": {self._failure}" if self._failure else "")
+        if limit is not None and 0 <= limit <= 1:
+            return False, f"kexec_load_limit_panic reads {limit}: crashhpd will not spend the last crash load"
+        if self._failure:
+            retry = f"; retrying in {self._retry_after:g} s" if self._retry_after is not None else ""
+            return False, f"last reload failed: {self._failure}{retry}"
+        if kernel_updates:
+            return True, ("the kernel updates the header now (crash_hotplug reads 1); crashhpd does not reload, "
+                          "and the next start picks the passive kernel backend")
+        if self._record is None:
+            return True, "a crash kernel is loaded; crashhpd has not reloaded it yet"
+        return True, f"crash kernel loaded by crashhpd, generation {self._record.generation}"
+
+    def _extra(self, loaded: int | None, limit: int | None) -> dict[str, object]:
+        tool = self._tool
+        last = self._last_run
+        file_load = self._cfg.file_load or "-s" in (self._argv or [])
+        return {
+            "binary": tool.path if tool else self._cfg.binary,
+            "version": ".".join(map(str, tool.version)) if tool and tool.version else None,
+            "argv": list(self._argv) if self._argv else None,
+            "crash_loaded": loaded,
+            "load_limit": limit,
+            "last_exit": last.returncode if last else None,
+            "backoff_s": self._retry_after if self._retry_after is not None else 0.0,
+            "hotplug": self._hotplug_blocker(tool, file_load) or "used",
+            "dry_run": self._cfg.dry_run,
+        }

@@ -1,0 +1,506 @@
+"""The kexec backend: argv, retries, load limit, dry run and persistence, against kexec-tools and a stand-in.
+
+This VM's kernel has no kexec_load (no /sys/kernel/kexec_crash_loaded), so
+a real load cannot succeed here. The real Debian kexec-tools binary is used
+for what it can do (its version, and its real failure); everything that
+needs a load to succeed, fail on cue or hang runs against
+tests/kexec_standin.py, which plays kexec and the kernel's kexec state on a
+fake tree. The snapshots and headers are crashhpd's real ones, built from
+those trees.
+"""
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from crashhpd import log
+from crashhpd.backends.kernel import choose
+from crashhpd.backends.kexec import STATE_FILE, Backoff, KexecBackend
+from crashhpd.config import KexecConfig
+from crashhpd.errors import BackendError
+from crashhpd.header import build
+from crashhpd.layout import plan, preset
+from crashhpd.snapshot import read_snapshot
+from faketree import make_tree, write
+from kexec_standin import EBUSY
+
+STANDIN = Path(__file__).parent / "kexec_standin.py"
+CMDLINE = "BOOT_IMAGE=/boot/vmlinuz-6.1.0-18-amd64 root=UUID=0b4e ro quiet crashkernel=512M-:192M\n"
+KDUMP_TOOLS = "USE_KDUMP=1\nKDUMP_KERNEL=/var/lib/kdump/vmlinuz\nKDUMP_INITRD=/var/lib/kdump/initrd.img\n" \
+              'KDUMP_CMDLINE_APPEND="nr_cpus=1 irqpoll"\n'
+BOOT_ID = "6f1c3f5e-1d1b-4a36-9d9b-3c8c2f6a0b11\n"
+HOT_ADD_BASE = 0x440000000
+BLOCK = 0x8000000  # 128 MiB memory blocks
+
+
+@dataclass
+class Standin:
+    """The stand-in kexec and its script: what each load does, and what it was called with."""
+
+    path: Path
+    control: Path
+    root: Path
+
+    def script(self, *outcomes: dict, default: dict | None = None, version: str = "kexec-tools 2.0.25") -> None:
+        self.control.write_text(json.dumps({"root": str(self.root), "log": str(self.log), "version": version,
+                                            "outcomes": list(outcomes), "default": default or {}}))
+
+    @property
+    def log(self) -> Path:
+        return self.control.with_suffix(".jsonl")
+
+    def calls(self) -> list[dict]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def loads(self) -> list[dict]:
+        return [c for c in self.calls() if "-p" in c["argv"]]
+
+
+def iomem(fixtures: Path, hot_added_blocks: int = 0) -> str:
+    text = (fixtures / "iomem/qemu-kvm-crashkernel.txt").read_text()
+    for n in range(hot_added_blocks):
+        start = HOT_ADD_BASE + n * BLOCK
+        text += f"{start:x}-{start + BLOCK - 1:x} : System RAM\n"
+    return text
+
+
+@pytest.fixture
+def root(tmp_path: Path, fixtures: Path) -> Path:
+    """A Debian host with kdump-tools set up and a crash kernel loaded at boot."""
+    tree = make_tree(tmp_path / "root", iomem(fixtures), possible="0-3", memory_blocks=4, extra={
+        "sys/kernel/kexec_crash_loaded": "1\n",
+        "proc/cmdline": CMDLINE,
+        "proc/sys/kernel/random/boot_id": BOOT_ID,
+        "etc/default/kdump-tools": KDUMP_TOOLS,
+        "var/lib/kdump/vmlinuz": "kernel image",
+        "var/lib/kdump/initrd.img": "initrd image",
+    })
+    return tree
+
+
+@pytest.fixture
+def standin(tmp_path: Path, root: Path, monkeypatch: pytest.MonkeyPatch) -> Standin:
+    # a stand-in, because this kernel has no kexec_load: a real `kexec -p` can only fail here
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "kexec").symlink_to(STANDIN)
+    control = tmp_path / "standin.json"
+    monkeypatch.setenv("KEXEC_STANDIN_CONTROL", str(control))
+    s = Standin(bindir / "kexec", control, root)
+    s.script()
+    return s
+
+
+def backend(standin: Standin, state_dir: Path, **cfg: object) -> KexecBackend:
+    return KexecBackend(KexecConfig(binary=str(standin.path), **cfg), str(standin.root), str(state_dir))
+
+
+def model(root: Path) -> bytes:
+    """The header kexec-tools would build for this tree: what the daemon compares with loaded()."""
+    return build(plan(read_snapshot(str(root)), preset("kexec-tools")))
+
+
+def kind_of(record: logging.LogRecord) -> str | None:
+    operation = log.operation_of(record)
+    return operation.kind if operation else None
+
+
+def expected_argv(standin: Standin, *flags: str) -> list[str]:
+    r = standin.root
+    return [str(standin.path), "-p", *flags, f"--initrd={r}/var/lib/kdump/initrd.img",
+            "--command-line=root=UUID=0b4e ro quiet nr_cpus=1 irqpoll", f"{r}/var/lib/kdump/vmlinuz"]
+
+
+# --- the load itself ----------------------------------------------------------------------------
+
+
+def test_one_kexec_p_replaces_the_image_without_unloading(standin, root, tmp_path):
+    # stand-in: a real load needs a kernel with kexec_load
+    b = backend(standin, tmp_path / "state")
+    header = model(root)
+    applied = b.apply(header)
+    assert [c["argv"] for c in standin.loads()] == [expected_argv(standin)[1:]]
+    assert (applied.generation, applied.sha256 is not None, applied.header_size) == (1, True, len(header))
+    assert b.loaded() == header
+    assert (root / "sys/kernel/kexec_crash_loaded").read_text() == "1\n"
+
+
+def test_never_unload_even_across_failures(standin, root, tmp_path):
+    # stand-in: failures on cue need a scripted kexec
+    standin.script({"exit": 1, "stderr": EBUSY}, {"exit": 1, "stderr": "kexec_load failed: Invalid argument\n",
+                                                  "kernel": "freed"}, {"exit": 0})
+    b = backend(standin, tmp_path / "state")
+    for _ in range(2):
+        with pytest.raises(BackendError):
+            b.apply(model(root))
+    b.apply(model(root))
+    argvs = [c["argv"] for c in standin.calls()]
+    assert len(standin.loads()) == 3
+    assert not any(flag in argv for argv in argvs for flag in ("-u", "--unload"))
+
+
+def test_argv_is_a_list_and_no_shell_sees_the_command_line(standin, root, tmp_path):
+    # stand-in: it records the exact argv it received
+    marker = tmp_path / "pwned"
+    append = f'dyndbg="file a.c +p" x;touch {marker} `touch {marker}` $(touch {marker}) \'q\''
+    backend(standin, tmp_path / "state", append=append).apply(model(root))
+    (call,) = standin.loads()
+    assert call["argv"][-2] == f"--command-line=root=UUID=0b4e ro quiet nr_cpus=1 irqpoll {append}"
+    assert not marker.exists()
+
+
+def test_file_load_when_configured(standin, root, tmp_path):
+    # stand-in: -s needs kexec_file_load in the kernel
+    backend(standin, tmp_path / "state", file_load=True).apply(model(root))
+    assert standin.loads()[0]["argv"] == expected_argv(standin, "-s")[1:]
+
+
+@pytest.mark.parametrize(("lockdown", "flags"), [("none [integrity] confidentiality\n", ["-s"]),
+                                                 ("none integrity [confidentiality]\n", ["-s"]),
+                                                 ("[none] integrity confidentiality\n", [])])
+def test_file_load_under_lockdown(standin, root, tmp_path, lockdown, flags):
+    # stand-in: lockdown is a fake tree's file here, and kexec_load is refused under it by the kernel
+    write(root, "sys/kernel/security/lockdown", lockdown)
+    backend(standin, tmp_path / "state").apply(model(root))
+    assert standin.loads()[0]["argv"] == expected_argv(standin, *flags)[1:]
+
+
+def test_hotplug_hands_the_header_over_to_the_kernel(standin, root, tmp_path):
+    # stand-in: kexec-tools 2.0.28 and a 6.6+ kernel with CONFIG_CRASH_HOTPLUG are not on this VM
+    standin.script(version="kexec-tools 2.0.28")
+    write(root, "sys/kernel/crash_elfcorehdr_size", f"{56 * (2 + 64 + 8192)}\n")
+    b = backend(standin, tmp_path / "state", hotplug=True)
+    b.apply(model(root))
+    assert standin.loads()[0]["argv"] == expected_argv(standin, "--hotplug")[1:]
+    health = b.health()
+    assert health.ok and "the kernel updates the header now" in health.detail
+    assert health.extra["kernel_updates_header"] is True
+    assert choose(str(root)) == "kernel"
+    write(root, "proc/iomem", iomem(Path(__file__).parent / "fixtures", hot_added_blocks=2))
+    newer = model(root)
+    assert b.apply(newer).generation == 2  # recorded; the kernel already rewrote its header
+    assert len(standin.loads()) == 1
+    assert b.loaded() == newer
+
+
+@pytest.mark.parametrize(("version", "size_file", "reason"), [
+    ("kexec-tools 2.0.25", True, "kexec-tools 2.0.25 is older than 2.0.28"),
+    ("kexec-tools 2.0.28", False, "the kernel has no /sys/kernel/crash_elfcorehdr_size"),
+])
+def test_hotplug_only_where_both_sides_support_it(standin, root, tmp_path, version, size_file, reason):
+    # stand-in: both versions of kexec-tools, on a tree with or without the kernel's attribute
+    standin.script(version=version)
+    if size_file:
+        write(root, "sys/kernel/crash_elfcorehdr_size", "460000\n")
+    b = backend(standin, tmp_path / "state", hotplug=True)
+    b.apply(model(root))
+    assert "--hotplug" not in standin.loads()[0]["argv"]
+    assert b.health().extra["hotplug"].startswith(reason)
+
+
+# --- failures and retries -----------------------------------------------------------------------
+
+
+def test_nonzero_exit_reports_kexecs_last_words_and_keeps_the_old_state(standin, root, tmp_path):
+    # stand-in: a failure before the syscall, on cue
+    b = backend(standin, tmp_path / "state")
+    first = model(root)
+    b.apply(first)
+    standin.script({}, {"exit": 1, "stderr": "Cannot open `/var/lib/kdump/vmlinuz': Is a directory\n"
+                                              "Cannot determine the file type of /var/lib/kdump/vmlinuz\n"})
+    write(root, "proc/iomem", iomem(Path(__file__).parent / "fixtures", hot_added_blocks=1))
+    with pytest.raises(BackendError) as err:
+        b.apply(model(root))
+    assert str(err.value).startswith("kexec -p failed with exit status 1: ")
+    assert str(err.value).endswith("Cannot determine the file type of /var/lib/kdump/vmlinuz")
+    assert err.value.retry_after == 1.0
+    assert b.loaded() == first  # kexec said nothing was loaded anew; the old image stands
+    health = b.health()
+    assert not health.ok and health.detail.startswith("last reload failed: kexec -p failed with exit status 1")
+    assert health.extra["last_exit"] == 1 and health.extra["backoff_s"] == 1.0
+
+
+def test_timeout_kills_the_whole_process_group(standin, root, tmp_path):
+    # stand-in: a kexec that hangs (and has a child) on cue
+    standin.script({"delay_s": 30, "child": True})
+    b = backend(standin, tmp_path / "state", timeout_s=1)
+    started = time.monotonic()
+    with pytest.raises(BackendError) as err:
+        b.apply(model(root))
+    assert time.monotonic() - started < 10
+    assert str(err.value) == "kexec -p did not finish within 1 s; killed its process group"
+    assert err.value.retry_after == 1.0
+    pids = json.loads(Path(str(standin.log) + ".pids").read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in pids)
+
+
+def alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie nobody has reaped yet."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_ebusy_backs_off_doubling_and_a_success_resets_it(standin, root, tmp_path, caplog):
+    # stand-in: another loader holding the kexec lock, on cue
+    busy = {"exit": 1, "stderr": EBUSY}
+    standin.script(busy, busy, busy, {}, busy)
+    b = backend(standin, tmp_path / "state")
+    delays = []
+    with caplog.at_level(logging.INFO, logger="crashhpd"):
+        for _ in range(3):
+            with pytest.raises(BackendError) as err:
+                b.apply(model(root))
+            delays.append(err.value.retry_after)
+            assert "another loader holds the kexec lock (Device or resource busy)" in str(err.value)
+        b.apply(model(root))
+        write(root, "proc/iomem", iomem(Path(__file__).parent / "fixtures", hot_added_blocks=1))
+        with pytest.raises(BackendError) as err:
+            b.apply(model(root))
+    assert delays == [1.0, 2.0, 4.0]
+    assert err.value.retry_after == 1.0
+    assert [kind_of(r) for r in caplog.records].count("retry") == 3
+    assert all(r.levelno == logging.WARNING for r in caplog.records if kind_of(r) == "kexec-failed")
+
+
+def test_backoff_is_capped_at_a_minute():
+    backoff = Backoff()
+    assert [backoff.take() for _ in range(9)] == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    backoff.reset()
+    assert backoff.take() == 1
+
+
+def test_a_failed_load_that_freed_the_old_image_retries_at_once_then_backs_off(standin, root, tmp_path, caplog):
+    # stand-in: the kernel freeing the crash image on a failed load needs a kernel with kexec_load
+    freed = {"exit": 1, "stderr": "kexec_load failed: Cannot allocate memory\n", "kernel": "freed"}
+    standin.script({}, freed, freed, freed, {})
+    b = backend(standin, tmp_path / "state")
+    b.apply(model(root))
+    write(root, "proc/iomem", iomem(Path(__file__).parent / "fixtures", hot_added_blocks=1))
+    delays = []
+    with caplog.at_level(logging.ERROR, logger="crashhpd"):
+        for _ in range(3):
+            with pytest.raises(BackendError) as err:
+                b.apply(model(root))
+            delays.append(err.value.retry_after)
+    assert delays == [0.0, 1.0, 2.0]
+    assert str(err.value).startswith("NO CRASH KERNEL LOADED: kexec -p failed with exit status 1: ")
+    loud = [r for r in caplog.records if kind_of(r) == "no-crash-kernel"]
+    assert len(loud) == 3 and all(r.levelno == logging.ERROR for r in loud)
+    assert b.loaded() is None  # nothing is loaded, whatever crashhpd loaded before
+    health = b.health()
+    assert not health.ok and health.detail.startswith("NO CRASH KERNEL LOADED")
+    assert health.extra["crash_loaded"] == 0
+    newest = model(root)
+    b.apply(newest)
+    assert b.loaded() == newest and b.health().ok
+    standin.script(*[{}] * 5, freed)
+    with pytest.raises(BackendError) as err:
+        b.apply(model(make_tree_variant(root)))
+    assert err.value.retry_after == 0.0  # a success reset both the immediate retry and the backoff
+
+
+def make_tree_variant(root: Path) -> Path:
+    write(root, "proc/iomem", iomem(Path(__file__).parent / "fixtures", hot_added_blocks=3))
+    return root
+
+
+@pytest.mark.parametrize("limit", ["1\n", "0\n"])
+def test_the_last_allowed_crash_load_is_never_spent(standin, root, tmp_path, limit, caplog):
+    # stand-in: only to prove that kexec is not run at all
+    write(root, "proc/sys/kernel/kexec_load_limit_panic", limit)
+    b = backend(standin, tmp_path / "state")
+    with caplog.at_level(logging.ERROR, logger="crashhpd"), pytest.raises(BackendError) as err:
+        b.apply(model(root))
+    assert err.value.retry_after is None
+    assert f"kexec_load_limit_panic reads {limit.strip()}" in str(err.value)
+    assert standin.loads() == []
+    assert [kind_of(r) for r in caplog.records] == ["load-limit"]
+    health = b.health()
+    assert not health.ok and "kexec_load_limit_panic reads" in health.detail
+    assert health.extra["load_limit"] == int(limit)
+
+
+@pytest.mark.parametrize("limit", ["-1\n", "2\n"])
+def test_loads_go_ahead_while_the_limit_allows_more_than_one(standin, root, tmp_path, limit):
+    # stand-in: a real load needs a kernel with kexec_load
+    write(root, "proc/sys/kernel/kexec_load_limit_panic", limit)
+    backend(standin, tmp_path / "state").apply(model(root))
+    assert len(standin.loads()) == 1
+
+
+def test_a_missing_kexec_is_one_clear_line(root, tmp_path):
+    b = KexecBackend(KexecConfig(binary="kexec-not-installed"), str(root), str(tmp_path / "state"))
+    with pytest.raises(BackendError, match=r"^kexec-not-installed not found on PATH; install kexec-tools"):
+        b.apply(model(root))
+    assert not b.health().ok
+
+
+# --- dry run ----------------------------------------------------------------------------------------
+
+
+def test_dry_run_runs_no_load_and_changes_nothing(standin, root, tmp_path, caplog):
+    # stand-in: it records every call, so a load that should not happen would show
+    state_dir = tmp_path / "state"
+    b = backend(standin, state_dir, dry_run=True)
+    header = model(root)
+    with caplog.at_level(logging.WARNING, logger="crashhpd"):
+        applied = b.apply(header)
+    assert standin.loads() == []
+    assert [c["argv"] for c in standin.calls()] == [["--version"]]  # asking the version changes nothing
+    assert (root / "sys/kernel/kexec_crash_loaded").read_text() == "1\n"
+    assert not (state_dir / STATE_FILE).exists()
+    (record,) = [r for r in caplog.records if kind_of(r) == "kexec-load"]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == "dry run: would run " + shlex.join(expected_argv(standin))
+    assert applied.generation == 1 and b.loaded() == header  # so an identical burst is a no-op
+
+
+# --- what costs nothing -----------------------------------------------------------------------------
+
+
+def test_online_offline_bursts_leave_the_kexec_tools_model_unchanged(standin, root, tmp_path):
+    # stand-in: counts the reloads a real kexec would have done
+    b = backend(standin, tmp_path / "state")
+    before = model(root)
+    kernel_before = build(plan(read_snapshot(str(root)), preset("kernel")))
+    b.apply(before)
+    write(root, "sys/devices/system/cpu/online", "0,2\n")  # CPUs 1 and 3 offline, still present
+    write(root, "sys/devices/system/memory/memory2/state", "offline\n")  # the block stays in /proc/iomem
+    write(root, "sys/devices/system/memory/memory3/state", "offline\n")
+    after = model(root)
+    assert after == before == b.loaded()  # the daemon calls apply only when these differ: no reload
+    assert build(plan(read_snapshot(str(root)), preset("kernel"))) != kernel_before  # the kernel's layout moves
+    write(root, "proc/iomem", iomem(Path(__file__).parent / "fixtures", hot_added_blocks=1))
+    assert model(root) != b.loaded()  # a hot-add does change what kexec-tools builds
+    assert len(standin.loads()) == 1
+
+
+# --- restarts ---------------------------------------------------------------------------------------
+
+
+def test_a_restart_does_not_reload_needlessly(standin, root, tmp_path):
+    # stand-in: a real load needs a kernel with kexec_load
+    state_dir = tmp_path / "state"
+    header = model(root)
+    backend(standin, state_dir).apply(header)
+    again = backend(standin, state_dir)
+    assert again.loaded() == header
+    assert again.state().generation == 1
+    assert again.apply(model(make_tree_variant(root))).generation == 2
+    assert json.loads((state_dir / STATE_FILE).read_text())["generation"] == 2
+
+
+def test_state_from_another_boot_or_with_nothing_loaded_means_reload(standin, root, tmp_path):
+    # stand-in: a real load needs a kernel with kexec_load
+    state_dir = tmp_path / "state"
+    header = model(root)
+    backend(standin, state_dir).apply(header)
+    write(root, "sys/kernel/kexec_crash_loaded", "0\n")
+    assert backend(standin, state_dir).loaded() is None
+    write(root, "sys/kernel/kexec_crash_loaded", "1\n")
+    write(root, "proc/sys/kernel/random/boot_id", "00000000-0000-0000-0000-000000000000\n")
+    rebooted = backend(standin, state_dir)
+    assert rebooted.loaded() is None
+    assert rebooted.apply(header).generation == 2  # generations keep counting across boots
+
+
+def test_a_damaged_state_file_costs_one_reload_not_a_crash(standin, root, tmp_path):
+    state_dir = tmp_path / "state"
+    backend(standin, state_dir).apply(model(root))
+    (state_dir / STATE_FILE).write_text("{not json")
+    assert backend(standin, state_dir).loaded() is None
+
+
+def test_health_reports_every_documented_key(standin, root, tmp_path):
+    # stand-in: a real load needs a kernel with kexec_load
+    b = backend(standin, tmp_path / "state")
+    b.apply(model(root))
+    health = b.health()
+    assert health.ok and health.detail == "crash kernel loaded by crashhpd, generation 1"
+    extra = health.extra
+    assert extra["binary"] == str(standin.path) and extra["version"] == "2.0.25"
+    assert extra["argv"] == expected_argv(standin)
+    assert (extra["crash_loaded"], extra["load_limit"], extra["last_exit"], extra["backoff_s"]) == (1, None, 0, 0.0)
+
+
+# --- a storm during a failing reload ------------------------------------------------------------------
+
+
+def test_storm_during_failing_reloads_ends_in_one_load_of_the_newest_header(standin, root, tmp_path, fixtures):
+    # stand-in: failing N times on cue, then succeeding, needs a scripted kexec
+    busy = {"exit": 1, "stderr": EBUSY}
+    freed = {"exit": 1, "stderr": "kexec_load failed: Cannot allocate memory\n", "kernel": "freed"}
+    standin.script(busy, busy, freed, {"exit": 1, "stderr": "Cannot load /var/lib/kdump/initrd.img\n"}, {})
+    b = backend(standin, tmp_path / "state")
+    retries = []
+    for blocks in range(1, 6):  # each burst hot-adds one more block; the daemon retries with the newest header
+        write(root, "proc/iomem", iomem(fixtures, hot_added_blocks=blocks))
+        header = model(root)
+        if b.loaded() == header:
+            continue
+        try:
+            b.apply(header)
+        except BackendError as err:
+            retries.append(err.retry_after)
+    assert retries == [1.0, 2.0, 0.0, 4.0]
+    successes = [c for c in standin.loads() if c["outcome"] == 4]
+    assert len(standin.loads()) == 5 and len(successes) == 1
+    final_iomem = (root / "proc/iomem").read_bytes()
+    import hashlib
+    assert successes[0]["iomem_sha256"] == hashlib.sha256(final_iomem).hexdigest()  # it saw the newest state
+    assert b.loaded() == model(root)
+    assert b.state().generation == 1 and b.health().ok
+
+
+# --- the real kexec-tools --------------------------------------------------------------------------
+
+
+REAL_KEXEC = shutil.which("kexec")
+needs_real_kexec = pytest.mark.skipif(REAL_KEXEC is None, reason="kexec-tools is not installed")
+
+
+@needs_real_kexec
+def test_real_kexec_version_is_parsed(root, tmp_path):
+    package = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "kexec-tools"], capture_output=True, text=True)
+    if package.returncode != 0:
+        pytest.skip("kexec-tools is not a Debian package here")
+    upstream = package.stdout.split(":")[-1].split("-")[0]  # 1:2.0.25-3+b1 -> 2.0.25
+    health = KexecBackend(KexecConfig(), str(root), str(tmp_path / "state")).health()
+    assert health.extra["binary"] == REAL_KEXEC
+    assert health.extra["version"] == upstream
+
+
+@needs_real_kexec
+def test_real_kexec_failure_is_one_clear_backend_error(root, tmp_path):
+    if os.path.exists("/sys/kernel/kexec_crash_loaded"):
+        pytest.skip("this kernel has kexec: the real load could succeed and replace the host's crash kernel")
+    kernel = write(tmp_path, "vmlinuz", "not a kernel")
+    initrd = write(tmp_path, "initrd.img", "not an initrd")
+    direct = subprocess.run([REAL_KEXEC, "-p", f"--initrd={initrd}", "--command-line=quiet", str(kernel)],
+                            capture_output=True, text=True)
+    assert direct.returncode != 0
+    last_line = direct.stderr.strip().splitlines()[-1]
+    b = KexecBackend(KexecConfig(kernel=str(kernel), initrd=str(initrd), cmdline="quiet"), str(root),
+                     str(tmp_path / "state"))
+    with pytest.raises(BackendError) as err:
+        b.apply(model(root))
+    message = str(err.value)
+    assert message.startswith(f"kexec -p failed with exit status {direct.returncode}: ")
+    assert message.endswith(last_line)
+    assert "\n" not in message
