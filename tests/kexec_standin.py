@@ -18,8 +18,9 @@ Outcome n applies to the n-th load (counted from the log); "default" after the
 script runs out (absent: success). "kernel" is "loaded", "freed" or "kept";
 by default "loaded" on exit 0 and "kept" otherwise. "child": start a `sleep`
 in the same process group first, to prove a timeout kills the whole group.
-Every call is appended to the log with its argv, pid, time and the sha256 of
-the tree's proc/iomem at that moment (what real kexec would build from).
+Every call is appended to the log with its argv, pid, time, the outcome's
+index and exit status, and the sha256 of the tree's proc/iomem at that moment
+(what real kexec would build its header from).
 """
 
 import hashlib
@@ -79,13 +80,13 @@ def _load(control: dict, argv: list[str]) -> int:
     index = _loads_so_far(control["log"])
     outcomes = control.get("outcomes", [])
     outcome = outcomes[index] if index < len(outcomes) else control.get("default", {})
-    _record(control, argv, {"outcome": index})
+    code = outcome.get("exit", 0)
+    _record(control, argv, {"outcome": index, "exit": code})
     if outcome.get("child"):
         child = subprocess.Popen(["sleep", "60"])
         with open(control["log"] + ".pids", "w") as f:
             json.dump([os.getpid(), child.pid], f)
     time.sleep(outcome.get("delay_s", 0))
-    code = outcome.get("exit", 0)
     if "-u" in argv:
         _kernel_effect(control, argv, "freed")
         return 0

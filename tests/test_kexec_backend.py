@@ -9,6 +9,7 @@ fake tree. The snapshots and headers are crashhpd's real ones, built from
 those trees.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -30,9 +31,11 @@ from crashhpd.header import build
 from crashhpd.layout import plan, preset
 from crashhpd.snapshot import read_snapshot
 from faketree import make_tree, write
+from daemonproc import DaemonProcess, can_inject, generated, inject, wait_for, write_config
 from kexec_standin import EBUSY
 
 STANDIN = Path(__file__).parent / "kexec_standin.py"
+FIXTURES = Path(__file__).parent / "fixtures"
 CMDLINE = "BOOT_IMAGE=/boot/vmlinuz-6.1.0-18-amd64 root=UUID=0b4e ro quiet crashkernel=512M-:192M\n"
 KDUMP_TOOLS = "USE_KDUMP=1\nKDUMP_KERNEL=/var/lib/kdump/vmlinuz\nKDUMP_INITRD=/var/lib/kdump/initrd.img\n" \
               'KDUMP_CMDLINE_APPEND="nr_cpus=1 irqpoll"\n'
@@ -66,18 +69,26 @@ class Standin:
         return [c for c in self.calls() if "-p" in c["argv"]]
 
 
-def iomem(fixtures: Path, hot_added_blocks: int = 0) -> str:
-    text = (fixtures / "iomem/qemu-kvm-crashkernel.txt").read_text()
+def iomem(hot_added_blocks: int = 0) -> str:
+    """The QEMU guest's /proc/iomem with hot-added 128 MiB blocks of System RAM above it."""
+    text = (FIXTURES / "iomem/qemu-kvm-crashkernel.txt").read_text()
     for n in range(hot_added_blocks):
         start = HOT_ADD_BASE + n * BLOCK
         text += f"{start:x}-{start + BLOCK - 1:x} : System RAM\n"
     return text
 
 
+def hot_add(root: Path, blocks: int) -> None:
+    """Replace the tree's /proc/iomem at once: the kernel's is never seen half-written either."""
+    tmp = root / "proc/.iomem.new"
+    tmp.write_text(iomem(blocks))
+    tmp.replace(root / "proc/iomem")
+
+
 @pytest.fixture
-def root(tmp_path: Path, fixtures: Path) -> Path:
+def root(tmp_path: Path) -> Path:
     """A Debian host with kdump-tools set up and a crash kernel loaded at boot."""
-    tree = make_tree(tmp_path / "root", iomem(fixtures), possible="0-3", memory_blocks=4, extra={
+    tree = make_tree(tmp_path / "root", iomem(), possible="0-3", memory_blocks=4, extra={
         "sys/kernel/kexec_crash_loaded": "1\n",
         "proc/cmdline": CMDLINE,
         "proc/sys/kernel/random/boot_id": BOOT_ID,
@@ -186,7 +197,7 @@ def test_hotplug_hands_the_header_over_to_the_kernel(standin, root, tmp_path):
     assert health.ok and "the kernel updates the header now" in health.detail
     assert health.extra["kernel_updates_header"] is True
     assert choose(str(root)) == "kernel"
-    write(root, "proc/iomem", iomem(Path(__file__).parent / "fixtures", hot_added_blocks=2))
+    hot_add(root, 2)
     newer = model(root)
     assert b.apply(newer).generation == 2  # recorded; the kernel already rewrote its header
     assert len(standin.loads()) == 1
@@ -218,7 +229,7 @@ def test_nonzero_exit_reports_kexecs_last_words_and_keeps_the_old_state(standin,
     b.apply(first)
     standin.script({}, {"exit": 1, "stderr": "Cannot open `/var/lib/kdump/vmlinuz': Is a directory\n"
                                               "Cannot determine the file type of /var/lib/kdump/vmlinuz\n"})
-    write(root, "proc/iomem", iomem(Path(__file__).parent / "fixtures", hot_added_blocks=1))
+    hot_add(root, 1)
     with pytest.raises(BackendError) as err:
         b.apply(model(root))
     assert str(err.value).startswith("kexec -p failed with exit status 1: ")
@@ -269,7 +280,7 @@ def test_ebusy_backs_off_doubling_and_a_success_resets_it(standin, root, tmp_pat
             delays.append(err.value.retry_after)
             assert "another loader holds the kexec lock (Device or resource busy)" in str(err.value)
         b.apply(model(root))
-        write(root, "proc/iomem", iomem(Path(__file__).parent / "fixtures", hot_added_blocks=1))
+        hot_add(root, 1)
         with pytest.raises(BackendError) as err:
             b.apply(model(root))
     assert delays == [1.0, 2.0, 4.0]
@@ -291,7 +302,7 @@ def test_a_failed_load_that_freed_the_old_image_retries_at_once_then_backs_off(s
     standin.script({}, freed, freed, freed, {})
     b = backend(standin, tmp_path / "state")
     b.apply(model(root))
-    write(root, "proc/iomem", iomem(Path(__file__).parent / "fixtures", hot_added_blocks=1))
+    hot_add(root, 1)
     delays = []
     with caplog.at_level(logging.ERROR, logger="crashhpd"):
         for _ in range(3):
@@ -310,13 +321,14 @@ def test_a_failed_load_that_freed_the_old_image_retries_at_once_then_backs_off(s
     b.apply(newest)
     assert b.loaded() == newest and b.health().ok
     standin.script(*[{}] * 5, freed)
+    hot_add(root, 3)
     with pytest.raises(BackendError) as err:
-        b.apply(model(make_tree_variant(root)))
+        b.apply(model(root))
     assert err.value.retry_after == 0.0  # a success reset both the immediate retry and the backoff
 
 
 def make_tree_variant(root: Path) -> Path:
-    write(root, "proc/iomem", iomem(Path(__file__).parent / "fixtures", hot_added_blocks=3))
+    hot_add(root, 3)
     return root
 
 
@@ -386,7 +398,7 @@ def test_online_offline_bursts_leave_the_kexec_tools_model_unchanged(standin, ro
     after = model(root)
     assert after == before == b.loaded()  # the daemon calls apply only when these differ: no reload
     assert build(plan(read_snapshot(str(root)), preset("kernel"))) != kernel_before  # the kernel's layout moves
-    write(root, "proc/iomem", iomem(Path(__file__).parent / "fixtures", hot_added_blocks=1))
+    hot_add(root, 1)
     assert model(root) != b.loaded()  # a hot-add does change what kexec-tools builds
     assert len(standin.loads()) == 1
 
@@ -402,7 +414,8 @@ def test_a_restart_does_not_reload_needlessly(standin, root, tmp_path):
     again = backend(standin, state_dir)
     assert again.loaded() == header
     assert again.state().generation == 1
-    assert again.apply(model(make_tree_variant(root))).generation == 2
+    hot_add(root, 3)
+    assert again.apply(model(root)).generation == 2
     assert json.loads((state_dir / STATE_FILE).read_text())["generation"] == 2
 
 
@@ -442,7 +455,7 @@ def test_health_reports_every_documented_key(standin, root, tmp_path):
 # --- a storm during a failing reload ------------------------------------------------------------------
 
 
-def test_storm_during_failing_reloads_ends_in_one_load_of_the_newest_header(standin, root, tmp_path, fixtures):
+def test_storm_during_failing_reloads_ends_in_one_load_of_the_newest_header(standin, root, tmp_path):
     # stand-in: failing N times on cue, then succeeding, needs a scripted kexec
     busy = {"exit": 1, "stderr": EBUSY}
     freed = {"exit": 1, "stderr": "kexec_load failed: Cannot allocate memory\n", "kernel": "freed"}
@@ -450,7 +463,7 @@ def test_storm_during_failing_reloads_ends_in_one_load_of_the_newest_header(stan
     b = backend(standin, tmp_path / "state")
     retries = []
     for blocks in range(1, 6):  # each burst hot-adds one more block; the daemon retries with the newest header
-        write(root, "proc/iomem", iomem(fixtures, hot_added_blocks=blocks))
+        hot_add(root, blocks)
         header = model(root)
         if b.loaded() == header:
             continue
@@ -459,10 +472,9 @@ def test_storm_during_failing_reloads_ends_in_one_load_of_the_newest_header(stan
         except BackendError as err:
             retries.append(err.retry_after)
     assert retries == [1.0, 2.0, 0.0, 4.0]
-    successes = [c for c in standin.loads() if c["outcome"] == 4]
+    successes = [c for c in standin.loads() if c["exit"] == 0]
     assert len(standin.loads()) == 5 and len(successes) == 1
     final_iomem = (root / "proc/iomem").read_bytes()
-    import hashlib
     assert successes[0]["iomem_sha256"] == hashlib.sha256(final_iomem).hexdigest()  # it saw the newest state
     assert b.loaded() == model(root)
     assert b.state().generation == 1 and b.health().ok
@@ -504,3 +516,50 @@ def test_real_kexec_failure_is_one_clear_backend_error(root, tmp_path):
     assert message.startswith(f"kexec -p failed with exit status {direct.returncode}: ")
     assert message.endswith(last_line)
     assert "\n" not in message
+
+
+# --- the same storm through the real daemon -----------------------------------------------------------
+
+
+@pytest.mark.skipif(can_inject() is not None, reason=can_inject() or "")
+def test_daemon_storm_during_failing_reloads_ends_in_one_load_of_the_newest_header(standin, root, tmp_path):
+    # stand-in: the reloads fail on cue (the kexec lock held elsewhere) until the test lets them succeed;
+    # the daemon, its uevents (real, injected through /sys) and its snapshots and headers are all real
+    busy = {"exit": 1, "stderr": EBUSY}
+    standin.script({}, default=busy)  # the start-up load succeeds, every later one is refused
+    state_dir = tmp_path / "state"
+    config = write_config(tmp_path / "crashhpd.toml", {
+        "root": str(root), "backend": "kexec",
+        "monitor": {"source": "kernel"},
+        "debounce": {"quiet_ms": 100, "max_delay_ms": 1000},
+        "sandbox": {"state_dir": str(state_dir)},
+        "control": {"socket": str(tmp_path / "control.sock")},
+        "kexec": {"binary": str(standin.path)},
+    })
+    daemon = DaemonProcess(tmp_path, config, {"KEXEC_STANDIN_CONTROL": str(standin.control)})
+    try:
+        daemon.wait_ready()
+        assert [c["exit"] for c in standin.loads()] == [0]
+        for blocks in range(1, 5):  # the storm: a hot-add per step, a burst of uevents each, reloads failing
+            hot_add(root, blocks)
+            inject("add", 8)
+            inject("online", 8)
+            wait_for(lambda: standin.loads()[-1]["iomem_sha256"] == sha256(root / "proc/iomem"), 10,
+                     f"a failed reload that saw {blocks} hot-added blocks")
+        failed = len(standin.loads()) - 1
+        standin.script({}, *[busy] * failed)  # the lock is free again: the next load succeeds
+        inject("online", 1)  # a late event (the retry timer may be up to a minute away by now)
+        wait_for(lambda: (state_dir / STATE_FILE).exists()
+                 and json.loads((state_dir / STATE_FILE).read_text())["generation"] == 2, 15, "generation 2")
+        time.sleep(0.5)  # longer than the quiet window: nothing else may follow
+    finally:
+        daemon.stop()
+    loads = standin.loads()
+    assert failed >= 4 and [c["exit"] == 0 for c in loads].count(True) == 2  # start-up, then exactly one more
+    assert loads[-1]["exit"] == 0 and loads[-1]["iomem_sha256"] == sha256(root / "proc/iomem")
+    newest = generated(root, "kexec-tools")
+    assert json.loads((state_dir / STATE_FILE).read_text())["sha256"] == hashlib.sha256(newest).hexdigest()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
