@@ -84,7 +84,8 @@ def test_generate_refuses_to_write_binary_to_a_terminal(virtio):
     assert_one_line_error(result, 2, "refusing to write a binary header to a terminal; use -o FILE")
 
 
-@pytest.mark.parametrize(("cpus", "notes"), [("online", [0, 1, 3]), ("present", [0, 1, 2, 3]), ("possible", [0, 1, 2, 3])])
+@pytest.mark.parametrize(
+    ("cpus", "notes"), [("online", [0, 1, 3]), ("present", [0, 1, 2, 3]), ("possible", [0, 1, 2, 3])])
 def test_generate_cpus_option(tmp_path, cpus, notes):
     root = fixture_tree(tmp_path / "root", "virtio-mem", possible="0-7", present="0-3", online="0-1,3")
     out = tmp_path / "out"
@@ -95,7 +96,8 @@ def test_generate_cpus_option(tmp_path, cpus, notes):
 
 def test_generate_page_offset_option(virtio, tmp_path):
     out = tmp_path / "out"
-    assert crashhpd("generate", "--root", str(virtio), "--page-offset", "0xff11000000000000", "-o", str(out)).returncode == 0
+    result = crashhpd("generate", "--root", str(virtio), "--page-offset", "0xff11000000000000", "-o", str(out))
+    assert result.returncode == 0
     _code, _low, high = FIXTURES["virtio-mem"]
     assert program_headers(out.read_bytes())[6:] == [ram(*r, page_offset=0xFF11000000000000) for r in high]
 
@@ -114,7 +116,8 @@ def test_inspect_valid_header_prints_the_table(header):
     assert lines[1] == ("NOTE 0x000000013fc17000 0x0000000000000000 0x000000013fc17000 0x00000170 0x00000170     note")
     assert lines[6] == ("LOAD 0x0000000001000000 0xffffffff81000000 0x0000000001000000 0x03a00000 0x03a00000 RWE "
                         "kernel image")
-    assert lines[7] == "LOAD 0x0000000000100000 0xffff888000100000 0x0000000000100000 0x29f00000 0x29f00000 RWE RAM 671 MiB"
+    assert lines[7] == ("LOAD 0x0000000000100000 0xffff888000100000 0x0000000000100000 0x29f00000 0x29f00000 RWE "
+                        "RAM 671 MiB")
     assert lines[-1] == "valid"
     assert lines[-2] == "13 program headers in 4096 bytes: 5 notes, 7 RAM ranges (4.3 GiB)"
 
@@ -177,7 +180,8 @@ def test_inspect_corrupted_header_names_the_rule(header, tmp_path, corrupt, rule
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"hello, world\n" * 10, b"\x7fELF" + bytes(12), random.Random(7).randbytes(4096), b"\x7fELF\x02\x01\x01" + bytes(60)],
+    [b"", b"hello, world\n" * 10, b"\x7fELF" + bytes(12), random.Random(7).randbytes(4096),
+     b"\x7fELF\x02\x01\x01" + bytes(60)],
     ids=["empty", "text", "short-magic", "random", "ehdr-no-phdrs"],
 )
 def test_inspect_garbage_file_is_invalid_not_a_crash(tmp_path, content):
@@ -265,7 +269,8 @@ def test_usage_errors_exit_2_without_traceback(args):
 @pytest.mark.xfail(strict=True, reason="an iomem address above 64 bits passes iomem.parse; header.build then raises "
                                        "struct.error, which cli.main does not catch: a traceback, exit 1")
 def test_generate_iomem_address_beyond_64_bits_is_one_line(tmp_path):
-    root = make_tree(tmp_path / "root", "00100000-3fffffff : System RAM\n10000000000000000-10000000000000fff : System RAM\n")
+    iomem = "00100000-3fffffff : System RAM\n10000000000000000-10000000000000fff : System RAM\n"
+    root = make_tree(tmp_path / "root", iomem)
     assert_one_line_error(crashhpd("generate", "--root", str(root), "-o", str(tmp_path / "out")), 2, "proc/iomem:2")
 
 

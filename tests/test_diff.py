@@ -35,7 +35,8 @@ def test_equal_headers_give_nothing(tmp_path):
 
 def test_hot_added_block_extending_a_range(tmp_path):
     grown = BASE.replace("100000000-13fffffff", "100000000-17fffffff")
-    assert diff(header(tmp_path / "a"), header(tmp_path / "b", grown), CPUS) == ["+ RAM 0x140000000-0x17fffffff (1 GiB)"]
+    assert diff(header(tmp_path / "a"), header(tmp_path / "b", grown), CPUS) == [
+        "+ RAM 0x140000000-0x17fffffff (1 GiB)"]
 
 
 def test_hot_added_block_as_its_own_line(tmp_path):

@@ -132,7 +132,8 @@ def test_kexec_tools_layout_keeps_low_memory(tmp_path, name):
 
 @pytest.mark.parametrize(
     ("cpus", "expected_cpus"),
-    [(None, [0, 1, 2, 3, 5]), ("online", [0, 1, 2, 3, 5]), ("present", [0, 1, 2, 3, 4, 5]), ("possible", [0, 1, 2, 3, 4, 5])],
+    [(None, [0, 1, 2, 3, 5]), ("online", [0, 1, 2, 3, 5]), ("present", [0, 1, 2, 3, 4, 5]),
+     ("possible", [0, 1, 2, 3, 4, 5])],
 )
 def test_kernel_layout_cpu_set_in_ascending_order_only_cpus_with_notes(tmp_path, cpus, expected_cpus):
     """CPUs 6 and 7 are possible but absent: they have no crash_notes, so no note."""

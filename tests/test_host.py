@@ -20,8 +20,8 @@ KERNEL_TEXT_MAP = 0xFFFFFFFF80000000
 
 
 def host_iomem() -> list[tuple[int, int, str]]:
-    return [(int(m[2], 16), int(m[3], 16), m[4]) for m in map(LINE.fullmatch, Path("/proc/iomem").read_text().splitlines())
-            if m]
+    matches = map(LINE.fullmatch, Path("/proc/iomem").read_text().splitlines())
+    return [(int(m[2], 16), int(m[3], 16), m[4]) for m in matches if m]
 
 
 def host_dumpable_ram() -> list[Range]:
@@ -40,7 +40,7 @@ def host_dumpable_ram() -> list[Range]:
 
 def kallsyms_text() -> int | None:
     match = re.search(r"^([0-9a-f]+) \S _text$", Path("/proc/kallsyms").read_text(), re.MULTILINE)
-    return int(match[1], 16) or None if match else None
+    return (int(match[1], 16) or None) if match else None
 
 
 @pytest.fixture(scope="module")

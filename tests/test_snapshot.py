@@ -1,7 +1,6 @@
 """The snapshot reader on real files: optional files, malformed values, and what each value means."""
 
 import os
-from pathlib import Path
 
 import pytest
 from faketree import make_tree, write
