@@ -13,7 +13,7 @@ from .diff import diff
 from .errors import HeaderError
 from .layout import HeaderModel, Layout, plan
 from .snapshot import Snapshot
-from .validate import NotAHeader, check, parse
+from .validate import NotAHeader, ParsedHeader, check, parse
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +23,7 @@ class Built:
     snapshot: Snapshot
     model: HeaderModel
     data: bytes
+    parsed: ParsedHeader
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,24 +38,24 @@ def build_valid(snapshot: Snapshot, layout: Layout) -> Built:
     """The header for this snapshot; HeaderError if it breaks any rule, so it is never applied."""
     model = plan(snapshot, layout)
     data = header_mod.build(model)
-    problems = check(parse(data), snapshot)
+    parsed = parse(data)
+    problems = check(parsed, snapshot)
     if problems:
         raise HeaderError("generated header is invalid: " + "; ".join(problems))
-    return Built(snapshot, model, data)
+    return Built(snapshot, model, data, parsed)
 
 
 def changes(old: bytes | None, new: Built) -> list[str]:
     """The human diff from what a backend holds to a new header (notes named by CPU)."""
     cpu_by_addr = {note.addr: cpu for cpu, note in new.snapshot.crash_notes.items()}
     vmcoreinfo_addr = new.snapshot.vmcoreinfo[0] if new.snapshot.vmcoreinfo else None
-    new_parsed = parse(new.data)
     if old is None:
         return [f"+ first header: {len(new.model.cpu_notes)} CPU notes, {len(new.model.ram)} RAM ranges"]
     try:
         old_parsed = parse(old)
     except NotAHeader as err:
         return [f"~ replacing an unreadable header ({err})"]
-    return diff(old_parsed, new_parsed, cpu_by_addr, vmcoreinfo_addr)
+    return diff(old_parsed, new.parsed, cpu_by_addr, vmcoreinfo_addr)
 
 
 def reconcile(backend: Backend, snapshot: Snapshot, layout: Layout, clock=time.monotonic) -> Outcome:
