@@ -1,5 +1,6 @@
 """A real `crashhpd run` process on a fake root, with a real sd_notify socket, for end-to-end tests."""
 
+import functools
 import json
 import os
 import signal
@@ -14,17 +15,17 @@ CRASHHPD = str(Path(sys.executable).with_name("crashhpd"))
 MEMORY = Path("/sys/devices/system/memory")
 
 
-def uevent_blocks(limit: int | None = None) -> list[Path]:
+@functools.cache
+def uevent_blocks() -> tuple[Path, ...]:
     """This machine's memory blocks whose `uevent` file can be written to inject real kernel uevents."""
-    blocks = sorted(MEMORY.glob("memory[0-9]*/uevent"), key=lambda p: int(p.parent.name[6:]))
-    return blocks[:limit] if limit else blocks
+    return tuple(sorted(MEMORY.glob("memory[0-9]*/uevent"), key=lambda p: int(p.parent.name[6:])))
 
 
 def can_inject() -> str | None:
     """Why real uevents cannot be injected here, or None when they can."""
     if os.geteuid() != 0:
         return "injecting kernel uevents needs root"
-    if not uevent_blocks(1):
+    if not uevent_blocks():
         return "no /sys/devices/system/memory blocks on this kernel"
     return None
 
