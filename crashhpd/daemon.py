@@ -87,7 +87,7 @@ class Daemon:
             signal.signal(signum, lambda signum, _frame: self.signals.append(signum))
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_wakeup)
 
-    def _on_wakeup(self) -> None:
+    def _on_wakeup(self, _mask: int) -> None:
         try:
             while self._wake_r.recv(4096):
                 pass
@@ -96,7 +96,7 @@ class Daemon:
 
     # --- events ----------------------------------------------------------------------------
 
-    def _on_uevents(self) -> None:
+    def _on_uevents(self, _mask: int) -> None:
         drained = self.monitor.drain()
         now = self.clock()
         if drained.events:
@@ -242,8 +242,8 @@ class Daemon:
         while not self.stopping:
             deadline = self._next_deadline(watchdog_at)
             timeout = None if deadline is None else max(deadline - self.clock(), 0)
-            for key, _mask in self.selector.select(timeout):
-                key.data()
+            for key, mask in self.selector.select(timeout):
+                key.data(mask)
             self._handle_signals()
             now = self.clock()
             if self.monitor_resume_at is not None and now >= self.monitor_resume_at:
