@@ -14,10 +14,12 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 
-from . import backends, config as config_mod, log
+from . import backends, config as config_mod, log, requests
 from .backends.base import Backend
 from .config import Config
+from .control import ControlError, ControlServer
 from .debounce import Debouncer
 from .errors import BackendError, ConfigError, CrashhpdError
 from .layout import Layout, preset
@@ -61,6 +63,7 @@ class Daemon:
         self.stopping = False
         self.signals: list[int] = []
         self._wake_r, self._wake_w = socket.socketpair()
+        self.control = ControlServer(cfg.control, self.selector, partial(requests.handle, self), clock)
 
     # --- wiring --------------------------------------------------------------------------
 
@@ -148,6 +151,7 @@ class Daemon:
         built = outcome.built
         self.stats.cpus = len(built.model.cpu_notes)
         self.stats.ram_ranges = len(built.model.ram)
+        self.stats.ram_bytes = sum(end - start + 1 for start, end in built.model.ram)
         self.stats.header_bytes = len(built.data)
         self.stats.in_sync = True
         self.stats.last_duration_s = outcome.duration_s
@@ -209,6 +213,11 @@ class Daemon:
             self._close_monitor()
             self.monitor = EventMonitor(new.monitor.source, new.monitor.receive_buffer_bytes)
             self._open_monitor()
+        if new.control != old.control:
+            try:
+                self.control.reconfigure(new.control)
+            except ControlError as err:
+                logger.error("control socket not changed: %s", err, extra=log.fields("control"))
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -223,13 +232,14 @@ class Daemon:
                 f"{self.backend.name}, {activity}")
 
     def _next_deadline(self, watchdog_at: float | None) -> float | None:
-        candidates = [t for t in (self.debounce.due(), self.retry_at, watchdog_at, self.monitor_resume_at)
-                      if t is not None]
+        candidates = [t for t in (self.debounce.due(), self.retry_at, watchdog_at, self.monitor_resume_at,
+                                  self.control.next_deadline()) if t is not None]
         return min(candidates) if candidates else None
 
     def run(self) -> int:
         self._install_signals()
         self._open_monitor()  # before the first snapshot, so nothing happens unseen in between
+        self.control.open()
         logger.info("crashhpd started: backend %s, layout %s, root %s, uevents from %s", self.backend.name,
                     self.layout.name, self.cfg.root, self.monitor.source,
                     extra=log.fields("started", backend=self.backend.name))
@@ -246,6 +256,7 @@ class Daemon:
                 key.data(mask)
             self._handle_signals()
             now = self.clock()
+            self.control.expire(now)
             if self.monitor_resume_at is not None and now >= self.monitor_resume_at:
                 self._resume_monitor()
                 continue  # drain what queued up before deciding whether the burst is over
@@ -260,6 +271,7 @@ class Daemon:
                 status = self.status_line()
                 self.notifier.status(status)
         self.notifier.stopping()
+        self.control.close()
         logger.info("stopping: %s", self.status_line(), extra=log.fields("stopping", backend=self.backend.name))
         return 0
 

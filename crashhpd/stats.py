@@ -22,6 +22,7 @@ class Stats:
     last_duration_s: float | None = None
     cpus: int = 0
     ram_ranges: int = 0
+    ram_bytes: int = 0  # RAM the header covers
     header_bytes: int = 0
     in_sync: bool = False
 
