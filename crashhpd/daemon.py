@@ -23,6 +23,7 @@ from .control import ControlError, ControlServer
 from .debounce import Debouncer
 from .errors import BackendError, ConfigError, CrashhpdError
 from .layout import Layout, preset
+from .metrics import Metrics
 from .monitor import EventMonitor
 from .notify import Notifier
 from .reconcile import Outcome, reconcile
@@ -64,6 +65,7 @@ class Daemon:
         self.signals: list[int] = []
         self._wake_r, self._wake_w = socket.socketpair()
         self.control = ControlServer(cfg.control, self.selector, partial(requests.handle, self), clock)
+        self.metrics = Metrics(partial(requests.status, self), time.time)
 
     # --- wiring --------------------------------------------------------------------------
 
@@ -132,7 +134,13 @@ class Daemon:
 
     def update(self, reason: str) -> Outcome | None:
         """Reconcile now; any failure is logged and counted, and the loop goes on."""
+        outcome = self._update(reason)
+        self.metrics.write_textfile(self.cfg.metrics.textfile_dir)
+        return outcome
+
+    def _update(self, reason: str) -> Outcome | None:
         started = self.clock()
+        self.burst_started = self.debounce.first_at
         events = self.debounce.take()
         self.stats.updates += 1
         self.stats.events_coalesced += max(events - 1, 0)
@@ -164,6 +172,8 @@ class Daemon:
                          extra=log.fields("skipped", reason=reason, **common))
             return outcome
         self.stats.applies += 1
+        self.metrics.applied(duration_us / 1e6,
+                             None if self.burst_started is None else self.clock() - self.burst_started)
         self.stats.last_apply_at = outcome.applied.applied_at
         self.stats.last_apply_reason = reason
         self.stats.last_changes = outcome.changes

@@ -1,0 +1,152 @@
+"""Prometheus metrics: answered on the control socket and optionally kept as a node_exporter textfile.
+
+Counters and gauges are not kept twice: a collector reads them from the
+same status the `status` request returns, at scrape time, so the two can
+never disagree. Only the two histograms hold their own data, observed by
+the daemon after each apply. The registry is private, so nothing the
+Python runtime or a library registers ends up in crashhpd's exposition.
+
+The textfile is how the metrics leave the host without opening a port. It
+is replaced by rename after an fsync, so node_exporter never reads half of
+it, and only its temporary, whose name does not end in `.prom`, can be torn.
+"""
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .protocol import StatusResult
+
+logger = logging.getLogger(__name__)
+
+TEXTFILE = "crashhpd.prom"
+TEXTFILE_MODE = 0o644  # node_exporter rarely runs as root
+# Always exported, so a rate() or an alert on a kind that has not happened yet still has a series.
+ERROR_KINDS = ("apply-failed", "snapshot-failed", "events-lost")
+# From a sandbox apply (milliseconds) to a kexec reload that hits its timeout (60 s by default).
+APPLY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# The debounce alone is quiet_ms (200 ms) up to max_delay_ms (2 s); a reload adds seconds.
+LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 120)
+
+
+class _StatusCollector(Collector):
+    def __init__(self, read: Callable[[], StatusResult], now: Callable[[], float]) -> None:
+        self._read = read
+        self._now = now
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(families(self._read(), self._now()))
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def families(s: StatusResult, now: float) -> list[Metric]:
+    """The counters and gauges for one status; `now` is time.time(), for the age of the last apply."""
+    errors = CounterMetricFamily("crashhpd_errors", "Failures by kind.", labels=["kind"])
+    for kind in sorted(set(ERROR_KINDS) | set(s.errors)):
+        errors.add_metric([kind], s.errors.get(kind, 0))
+    info = GaugeMetricFamily("crashhpd_info", "Version, backend and layout in use.",
+                             labels=["version", "backend", "layout"])
+    info.add_metric([s.version, s.backend, s.layout], 1)
+    out: list[Metric] = [
+        info,
+        _counter("crashhpd_uevents", "CPU and memory uevents received.", s.events_received),
+        _counter("crashhpd_events_coalesced", "Events folded into an update another event triggered.",
+                 s.events_coalesced),
+        _counter("crashhpd_updates", "Reconciles run (snapshot, build, compare).", s.updates),
+        _counter("crashhpd_applies", "Headers applied.", s.applies),
+        _counter("crashhpd_noop_skips", "Updates that found the header in force already correct.", s.skipped_noop),
+        _counter("crashhpd_rescans", "Full rescans after the uevent socket lost events.", s.rescans),
+        errors,
+        _gauge("crashhpd_start_time_seconds", "When the daemon started, seconds since the epoch.", s.started_at),
+        _gauge("crashhpd_generation", "Generation of the header in force (0: none yet).", s.generation),
+        _gauge("crashhpd_cpus", "CPU notes in the header.", s.cpus),
+        _gauge("crashhpd_ram_ranges", "RAM ranges in the header.", s.ram_ranges),
+        _gauge("crashhpd_ram_bytes", "RAM the header covers.", s.ram_bytes),
+        _gauge("crashhpd_header_bytes", "Size of the header in force.", s.header_bytes),
+        _gauge("crashhpd_in_sync", "1 when the last update succeeded.", int(s.in_sync)),
+        _gauge("crashhpd_backend_healthy", "1 when the backend reports itself healthy.", int(s.backend_ok)),
+        _gauge("crashhpd_pending_events", "Events waiting for the debounce.", s.pending_events),
+    ]
+    if s.capacity_bytes is not None:
+        out.append(_gauge("crashhpd_segment_capacity_bytes", "Bytes the loaded segment can hold.", s.capacity_bytes))
+    if s.fill_ratio is not None:
+        out.append(_gauge("crashhpd_segment_fill_ratio", "Header size over segment capacity.", s.fill_ratio))
+    if s.last_apply_at is not None:
+        out.append(_gauge("crashhpd_last_apply_timestamp_seconds",
+                          "When the header in force was applied, seconds since the epoch.", s.last_apply_at))
+        out.append(_gauge("crashhpd_seconds_since_last_apply",
+                          "Age of the header in force at scrape time (stale in a textfile: use the timestamp).",
+                          max(now - s.last_apply_at, 0.0)))
+    return out
+
+
+class Metrics:
+    def __init__(self, read: Callable[[], StatusResult], now: Callable[[], float]) -> None:
+        self.registry = CollectorRegistry()
+        self.apply_duration = Histogram(
+            "crashhpd_apply_duration_seconds", "From reading the system to the new header in force.",
+            buckets=APPLY_BUCKETS, registry=self.registry)
+        self.event_to_apply = Histogram(
+            "crashhpd_event_to_apply_seconds", "From the first event of a burst to its header in force.",
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.registry.register(_StatusCollector(read, now))
+        self._textfile_error: str | None = None
+
+    def applied(self, duration_s: float, latency_s: float | None) -> None:
+        """One apply; `latency_s` is None when no event started it (start-up, reload, crashhpctl)."""
+        self.apply_duration.observe(duration_s)
+        if latency_s is not None:
+            self.event_to_apply.observe(latency_s)
+
+    def text(self) -> str:
+        return generate_latest(self.registry).decode()
+
+    def write_textfile(self, directory: str | None) -> None:
+        """Replace `<directory>/crashhpd.prom`; a failure is logged once until it changes, never raised."""
+        if directory is None:
+            return
+        try:
+            write_atomically(os.path.join(directory, TEXTFILE), generate_latest(self.registry))
+        except OSError as err:
+            problem = f"{directory}/{TEXTFILE}: metrics textfile not written: {err.strerror or err}"
+            if problem != self._textfile_error:
+                logger.warning("%s", problem)
+            self._textfile_error = problem
+            return
+        self._textfile_error = None
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Temp file in the same directory, fsync, rename, fsync the directory: whole or not at all."""
+    directory = os.path.dirname(path)
+    fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), TEXTFILE_MODE)
+            os.fsync(f.fileno())
+        os.rename(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
