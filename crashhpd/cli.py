@@ -21,8 +21,15 @@ from .validate import NotAHeader, ParsedHeader, check, parse
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
 
-def _hex(text: str) -> int:
-    return int(text, 0)
+def _page_offset(text: str) -> int:
+    """The x86_64 direct map sits in the kernel half of the address space."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0xFF00000000000000 <= value < 1 << 64:
+        raise argparse.ArgumentTypeError(f"{text} is not a kernel address (0xff00000000000000 and above)")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--layout", choices=["kernel", "kexec-tools"], default="kernel")
     gen.add_argument("--cpus", choices=["online", "present", "possible"], default=None,
                      help="CPU set of the kernel layout (default online)")
-    gen.add_argument("--page-offset", type=_hex, default=None, help="direct-map base, overrides /proc/kcore")
+    gen.add_argument("--page-offset", type=_page_offset, default=None, help="direct-map base, overrides /proc/kcore")
     gen.add_argument("-o", "--output", metavar="FILE", help="write the header here (default: standard output)")
 
     ins = sub.add_parser("inspect", help="show a header's program headers and whether it is valid")

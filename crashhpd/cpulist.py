@@ -2,6 +2,8 @@
 
 from .errors import ParseError
 
+MAX_CPU = 0xFFFD  # a CPU beyond this could never get a note: an ELF header holds at most 0xfffe entries
+
 
 def parse(text: str, path: str) -> frozenset[int]:
     """CPU numbers of a list like `0-3,6`; an empty file means no CPU."""
@@ -11,13 +13,12 @@ def parse(text: str, path: str) -> frozenset[int]:
         return frozenset()
     for part in text.split(","):
         first, dash, last = part.partition("-")
-        try:
-            lo = int(first, 10)
-            hi = int(last, 10) if dash else lo
-        except ValueError:
-            raise ParseError(path, 1, text, f"bad CPU list item {part!r}") from None
-        if lo < 0 or hi < lo:
-            raise ParseError(path, 1, text, f"bad CPU range {part!r}")
+        if not first.isascii() or not first.isdigit() or (dash and not (last.isascii() and last.isdigit())):
+            raise ParseError(path, 1, text, f"bad CPU list item {part!r}")
+        lo = int(first, 10)
+        hi = int(last, 10) if dash else lo
+        if hi < lo or hi > MAX_CPU:
+            raise ParseError(path, 1, text, f"bad CPU range {part!r} (CPUs are 0 to {MAX_CPU})")
         cpus.update(range(lo, hi + 1))
     return frozenset(cpus)
 

@@ -51,6 +51,21 @@ def build(model: HeaderModel) -> bytes:
     phnum = model.phnum
     if phnum > MAX_PHNUM:
         raise HeaderError(f"{phnum} program headers; ELF allows at most {MAX_PHNUM}")
+    try:
+        return _pack(model, phnum)
+    except struct.error:
+        raise HeaderError(_overflow(model)) from None
+
+
+def _overflow(model: HeaderModel) -> str:
+    """Which value does not fit its 64-bit field: checked only after packing failed, off the fast path."""
+    top = max((end for _start, end in model.ram), default=0)
+    if top + model.page_offset >= 1 << 64:
+        return f"page offset 0x{model.page_offset:x} + RAM up to 0x{top:x} overflows a 64-bit p_vaddr"
+    return "a note, image or RAM value does not fit its 64-bit ELF field"
+
+
+def _pack(model: HeaderModel, phnum: int) -> bytes:
     buf = bytearray(header_size(phnum, model.align))
     EHDR.pack_into(buf, 0, E_IDENT, ET_CORE, EM_X86_64, EV_CURRENT, 0, EHDR_SIZE, 0, 0,
                    EHDR_SIZE, PHDR_SIZE, phnum, 0, 0, 0)

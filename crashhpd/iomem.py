@@ -14,6 +14,7 @@ from .ranges import Range
 
 _LINE = re.compile(r"( *)([0-9a-fA-F]+)-([0-9a-fA-F]+) : (.*)")
 
+U64_MAX = (1 << 64) - 1
 RAM_PREFIX = "System RAM"
 CRASH_KERNEL = "Crash kernel"
 
@@ -30,7 +31,7 @@ def parse(text: str, path: str = "/proc/iomem") -> list[Resource]:
     """Every line of /proc/iomem as a Resource; refuses malformed lines and a non-root view."""
     resources: list[Resource] = []
     open_levels: list[Resource] = []  # the last resource seen at each depth on the current path
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): \f or \x1c would shift line numbers
         if not line.strip():
             continue
         match = _LINE.fullmatch(line)
@@ -43,6 +44,8 @@ def parse(text: str, path: str = "/proc/iomem") -> list[Resource]:
         if depth > len(open_levels):
             raise ParseError(path, lineno, line, "nested deeper than its parent")
         start, end = int(start_hex, 16), int(end_hex, 16)
+        if end > U64_MAX:
+            raise ParseError(path, lineno, line, "address above 64 bits")
         if start > end:
             raise ParseError(path, lineno, line, "start above end")
         if not name.strip():

@@ -73,11 +73,16 @@ class Snapshot:
 # --- pure parsers: text in, values out -------------------------------------------------
 
 
+_DIGITS = {10: re.compile(r"[0-9]+"), 16: re.compile(r"(?:0[xX])?[0-9a-fA-F]+")}
+U64_MAX = (1 << 64) - 1
+
+
 def parse_int(text: str, path: str, base: int = 10) -> int:
-    try:
-        return int(text.strip(), base)
-    except ValueError:
-        raise ParseError(path, 1, text.strip(), "expected a number") from None
+    """A kernel number: plain digits only (int() would also take signs and '_'), at most 64 bits."""
+    word = text.strip()
+    if not _DIGITS[base].fullmatch(word) or int(word, base) > U64_MAX:
+        raise ParseError(path, 1, word, "expected an unsigned 64-bit number" + (" in hex" if base == 16 else ""))
+    return int(word, base)
 
 
 def parse_vmcoreinfo(text: str, path: str) -> tuple[int, int]:

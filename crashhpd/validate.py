@@ -98,6 +98,8 @@ def parse(data: bytes) -> ParsedHeader:
             )
             for seg in (elf.get_segment(i) for i in range(hdr["e_phnum"]))
         )
+    except NotAHeader:
+        raise
     except ELFError as err:
         raise NotAHeader(f"not an ELF file: {err}") from None
     except Exception as err:  # pyelftools' construct raises its own family on short or odd input

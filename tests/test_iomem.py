@@ -101,7 +101,6 @@ def test_a_zero_first_page_alone_is_not_the_non_root_view():
     assert iomem.system_ram(resources) == [(0x1000, 0x9FFFF)]
 
 
-@pytest.mark.xfail(strict=True, reason="iomem.parse accepts addresses above 64 bits; header.build then dies in struct")
 def test_address_beyond_64_bits_is_a_parse_error():
     with pytest.raises(ParseError) as info:
         iomem.parse("00100000-bfffffff : System RAM\n10000000000000000-10000000000000fff : System RAM\n")

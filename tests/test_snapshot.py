@@ -202,9 +202,6 @@ def test_boot_constants_passed_in_are_not_re_read(tmp_path):
     assert read_snapshot(str(root), boot).boot == boot
 
 
-@pytest.mark.xfail(strict=True, reason="snapshot.parse_int and cpulist.parse use int(), which takes a sign and '_' "
-                                       "separators: crash_notes '-1000' reads as -0x1000 and header.build then dies "
-                                       "in struct; '13fc_17000' and '0-1_0' read as numbers")
 @pytest.mark.parametrize(
     ("rel", "text"),
     [(f"{CPU}/cpu0/crash_notes", "-1000\n"), (f"{CPU}/cpu0/crash_notes_size", "-368\n"),
