@@ -236,12 +236,6 @@ def recipe(root: str) -> Recipe:
     return debian_recipe({}, "kdump-tools defaults (no /etc/default/kdump-tools)")
 
 
-def _existing(path: str, what: str, source: str) -> str:
-    if not os.path.isfile(path):
-        raise BackendError(f"{what} {path} (from {source}) does not exist")
-    return path
-
-
 def discover(root: str, kernel: str | None = None, initrd: str | None = None, cmdline: str | None = None,
              append: str | None = None) -> CrashKernel:
     """The crash kernel to load: crashhpd's config where it says, the distribution's recipe elsewhere.
