@@ -167,17 +167,17 @@ def run(argv: list[str], timeout_s: float) -> Run:
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True, env=env)
-    except OSError as err:
-        raise BackendError(f"{argv[0]}: cannot run: {err.strerror}") from None
+    except OSError as error:
+        raise BackendError(f"{argv[0]}: cannot run: {error.strerror}") from None
     timed_out = False
     try:
-        out, err = proc.communicate(timeout=timeout_s)
+        stdout, stderr = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         timed_out = True
         os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-    return Run(tuple(argv), proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"), timed_out,
-               time.monotonic() - started)
+        stdout, stderr = proc.communicate()
+    return Run(tuple(argv), proc.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace"),
+               timed_out, time.monotonic() - started)
 
 
 def probe(binary: str | None, timeout_s: float) -> Tool:
