@@ -1,0 +1,193 @@
+"""Prometheus metrics: the exposition a real daemon serves, its histograms after real uevents, the textfile."""
+
+import os
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from crashhpd.metrics import ERROR_KINDS, TEXTFILE, families, write_atomically
+from crashhpd.protocol import StatusResult
+from daemonproc import generated, generation, inject, wait_for
+from test_control import ask, env, iomem, result, segment_header, set_iomem  # noqa: F401
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of an exposition by name and labels; raises if the text does not parse."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return samples(text)[(name, tuple(sorted(labels.items())))]
+
+
+# --- what a real daemon serves ----------------------------------------------------------------------
+
+
+def test_the_exposition_parses_and_agrees_with_status(env):
+    env.start()
+    text = result(env.socket, "metrics")["text"]
+    status = result(env.socket, "status")
+    assert value(text, "crashhpd_generation") == status["generation"] == 1
+    assert value(text, "crashhpd_applies_total") == status["applies"] == 1
+    assert value(text, "crashhpd_ram_ranges") == status["ram_ranges"]
+    assert value(text, "crashhpd_cpus") == status["cpus"] == 4
+    assert value(text, "crashhpd_in_sync") == 1
+    assert value(text, "crashhpd_segment_fill_ratio") == pytest.approx(status["fill_ratio"])
+    assert value(text, "crashhpd_info", version=status["version"], backend="sandbox", layout="kernel") == 1
+    assert all(value(text, "crashhpd_errors_total", kind=kind) == 0 for kind in ERROR_KINDS)
+    assert 0 <= value(text, "crashhpd_seconds_since_last_apply") < 60
+    assert value(text, "crashhpd_apply_duration_seconds_count") == 1  # the start-up apply
+    assert value(text, "crashhpd_event_to_apply_seconds_count") == 0  # no event started it
+
+
+def test_a_hot_add_lands_in_both_histograms(env):
+    env.start(debounce={"quiet_ms": 100, "max_delay_ms": 1000})
+    set_iomem(env.root, iomem(hot_added=1))
+    inject("online")
+    wait_for(lambda: segment_header(env.state_dir) == generated(env.root), 10, "the apply")
+    text = result(env.socket, "metrics")["text"]
+    assert value(text, "crashhpd_apply_duration_seconds_count") >= 2
+    assert value(text, "crashhpd_event_to_apply_seconds_count") >= 1
+    # the burst waited at least the quiet window before its apply
+    assert value(text, "crashhpd_event_to_apply_seconds_sum") >= 0.1
+    assert value(text, "crashhpd_event_to_apply_seconds_bucket", le="0.05") == 0
+    assert value(text, "crashhpd_uevents_total") >= 1
+
+
+def test_errors_are_counted_by_kind(env):
+    env.start()
+    set_iomem(env.root, "garbage\n")
+    assert ask(env.socket, "reconcile")["ok"] is False
+    text = result(env.socket, "metrics")["text"]
+    assert value(text, "crashhpd_errors_total", kind="snapshot-failed") == 1
+    assert value(text, "crashhpd_in_sync") == 0
+
+
+# --- the textfile ------------------------------------------------------------------------------------
+
+
+def test_the_textfile_is_never_seen_half_written(env, tmp_path):
+    prom_dir = tmp_path / "prom"
+    prom_dir.mkdir()
+    d = env.start(debounce={"quiet_ms": 10, "max_delay_ms": 50}, metrics={"textfile_dir": str(prom_dir)})
+    path = prom_dir / TEXTFILE
+    expected = {f.name for f in text_string_to_metric_families(path.read_text())}
+    failures: list[str] = []
+    reads = 0
+    stop = threading.Event()
+
+    def poll() -> None:
+        nonlocal reads
+        while not stop.is_set():
+            text = path.read_text()
+            try:
+                names = {f.name for f in text_string_to_metric_families(text)}
+            except ValueError as err:
+                failures.append(f"unparsable: {err}")
+                continue
+            if names != expected:
+                failures.append(f"families missing: {sorted(expected - names)}")
+            reads += 1
+            time.sleep(0.001)  # leave the GIL to the test driving the applies
+
+    reader = threading.Thread(target=poll)
+    reader.start()
+    try:
+        for i in range(30):
+            before = generation(env.state_dir)
+            set_iomem(env.root, iomem(hot_added=(i + 1) % 2))
+            inject("online")
+            wait_for(lambda: generation(env.state_dir) > before, 10, f"apply {i + 1}")
+            d.notify.pump()  # each apply sends STATUS=; an unread notify socket would block the daemon
+    finally:
+        stop.set()
+        reader.join()
+    assert not failures, failures[:3]
+    assert reads > 100, "the reader must have raced the writer often"
+    wait_for(lambda: value(path.read_text(), "crashhpd_generation") == generation(env.state_dir), 5,
+             "the textfile of the last apply")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert sorted(p.name for p in prom_dir.iterdir()) == [TEXTFILE], "no temporary left behind"
+
+
+def test_a_textfile_dir_that_does_not_exist_is_one_warning_and_nothing_else(env, tmp_path):
+    d = env.start(debounce={"quiet_ms": 10, "max_delay_ms": 50}, metrics={"textfile_dir": str(tmp_path / "gone")})
+    for hot_added in (1, 0):
+        before = generation(env.state_dir)
+        set_iomem(env.root, iomem(hot_added=hot_added))
+        inject("online")
+        wait_for(lambda: generation(env.state_dir) > before, 10, "an apply")
+    assert d.stderr().count("metrics textfile not written") == 1
+    assert f"{tmp_path}/gone/{TEXTFILE}" in d.stderr()
+    assert d.proc.poll() is None
+
+
+def test_write_atomically_replaces_the_file_whole(tmp_path):
+    target = tmp_path / "x.prom"
+    target.write_text("old\n")
+    os.chmod(target, 0o600)
+    write_atomically(str(target), b"new\n")
+    assert target.read_bytes() == b"new\n" and stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["x.prom"]
+
+
+def test_write_atomically_leaves_nothing_when_it_fails(tmp_path):
+    (tmp_path / "x.prom").mkdir()  # rename of a file over a directory fails
+    with pytest.raises(IsADirectoryError):
+        write_atomically(str(tmp_path / "x.prom"), b"new\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["x.prom"]
+
+
+# --- families: pure ------------------------------------------------------------------------------------
+
+
+def status(**changes: object) -> StatusResult:
+    base = dict(version="0.1.0", pid=1, started_at=1000.0, uptime_s=5.0, backend="sandbox", backend_ok=True,
+                backend_detail="ok", layout="kernel", generation=3, in_sync=True, events_received=10,
+                events_coalesced=7, updates=3, applies=2, skipped_noop=1, rescans=1, errors={"apply-failed": 2},
+                pending_events=0, next_update_in_s=None, cpus=4, ram_ranges=7, ram_bytes=1 << 30,
+                capacity_bytes=1000, header_bytes=250, fill_ratio=0.25, crash_hotplug_cpu=None,
+                crash_hotplug_memory=None, last_apply_at=1003.0, last_apply_reason="events", last_changes=[],
+                last_update_duration_s=0.001, last_error=None, last_error_at=None)
+    return StatusResult.model_validate({**base, **changes})
+
+
+class _Fixed:
+    def __init__(self, s: StatusResult, now: float) -> None:
+        self.s, self.now = s, now
+
+    def collect(self):
+        return families(self.s, self.now)
+
+
+def exposition(s: StatusResult, now: float) -> str:
+    """The families through prometheus_client's own writer, as a scrape would see them."""
+    registry = CollectorRegistry()
+    registry.register(_Fixed(s, now))
+    return generate_latest(registry).decode()
+
+
+def test_families_carry_every_counter_and_gauge_of_a_status():
+    text = exposition(status(), now=1010.0)
+    assert value(text, "crashhpd_uevents_total") == 10
+    assert value(text, "crashhpd_events_coalesced_total") == 7
+    assert value(text, "crashhpd_noop_skips_total") == 1
+    assert value(text, "crashhpd_rescans_total") == 1
+    assert value(text, "crashhpd_errors_total", kind="apply-failed") == 2
+    assert value(text, "crashhpd_errors_total", kind="events-lost") == 0  # exported before it ever happens
+    assert value(text, "crashhpd_segment_fill_ratio") == 0.25
+    assert value(text, "crashhpd_seconds_since_last_apply") == 7
+    assert value(text, "crashhpd_last_apply_timestamp_seconds") == 1003
+
+
+def test_families_leave_out_what_is_unknown():
+    names = {f.name for f in families(status(last_apply_at=None, capacity_bytes=None, fill_ratio=None), 0)}
+    assert not names & {"crashhpd_seconds_since_last_apply", "crashhpd_last_apply_timestamp_seconds",
+                        "crashhpd_segment_fill_ratio", "crashhpd_segment_capacity_bytes"}
+    assert "crashhpd_generation" in names
