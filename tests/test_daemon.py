@@ -172,3 +172,18 @@ def test_invalid_config_exits_78_naming_the_key(tmp_path):
     assert proc.returncode == 78
     assert "debounce.max_delay_ms" in proc.stderr and "bogus" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def wakeups(pid: int) -> int:
+    """Context switches of the daemon's process: each wake-up from the loop's select() adds one."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
+
+
+def test_an_idle_daemon_does_not_wake_up(env):
+    _, _, _, start = env
+    d = start()  # no WATCHDOG_USEC: nothing at all is due
+    time.sleep(0.5)  # let start-up settle
+    before = wakeups(d.proc.pid)
+    time.sleep(3)
+    assert wakeups(d.proc.pid) - before <= 2, "an idle daemon must sleep until an event or a signal"

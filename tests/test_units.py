@@ -55,7 +55,7 @@ def test_service_settings() -> None:
     unit = directives(UNIT.read_text())
     expected = {
         "Type": "notify", "NotifyAccess": "main", "ExecStart": "/usr/bin/crashhpd run",
-        "ExecReload": "/bin/kill -HUP $MAINPID", "WatchdogSec": "30s", "Restart": "on-failure",
+        "ExecReload": "/bin/kill -HUP $MAINPID", "WatchdogSec": "90s", "Restart": "on-failure",
         "RestartPreventExitStatus": "78", "StateDirectory": "crashhpd", "RuntimeDirectory": "crashhpd",
         "RuntimeDirectoryMode": "0755", "ConfigurationDirectory": "crashhpd", "UMask": "0022",
         "WantedBy": "multi-user.target",
