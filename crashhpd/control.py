@@ -187,6 +187,9 @@ class ControlServer:
             client = _Client(sock, peer_of(sock), self._clock() + self.cfg.timeout_ms / 1000)
             self._clients[sock.fileno()] = client
             self._selector.register(sock, selectors.EVENT_READ, partial(self._on_client, client))
+            # the request usually follows the connect at once: answer it now, not one loop turn (and
+            # perhaps one uevent batch) later
+            self._on_client(client, selectors.EVENT_READ)
 
     def _on_client(self, client: _Client, mask: int) -> None:
         if mask & selectors.EVENT_READ:
