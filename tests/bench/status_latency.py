@@ -1,0 +1,179 @@
+"""`status` round-trip latency on the control socket while the daemon works through an event storm.
+
+Run as root: .venv/bin/python tests/bench/status_latency.py [--requests 10000] [--rate 0]
+
+A real daemon process on a fake root (the virtio-mem fixture), with its
+default debounce (200 ms quiet, 2 s max delay). A second process injects
+real kernel uevents (writes to /sys/devices/system/memory/memoryN/uevent) in
+a loop, as fast as it can or at --rate events per second, and every 64
+events adds a 128 MiB block to the tree (starting over after 60), so the
+storm's updates really apply. Meanwhile this process sends `status` requests one after the
+other and times each from connect to the parsed reply, twice: a new
+connection per request (what crashhpctl does) and all requests on one
+connection. Printed: median, p90, p99 and max per mode, the events the
+daemon received and the headers it applied during the run. Target: p99
+under 5 ms.
+"""
+
+import argparse
+import json
+import multiprocessing
+import os
+import shlex
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Event
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from daemonproc import DaemonProcess, generation, uevent_blocks, write_config  # noqa: E402
+from faketree import make_tree  # noqa: E402
+
+FIXTURE = (Path(__file__).resolve().parents[1] / "fixtures/iomem/virtio-mem.txt").read_text()
+BLOCK = 0x8000000
+MAX_BLOCKS = 60  # 128 MiB blocks that fit after the fixture's last one, inside its virtio1 device
+EVENTS_PER_CHANGE = 64
+REQUEST = b'{"op": "status"}\n'
+
+
+def set_iomem(root: Path, blocks: int) -> None:
+    temp = root / "proc/.iomem.new"
+    temp.write_text(FIXTURE + "".join(
+        f"  {0x350000000 + i * BLOCK:x}-{0x350000000 + (i + 1) * BLOCK - 1:x} : System RAM (virtio_mem)\n"
+        for i in range(blocks)))
+    temp.replace(root / "proc/iomem")
+
+
+def storm(root: Path, rate: float, stop: Event, sent: Synchronized) -> None:
+    """The second process: real uevents until told to stop, the tree changing every EVENTS_PER_CHANGE."""
+    files = [open(path, "w") for path in uevent_blocks()]
+    interval = 1 / rate if rate else 0.0
+    count = 0
+    next_at = time.monotonic()
+    while not stop.is_set():
+        if count % EVENTS_PER_CHANGE == 0:
+            set_iomem(root, (count // EVENTS_PER_CHANGE) % MAX_BLOCKS + 1)
+        files[count % len(files)].write("online")
+        files[count % len(files)].flush()
+        count += 1
+        if interval:
+            next_at += interval
+            time.sleep(max(next_at - time.monotonic(), 0))
+    sent.value = count
+
+
+def read_line(sock: socket.socket, pending: bytearray) -> bytes:
+    while (end := pending.find(b"\n")) < 0:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the daemon closed the connection")
+        pending += chunk
+    line = bytes(pending[:end])
+    del pending[:end + 1]
+    return line
+
+
+def one_per_connection(path: str, count: int) -> list[float]:
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(path)
+            sock.sendall(REQUEST)
+            reply = json.loads(read_line(sock, bytearray()))
+        times.append(time.perf_counter() - started)
+        assert reply["ok"], reply
+    return times
+
+
+def one_connection(path: str, count: int) -> list[float]:
+    times = []
+    pending = bytearray()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(path)
+        for _ in range(count):
+            started = time.perf_counter()
+            sock.sendall(REQUEST)
+            reply = json.loads(read_line(sock, pending))
+            times.append(time.perf_counter() - started)
+            assert reply["ok"], reply
+    return times
+
+
+def status(path: str) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(path)
+        sock.sendall(REQUEST)
+        return json.loads(read_line(sock, bytearray()))["result"]
+
+
+def figures(times: list[float]) -> str:
+    ms = sorted(t * 1000 for t in times)
+    p = statistics.quantiles(ms, n=100, method="inclusive")
+    return (f"median {statistics.median(ms):6.3f} ms  p90 {p[89]:6.3f} ms  p99 {p[98]:6.3f} ms  "
+            f"max {ms[-1]:7.3f} ms")
+
+
+def pump_notify(daemon: DaemonProcess, stop: threading.Event) -> None:
+    """Read the daemon's sd_notify datagrams as a service manager would; a full queue would block its loop."""
+    while not stop.is_set():
+        daemon.notify.pump()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=10_000, help="status requests per mode")
+    ap.add_argument("--rate", type=float, default=0, help="events per second (0: as fast as one process can)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("status_latency.py needs root: it injects real kernel uevents")
+    with tempfile.TemporaryDirectory() as work_dir:
+        work = Path(work_dir)
+        root = make_tree(work / "root", FIXTURE)
+        sock_path = str(work / "control.sock")
+        config = write_config(work / "crashhpd.toml", {
+            "root": str(root), "monitor": {"source": "kernel"}, "sandbox": {"state_dir": str(work / "state")},
+            "control": {"socket": sock_path}, "log": {"level": "info"},
+        })
+        daemon = DaemonProcess(work, config)
+        stop_pump = threading.Event()
+        pump = threading.Thread(target=pump_notify, args=(daemon, stop_pump))
+        stop_storm = multiprocessing.Event()
+        sent = multiprocessing.Value("q", 0)
+        injector = multiprocessing.Process(target=storm, args=(root, args.rate, stop_storm, sent))
+        try:
+            daemon.wait_ready()
+            pump.start()
+            before, gen_before = status(sock_path), generation(work / "state")
+            injector.start()
+            time.sleep(0.5)  # the storm is under way
+            started = time.monotonic()
+            results = {"new connection per request": one_per_connection(sock_path, args.requests),
+                       "one connection, sequential": one_connection(sock_path, args.requests)}
+            elapsed = time.monotonic() - started
+            after, gen_after = status(sock_path), generation(work / "state")
+        finally:
+            stop_storm.set()
+            injector.join()
+            stop_pump.set()
+            if pump.is_alive():
+                pump.join()
+            daemon.stop()
+    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    print(f"storm: {sent.value} uevents injected by a second process"
+          f"{f' at {args.rate:g}/s' if args.rate else ' as fast as it could'}; "
+          f"during the {elapsed:.1f} s of requests the daemon received "
+          f"{after['events_received'] - before['events_received']} events and applied "
+          f"{gen_after - gen_before} headers ({after['updates'] - before['updates']} updates)")
+    for mode, times in results.items():
+        print(f"status x {len(times)}, {mode:<27} {figures(times)}")
+
+
+if __name__ == "__main__":
+    main()
