@@ -125,8 +125,9 @@ def show_status(s: StatusResult, now: float) -> tuple[str, int]:
         ("CPUs", str(s.cpus)),
         ("RAM", f"{s.ram_ranges} ranges, {gib(s.ram_bytes)}"),
         ("segment", _segment(s)),
-        ("events", f"{s.events_received} received, {s.events_coalesced} coalesced; {s.updates} updates: "
-                   f"{s.applies} applied, {s.skipped_noop} no-op, {s.rescans} rescans"),
+        ("events", f"{s.events_received} received, {s.events_coalesced} coalesced, "
+                   f"{s.rescans} rescans after lost events"),
+        ("updates", f"{s.updates} run: {s.applies} applied, {s.skipped_noop} no-op"),
         ("pending", pending),
         ("crash_hotplug", hotplug),
         ("errors", errors),
