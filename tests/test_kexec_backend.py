@@ -220,6 +220,20 @@ def test_hotplug_only_where_both_sides_support_it(standin, root, tmp_path, versi
     assert b.health().extra["hotplug"].startswith(reason)
 
 
+def test_an_unreadable_version_is_shown_as_kexec_said_it_and_rules_out_hotplug(standin, root, tmp_path, caplog):
+    # stand-in: a kexec build with an unusual --version line
+    standin.script(version="kexec (patched build)")
+    write(root, "sys/kernel/crash_elfcorehdr_size", "460000\n")
+    b = backend(standin, tmp_path / "state", hotplug=True)
+    with caplog.at_level(logging.WARNING, logger="crashhpd"):
+        b.apply(model(root))
+    assert "--hotplug" not in standin.loads()[0]["argv"]
+    extra = b.health().extra
+    assert extra["version"] == "kexec (patched build)"
+    assert extra["hotplug"] == "kexec's version is unknown; --hotplug needs kexec-tools 2.0.28 or later"
+    assert any("its version is unknown" in r.getMessage() for r in caplog.records)
+
+
 # --- failures and retries -----------------------------------------------------------------------
 
 

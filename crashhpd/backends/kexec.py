@@ -57,7 +57,7 @@ class Tool:
 
     path: str
     version: tuple[int, int, int] | None
-    version_text: str
+    version_text: str  # kexec's own first line, shown when it cannot be parsed
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +98,10 @@ def hotplug_blocker(wanted: bool, version: tuple[int, int, int] | None, kernel_h
         return "not enabled (kexec.hotplug = false)"
     if file_load:
         return "not needed with kexec_file_load (-s): the kernel updates those images itself"
-    if version is None or version < HOTPLUG_MIN_VERSION:
-        shown = ".".join(map(str, version)) if version else "an unknown version"
-        return f"kexec-tools {shown} is older than 2.0.28"
+    if version is None:
+        return "kexec's version is unknown; --hotplug needs kexec-tools 2.0.28 or later"
+    if version < HOTPLUG_MIN_VERSION:
+        return f"kexec-tools {'.'.join(map(str, version))} is older than 2.0.28"
     if not kernel_has_hotplug:
         return "the kernel has no /sys/kernel/crash_elfcorehdr_size (needs Linux 6.6+ with CONFIG_CRASH_HOTPLUG)"
     return None
@@ -473,7 +474,7 @@ class KexecBackend:
         file_load = self._cfg.file_load or "-s" in (self._argv or [])
         return {
             "binary": tool.path if tool else self._cfg.binary,
-            "version": ".".join(map(str, tool.version)) if tool and tool.version else None,
+            "version": _version_text(tool),
             "argv": list(self._argv) if self._argv else None,
             "crash_loaded": loaded,
             "load_limit": limit,
@@ -482,3 +483,9 @@ class KexecBackend:
             "hotplug": self._hotplug_blocker(tool, file_load) or "used",
             "dry_run": self._cfg.dry_run,
         }
+
+
+def _version_text(tool: Tool | None) -> str | None:
+    if tool is None:
+        return None
+    return ".".join(map(str, tool.version)) if tool.version else tool.version_text or None
