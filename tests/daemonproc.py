@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,7 +55,11 @@ def write_config(path: Path, tables: dict[str, object]) -> Path:
 
 
 class NotifyListener:
-    """The NOTIFY_SOCKET a service manager would give the daemon: collects every datagram."""
+    """The NOTIFY_SOCKET a service manager would give the daemon: reads every datagram as it comes.
+
+    Like systemd, it reads continuously (a thread): a datagram socket whose
+    queue fills up would block the daemon's sd_notify calls.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -62,19 +67,26 @@ class NotifyListener:
         self.sock.bind(str(path))
         self.sock.settimeout(0.05)
         self.messages: list[str] = []
+        self._closing = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def pump(self) -> None:
-        while True:
+    def _read(self) -> None:
+        while not self._closing.is_set():
             try:
                 self.messages.append(self.sock.recv(65536).decode())
             except (TimeoutError, BlockingIOError):
-                return
+                continue
+
+    def pump(self) -> None:
+        """Kept for callers that used to read by hand; the reader thread does it now."""
 
     def seen(self, needle: str) -> bool:
-        self.pump()
-        return any(needle in m for m in self.messages)
+        return any(needle in m for m in list(self.messages))
 
     def close(self) -> None:
+        self._closing.set()
+        self._reader.join()
         self.sock.close()
 
 
@@ -111,7 +123,6 @@ class DaemonProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._stderr.close()
-        self.notify.pump()
         self.notify.close()
         return self.proc.returncode
 

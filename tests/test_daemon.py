@@ -124,7 +124,6 @@ def test_overflowing_the_receive_buffer_triggers_a_rescan_that_ends_correct(env,
 
 
 def ready_after_reloading(d: DaemonProcess) -> bool:
-    d.notify.pump()
     starts = [m.startswith("RELOADING=1") for m in d.notify.messages]
     return True in starts and any(m.startswith("READY=1") for m in d.notify.messages[starts.index(True):])
 

@@ -31,7 +31,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,11 +103,6 @@ def pace(started: float, index: int, rate: float) -> None:
         time.sleep(delay)
 
 
-def keep_reading(daemon: DaemonProcess, stop: threading.Event) -> None:
-    while not stop.is_set():
-        daemon.notify.pump()
-
-
 def run_crashhpd(work: Path, events: int, rate: float, cost: float) -> Result:
     root = system(work)
     state_dir = work / "state"
@@ -120,11 +114,8 @@ def run_crashhpd(work: Path, events: int, rate: float, cost: float) -> Result:
         "kexec": {"binary": str(STANDIN)},
     })
     daemon = DaemonProcess(work, config, {"KEXEC_STANDIN_CONTROL": str(control)})
-    stop = threading.Event()
     try:
         daemon.wait_ready(60)
-        # the daemon sends a STATUS= per change; an unread notify socket (10 datagrams here) would block it
-        threading.Thread(target=keep_reading, args=(daemon, stop), daemon=True).start()
         at_start = loads(work)
         started = time.monotonic()
         for i in range(events):
@@ -145,8 +136,6 @@ def run_crashhpd(work: Path, events: int, rate: float, cost: float) -> Result:
         time.sleep((MAX_DELAY_MS / 1000) + cost)  # any later reload would be counted
         return Result(loads(work) - at_start, done - started, done - last)
     finally:
-        stop.set()
-        time.sleep(0.1)  # the pump's last receive times out after 50 ms
         daemon.stop()
 
 
