@@ -76,7 +76,8 @@ class Env:
     socket: Path
     daemons: list[DaemonProcess] = field(default_factory=list)
 
-    def config(self, name: str = "crashhpd.toml", **tables: dict) -> Path:
+    def config(self, **tables: dict) -> Path:
+        """The config every test starts from, with `tables` merged over it key by key."""
         base: dict[str, dict] = {
             "monitor": {"source": "kernel"},
             "debounce": {"quiet_ms": NEVER_MS, "max_delay_ms": NEVER_MS},
@@ -86,7 +87,7 @@ class Env:
         }
         for table, values in tables.items():
             base[table] = {**base.get(table, {}), **values}
-        return write_config(self.tmp / name, {"root": str(self.root), **base})
+        return write_config(self.tmp / "crashhpd.toml", {"root": str(self.root), **base})
 
     def start(self, **tables: dict) -> DaemonProcess:
         d = DaemonProcess(self.tmp, self.config(**tables))
