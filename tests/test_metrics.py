@@ -4,7 +4,6 @@ import os
 import stat
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
