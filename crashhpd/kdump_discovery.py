@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from .errors import BackendError, CrashhpdError, ParseError
+from .snapshot import read_text, under
 
 DEBIAN_DEFAULTS = "etc/default/kdump-tools"
 FEDORA_SYSCONFIG = "etc/sysconfig/kdump"
@@ -173,22 +174,6 @@ def fedora_recipe(settings: Mapping[str, str], source: str, release: str, apicid
 
 
 # --- I/O at the edge ------------------------------------------------------------------------
-
-
-def under(root: str, path: str) -> str:
-    return os.path.join(root, path.lstrip("/"))
-
-
-def read_text(root: str, rel: str) -> str | None:
-    """A file under root, or None when it does not exist (older kernels lack most of these)."""
-    path = under(root, rel)
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as err:
-        raise BackendError(f"{path}: {err.strerror}") from None
 
 
 def read_int(root: str, rel: str) -> int | None:

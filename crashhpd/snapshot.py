@@ -124,15 +124,16 @@ def parse_ranges(text: str, path: str) -> tuple[Range, ...]:
 # --- I/O at the edge --------------------------------------------------------------------
 
 
-def _path(root: str, rel: str) -> str:
-    return os.path.join(root, rel)
+def under(root: str, rel: str) -> str:
+    """A path inside the root; absolute paths (from a distribution's config) are taken inside it too."""
+    return os.path.join(root, rel.lstrip("/"))
 
 
-def _read(root: str, rel: str) -> str | None:
+def read_text(root: str, rel: str) -> str | None:
     """A kernel file's text, or None when the kernel does not have it."""
-    path = _path(root, rel)
+    path = under(root, rel)
     try:
-        with open(path, encoding="ascii", errors="replace") as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             return f.read()
     except (FileNotFoundError, NotADirectoryError):
         return None
@@ -143,19 +144,19 @@ def _read(root: str, rel: str) -> str | None:
 
 
 def _read_int(root: str, rel: str, base: int = 10) -> int | None:
-    text = _read(root, rel)
-    return None if text is None else parse_int(text, _path(root, rel), base)
+    text = read_text(root, rel)
+    return None if text is None else parse_int(text, under(root, rel), base)
 
 
 def _read_cpus(root: str, name: str) -> frozenset[int] | None:
-    text = _read(root, f"{CPU_DIR}/{name}")
-    return None if text is None else cpulist.parse(text, _path(root, f"{CPU_DIR}/{name}"))
+    text = read_text(root, f"{CPU_DIR}/{name}")
+    return None if text is None else cpulist.parse(text, under(root, f"{CPU_DIR}/{name}"))
 
 
 def _read_crash_notes(root: str) -> dict[int, CpuNote]:
     notes: dict[int, CpuNote] = {}
     try:
-        entries = os.listdir(_path(root, CPU_DIR))
+        entries = os.listdir(under(root, CPU_DIR))
     except FileNotFoundError:
         return notes
     for entry in entries:
@@ -172,7 +173,7 @@ def _read_crash_notes(root: str) -> dict[int, CpuNote]:
 
 def _read_direct_map_base(root: str) -> int | None:
     """The direct map's base (KASLR moves it) from /proc/kcore's lowest PT_LOAD."""
-    path = _path(root, "proc/kcore")
+    path = under(root, "proc/kcore")
     try:
         with open(path, "rb") as f:
             loads = [seg["p_vaddr"] for seg in ELFFile(f).iter_segments() if seg["p_type"] == "PT_LOAD"]
@@ -182,22 +183,22 @@ def _read_direct_map_base(root: str) -> int | None:
 
 
 def read_boot_constants(root: str = "/") -> BootConstants:
-    kallsyms = _read(root, "proc/kallsyms")
-    text, end = parse_kallsyms(kallsyms, _path(root, "proc/kallsyms")) if kallsyms is not None else (None, None)
+    kallsyms = read_text(root, "proc/kallsyms")
+    text, end = parse_kallsyms(kallsyms, under(root, "proc/kallsyms")) if kallsyms is not None else (None, None)
     return BootConstants(kernel_text=text, kernel_end=end, direct_map_base=_read_direct_map_base(root))
 
 
 def read_snapshot(root: str = "/", boot: BootConstants | None = None) -> Snapshot:
     """Everything the header depends on, read now; `boot` saves re-reading kallsyms and kcore."""
-    iomem_path = _path(root, "proc/iomem")
-    iomem_text = _read(root, "proc/iomem")
+    iomem_path = under(root, "proc/iomem")
+    iomem_text = read_text(root, "proc/iomem")
     if iomem_text is None:
         raise SnapshotError(f"{iomem_path}: missing; is {root!r} the root of a Linux system?")
     resources = iomem.parse(iomem_text, iomem_path)
     code = iomem.named(resources, "Kernel code")
     bss = iomem.named(resources, "Kernel bss")
-    vmcoreinfo_text = _read(root, "sys/kernel/vmcoreinfo")
-    cma_text = _read(root, "sys/kernel/kexec_crash_cma_ranges")
+    vmcoreinfo_text = read_text(root, "sys/kernel/vmcoreinfo")
+    cma_text = read_text(root, "sys/kernel/kexec_crash_cma_ranges")
     kernel_max = _read_int(root, f"{CPU_DIR}/kernel_max")
     return Snapshot(
         root=root,
@@ -211,13 +212,13 @@ def read_snapshot(root: str = "/", boot: BootConstants | None = None) -> Snapsho
         crash_notes=_read_crash_notes(root),
         vmcoreinfo=None
         if vmcoreinfo_text is None
-        else parse_vmcoreinfo(vmcoreinfo_text, _path(root, "sys/kernel/vmcoreinfo")),
+        else parse_vmcoreinfo(vmcoreinfo_text, under(root, "sys/kernel/vmcoreinfo")),
         boot=boot if boot is not None else read_boot_constants(root),
         kernel_max=kernel_max,
         kexec_crash_loaded=_read_int(root, "sys/kernel/kexec_crash_loaded"),
         kexec_crash_size=_read_int(root, "sys/kernel/kexec_crash_size"),
         crash_elfcorehdr_size=_read_int(root, "sys/kernel/crash_elfcorehdr_size"),
-        crash_cma=() if cma_text is None else parse_ranges(cma_text, _path(root, "sys/kernel/kexec_crash_cma_ranges")),
+        crash_cma=() if cma_text is None else parse_ranges(cma_text, under(root, "sys/kernel/kexec_crash_cma_ranges")),
         crash_hotplug_cpu=_read_int(root, f"{CPU_DIR}/crash_hotplug"),
         crash_hotplug_memory=_read_int(root, f"{MEMORY_DIR}/crash_hotplug"),
     )

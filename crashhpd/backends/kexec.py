@@ -35,9 +35,9 @@ from .. import log
 from ..config import KexecConfig
 from ..errors import BackendError, CrashhpdError
 from ..kdump_discovery import (BOOT_ID, CRASH_LOADED, ELFCOREHDR_SIZE, LOAD_LIMIT, LOCKDOWN, CrashKernel, discover,
-                               kernel_updates_header, lockdown_forbids_kexec_load, parse_kexec_version, read_int,
-                               read_text, under)
+                               kernel_updates_header, lockdown_forbids_kexec_load, parse_kexec_version, read_int)
 from ..layout import LayoutName
+from ..snapshot import read_text, under
 from .base import Applied, Health
 
 logger = logging.getLogger(__name__)
