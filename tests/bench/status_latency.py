@@ -24,7 +24,6 @@ import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
@@ -120,12 +119,6 @@ def figures(times: list[float]) -> str:
             f"max {ms[-1]:7.3f} ms")
 
 
-def pump_notify(daemon: DaemonProcess, stop: threading.Event) -> None:
-    """Read the daemon's sd_notify datagrams as a service manager would; a full queue would block its loop."""
-    while not stop.is_set():
-        daemon.notify.pump()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=10_000, help="status requests per mode")
@@ -142,14 +135,11 @@ def main() -> None:
             "control": {"socket": sock_path}, "log": {"level": "info"},
         })
         daemon = DaemonProcess(work, config)
-        stop_pump = threading.Event()
-        pump = threading.Thread(target=pump_notify, args=(daemon, stop_pump))
         stop_storm = multiprocessing.Event()
         sent = multiprocessing.Value("q", 0)
         injector = multiprocessing.Process(target=storm, args=(root, args.rate, stop_storm, sent))
         try:
             daemon.wait_ready()
-            pump.start()
             before, gen_before = status(sock_path), generation(work / "state")
             injector.start()
             time.sleep(0.5)  # the storm is under way
@@ -161,9 +151,6 @@ def main() -> None:
         finally:
             stop_storm.set()
             injector.join()
-            stop_pump.set()
-            if pump.is_alive():
-                pump.join()
             daemon.stop()
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(f"storm: {sent.value} uevents injected by a second process"
