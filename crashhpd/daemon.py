@@ -7,7 +7,6 @@ always the same: event -> debounce -> snapshot -> header -> backend.
 """
 
 import logging
-import os
 import selectors
 import signal
 import socket
@@ -60,7 +59,6 @@ class Daemon:
         self.monitor = EventMonitor(cfg.monitor.source, cfg.monitor.receive_buffer_bytes)
         self.retry_at: float | None = None
         self.monitor_resume_at: float | None = None  # the uevent fd is out of the selector until then
-        self.burst_started: float | None = None  # first event of the burst being applied, for latency
         self.stopping = False
         self.signals: list[int] = []
         self._wake_r, self._wake_w = socket.socketpair()
@@ -107,11 +105,13 @@ class Daemon:
         if drained.events:
             self.stats.events_received += drained.events
             self.debounce.event(now, drained.events)
-            # In a storm, read the socket in batches every BATCH_S instead of waking per event;
-            # the kernel queues what arrives meanwhile, and the quiet window stays exact to BATCH_S.
-            self.selector.unregister(self._monitor_fd)
-            self.monitor_resume_at = now + BATCH_S
             logger.debug("%d uevents: %s", drained.events, drained.actions)
+            if not drained.more:
+                # In a storm, read the socket in batches every BATCH_S instead of waking per event;
+                # the kernel queues what arrives meanwhile, and the quiet window stays exact to BATCH_S.
+                # A drain cut at its limit stays registered: the rest is read after one turn of the loop.
+                self.selector.unregister(self._monitor_fd)
+                self.monitor_resume_at = now + BATCH_S
         if drained.broken:
             self._close_monitor()
             self._open_monitor()
@@ -140,7 +140,7 @@ class Daemon:
 
     def _update(self, reason: str) -> Outcome | None:
         started = self.clock()
-        self.burst_started = self.debounce.first_at
+        burst_started = self.debounce.first_at  # for the event-to-apply latency
         events = self.debounce.take()
         self.stats.updates += 1
         self.stats.events_coalesced += max(events - 1, 0)
@@ -172,8 +172,7 @@ class Daemon:
                          extra=log.fields("skipped", reason=reason, **common))
             return outcome
         self.stats.applies += 1
-        self.metrics.applied(duration_us / 1e6,
-                             None if self.burst_started is None else self.clock() - self.burst_started)
+        self.metrics.applied(duration_us / 1e6, None if burst_started is None else self.clock() - burst_started)
         self.stats.last_apply_at = outcome.applied.applied_at
         self.stats.last_apply_reason = reason
         self.stats.last_changes = outcome.changes
@@ -298,6 +297,9 @@ def run(config_path: str | None, root_override: str | None) -> int:
     try:
         daemon = Daemon(cfg, config_path, root_override)
         return daemon.run()
+    except ControlError as err:  # a missing group or a socket path taken: restarting cannot fix either
+        logger.critical("cannot start: %s", err, extra=log.fields("control"))
+        return EX_CONFIG
     except CrashhpdError as err:
         logger.critical("cannot start: %s", err, extra=log.fields("apply-failed"))
         return EX_FATAL

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 SUBSYSTEMS = ("cpu", "memory")
 UDEV_CONTROL = "/run/udev/control"  # exists while systemd-udevd runs (libudev checks the same)
-DRAIN_LIMIT = 4096  # events taken per wake-up, so timers and clients still get their turn in a storm
+DRAIN_LIMIT = 256  # events per drain (about 3 ms): timers and control clients get a turn between drains
 
 Source = Literal["auto", "udev", "kernel"]
 
@@ -36,6 +36,7 @@ class Drained:
     events: int = 0
     lost: bool = False  # events may have been dropped: rescan
     broken: bool = False  # the socket failed: reopen the monitor
+    more: bool = False  # stopped at DRAIN_LIMIT with events still queued
     error: str | None = None
     actions: dict[str, int] = field(default_factory=dict)  # "memory/online" -> count, at debug level only
 
@@ -79,7 +80,10 @@ class EventMonitor:
         assert self._monitor is not None
         out = Drained()
         count_actions = logger.isEnabledFor(logging.DEBUG)  # per-event attribute reads cost a third of a drain
-        while out.events < DRAIN_LIMIT:
+        while True:
+            if out.events == DRAIN_LIMIT:
+                out.more = True
+                break
             try:
                 device = self._monitor.poll(timeout=0)
             except OSError as err:

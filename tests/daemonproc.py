@@ -78,9 +78,6 @@ class NotifyListener:
             except (TimeoutError, BlockingIOError):
                 continue
 
-    def pump(self) -> None:
-        """Kept for callers that used to read by hand; the reader thread does it now."""
-
     def seen(self, needle: str) -> bool:
         return any(needle in m for m in list(self.messages))
 
