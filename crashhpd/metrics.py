@@ -6,21 +6,27 @@ never disagree. Only the two histograms hold their own data, observed by
 the daemon after each apply. The registry is private, so nothing the
 Python runtime or a library registers ends up in crashhpd's exposition.
 
+prometheus-client is imported only when metrics are asked for (a request
+or a textfile): it costs the daemon 3 MiB of memory it does not otherwise
+need, so the histograms count into plain buckets until then.
+
 The textfile is how the metrics leave the host without opening a port. It
 is replaced by rename after an fsync, so node_exporter never reads half of
 it, and only its temporary, whose name does not end in `.prom`, can be torn.
 """
 
+import bisect
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator
-
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .protocol import StatusResult
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 logger = logging.getLogger(__name__)
 
@@ -34,32 +40,50 @@ APPLY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 120)
 
 
-class _StatusCollector(Collector):
-    def __init__(self, read: Callable[[], StatusResult], now: Callable[[], float]) -> None:
-        self._read = read
-        self._now = now
+@dataclass(slots=True)
+class Buckets:
+    """A histogram's observations, counted per upper bound as Prometheus exposes them."""
 
-    def collect(self) -> Iterator[Metric]:
-        return iter(families(self._read(), self._now()))
+    name: str
+    doc: str
+    bounds: tuple[float, ...]
+    counts: list[int] = field(init=False)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def family(self) -> "Metric":
+        from prometheus_client.core import HistogramMetricFamily
+
+        cumulative, running = [], 0
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts):
+            running += count
+            cumulative.append((bound, running))
+        return HistogramMetricFamily(self.name, self.doc, buckets=cumulative, sum_value=self.total)
 
 
-def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-    return CounterMetricFamily(name, doc, value=value)
-
-
-def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, doc, value=value)
-
-
-def families(s: StatusResult, now: float) -> list[Metric]:
+def families(s: StatusResult, now: float) -> list["Metric"]:
     """The counters and gauges for one status; `now` is time.time(), for the age of the last apply."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+        return CounterMetricFamily(name, doc, value=value)
+
+    def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, doc, value=value)
+
     errors = CounterMetricFamily("crashhpd_errors", "Failures by kind.", labels=["kind"])
     for kind in sorted(set(ERROR_KINDS) | set(s.errors)):
         errors.add_metric([kind], s.errors.get(kind, 0))
     info = GaugeMetricFamily("crashhpd_info", "Version, backend and layout in use.",
                              labels=["version", "backend", "layout"])
     info.add_metric([s.version, s.backend, s.layout], 1)
-    out: list[Metric] = [
+    out: list["Metric"] = [
         info,
         _counter("crashhpd_uevents", "CPU and memory uevents received.", s.events_received),
         _counter("crashhpd_events_coalesced", "Events folded into an update another event triggered.",
@@ -94,15 +118,22 @@ def families(s: StatusResult, now: float) -> list[Metric]:
 
 class Metrics:
     def __init__(self, read: Callable[[], StatusResult], now: Callable[[], float]) -> None:
-        self.registry = CollectorRegistry()
-        self.apply_duration = Histogram(
-            "crashhpd_apply_duration_seconds", "From reading the system to the new header in force.",
-            buckets=APPLY_BUCKETS, registry=self.registry)
-        self.event_to_apply = Histogram(
-            "crashhpd_event_to_apply_seconds", "From the first event of a burst to its header in force.",
-            buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.registry.register(_StatusCollector(read, now))
+        self._read = read
+        self._now = now
+        self.apply_duration = Buckets("crashhpd_apply_duration_seconds",
+                                      "From reading the system to the new header in force.", APPLY_BUCKETS)
+        self.event_to_apply = Buckets("crashhpd_event_to_apply_seconds",
+                                      "From the first event of a burst to its header in force.", LATENCY_BUCKETS)
         self._textfile_error: str | None = None
+
+    def _exposition(self) -> bytes:
+        """The text format, from a registry of this daemon's families only (nothing of the runtime's)."""
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        collected = [*families(self._read(), self._now()), self.apply_duration.family(), self.event_to_apply.family()]
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Fixed(collected))
+        return generate_latest(registry)
 
     def applied(self, duration_s: float, latency_s: float | None) -> None:
         """One apply; `latency_s` is None when no event started it (start-up, reload, crashhpctl)."""
@@ -111,14 +142,14 @@ class Metrics:
             self.event_to_apply.observe(latency_s)
 
     def text(self) -> str:
-        return generate_latest(self.registry).decode()
+        return self._exposition().decode()
 
     def write_textfile(self, directory: str | None) -> None:
         """Replace `<directory>/crashhpd.prom`; a failure is logged once until it changes, never raised."""
         if directory is None:
             return
         try:
-            write_atomically(os.path.join(directory, TEXTFILE), generate_latest(self.registry))
+            write_atomically(os.path.join(directory, TEXTFILE), self._exposition())
         except OSError as err:
             problem = f"{directory}/{TEXTFILE}: metrics textfile not written: {err.strerror or err}"
             if problem != self._textfile_error:
@@ -126,6 +157,16 @@ class Metrics:
             self._textfile_error = problem
             return
         self._textfile_error = None
+
+
+class _Fixed:
+    """A collector of families already built, for one exposition."""
+
+    def __init__(self, collected: list["Metric"]) -> None:
+        self._collected = collected
+
+    def collect(self) -> list["Metric"]:
+        return self._collected
 
 
 def write_atomically(path: str, data: bytes) -> None:

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 SUBSYSTEMS = ("cpu", "memory")
 UDEV_CONTROL = "/run/udev/control"  # exists while systemd-udevd runs (libudev checks the same)
-DRAIN_LIMIT = 256  # events per drain (about 3 ms): timers and control clients get a turn between drains
+DRAIN_LIMIT = 64  # events per drain (under 1 ms): timers and control clients get a turn between drains
 
 Source = Literal["auto", "udev", "kernel"]
 
