@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import CrashhpdError
+from .validate import Segment  # a header's program headers travel in the form validate reads them
 
 VERSION = 1
 
@@ -103,17 +104,6 @@ class StatusResult(_Received):
     last_update_duration_s: float | None
     last_error: str | None
     last_error_at: float | None
-
-
-class Segment(_Received):
-    type: str
-    flags: int
-    offset: int
-    vaddr: int
-    paddr: int
-    filesz: int
-    memsz: int
-    align: int
 
 
 class HeaderResult(_Received):
