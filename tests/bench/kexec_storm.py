@@ -1,7 +1,7 @@
 """Reloads and wall time for a 3840-event hot-add storm: crashhpd's kexec backend against one reload per event.
 
 Run as root (it injects real kernel uevents):
-    cd /work/main && .venv/bin/python tests/bench/kexec_storm.py --events 3840 --rate 26.7 --reload-cost 0.5 --prefix 64
+    .venv/bin/python tests/bench/kexec_storm.py --events 3840 --rate 26.7 --reload-cost 0.5 --prefix 64
 
 The storm: 3840 memory blocks of 128 MiB (a guest grown from 32 to 512 GiB)
 arriving at 26.7 blocks/s, the pace of the public report in which scaling
