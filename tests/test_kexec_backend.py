@@ -281,23 +281,29 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def failing_applies(b: KexecBackend, root: Path, count: int) -> list[BackendError]:
+    """`count` applies of the tree's model header, each of which must fail."""
+    errors = []
+    for _ in range(count):
+        with pytest.raises(BackendError) as err:
+            b.apply(model(root))
+        errors.append(err.value)
+    return errors
+
+
 def test_ebusy_backs_off_doubling_and_a_success_resets_it(standin, root, tmp_path, caplog):
     # stand-in: another loader holding the kexec lock, on cue
     busy = {"exit": 1, "stderr": EBUSY}
     standin.script(busy, busy, busy, {}, busy)
     b = backend(standin, tmp_path / "state")
-    delays = []
     with caplog.at_level(logging.INFO, logger="crashhpd"):
-        for _ in range(3):
-            with pytest.raises(BackendError) as err:
-                b.apply(model(root))
-            delays.append(err.value.retry_after)
-            assert "another loader holds the kexec lock (Device or resource busy)" in str(err.value)
+        errors = failing_applies(b, root, 3)
+        assert all("another loader holds the kexec lock (Device or resource busy)" in str(e) for e in errors)
         b.apply(model(root))
         hot_add(root, 1)
         with pytest.raises(BackendError) as err:
             b.apply(model(root))
-    assert delays == [1.0, 2.0, 4.0]
+    assert [e.retry_after for e in errors] == [1.0, 2.0, 4.0]
     assert err.value.retry_after == 1.0
     assert [kind_of(r) for r in caplog.records].count("retry") == 3
     assert all(r.levelno == logging.WARNING for r in caplog.records if kind_of(r) == "kexec-failed")
@@ -317,14 +323,10 @@ def test_a_failed_load_that_freed_the_old_image_retries_at_once_then_backs_off(s
     b = backend(standin, tmp_path / "state")
     b.apply(model(root))
     hot_add(root, 1)
-    delays = []
     with caplog.at_level(logging.ERROR, logger="crashhpd"):
-        for _ in range(3):
-            with pytest.raises(BackendError) as err:
-                b.apply(model(root))
-            delays.append(err.value.retry_after)
-    assert delays == [0.0, 1.0, 2.0]
-    assert str(err.value).startswith("NO CRASH KERNEL LOADED: kexec -p failed with exit status 1: ")
+        errors = failing_applies(b, root, 3)
+    assert [e.retry_after for e in errors] == [0.0, 1.0, 2.0]
+    assert str(errors[-1]).startswith("NO CRASH KERNEL LOADED: kexec -p failed with exit status 1: ")
     loud = [r for r in caplog.records if kind_of(r) == "no-crash-kernel"]
     assert len(loud) == 3 and all(r.levelno == logging.ERROR for r in loud)
     assert b.loaded() is None  # nothing is loaded, whatever crashhpd loaded before
