@@ -156,6 +156,9 @@ class Daemon:
         except CrashhpdError as err:
             self._failed("snapshot-failed", str(err), events)
             return None
+        # Backends re-read the kernel's state here, on every burst and never on a timer: the passive
+        # backend logs when crash_hotplug stops (or resumes) reading 1.
+        self.backend.health()
         built = outcome.built
         self.stats.cpus = len(built.model.cpu_notes)
         self.stats.ram_ranges = len(built.model.ram)

@@ -186,3 +186,22 @@ def test_an_idle_daemon_does_not_wake_up(env):
     before = wakeups(d.proc.pid)
     time.sleep(3)
     assert wakeups(d.proc.pid) - before <= 2, "an idle daemon must sleep until an event or a signal"
+
+
+def test_the_passive_backend_rereads_crash_hotplug_on_events(env, tmp_path):
+    root, state_dir, _, start = env
+    hotplug = root / "sys/devices/system/memory/crash_hotplug"
+    hotplug.write_text("1\n")
+    config = write_config(tmp_path / "auto.toml", {
+        "root": str(root), "backend": "auto", "monitor": {"source": "kernel"},
+        "debounce": {"quiet_ms": QUIET_MS, "max_delay_ms": 2000}, "sandbox": {"state_dir": str(state_dir)},
+        "control": {"socket": str(tmp_path / "control.sock")},
+    })
+    d = start(config)
+    assert "backend kernel" in d.stderr()  # auto: the kernel keeps the header itself
+    hotplug.write_text("0\n")
+    time.sleep(QUIET_MS / 1000 * 3)
+    assert "no longer updates the header" not in d.stderr(), "read on events, not on a timer"
+    inject("online")
+    wait_for(lambda: "no longer updates the header" in d.stderr(), 10, "the change noticed on the next burst")
+    assert not (state_dir / "elfcorehdr").exists(), "the passive backend never writes"
