@@ -83,10 +83,8 @@ def _pack(model: HeaderModel, phnum: int) -> bytes:
         pack(buf, off, PT_LOAD, PF_RWX, paddr, vaddr, paddr, size, size, 0)
         off += PHDR_SIZE
     page_offset = model.page_offset
-    backup_start, backup_offset = model.backup if model.backup else (-1, 0)
     for start, end in model.ram:
         size = end - start + 1
-        pack(buf, off, PT_LOAD, PF_RWX, backup_offset if start == backup_start else start,
-             start + page_offset, start, size, size, 0)
+        pack(buf, off, PT_LOAD, PF_RWX, start, start + page_offset, start, size, size, 0)
         off += PHDR_SIZE
     return bytes(buf)

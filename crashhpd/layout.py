@@ -19,7 +19,6 @@ LayoutName = Literal["kernel", "kexec-tools"]
 DEFAULT_PAGE_OFFSET = 0xFFFF888000000000  # x86_64 direct map, 4-level paging, no KASLR
 KERNEL_NOTE_SIZE = 368  # sizeof(note_buf_t) on x86_64
 KEXEC_TOOLS_NOTE_SIZE = 1024  # kexec-tools' MAX_NOTE_BYTES when crash_notes_size is missing
-BACKUP_SRC_END = 0x9FFFF  # kexec-tools copies the first 640 KiB aside
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +29,6 @@ class Layout:
     align: int  # header buffer rounding: a page for the kernel, 1 KiB for kexec-tools
     note_size: int  # used when crash_notes_size is missing
     page_offset: int | None = None  # override of the direct-map base
-    backup_offset: int | None = None  # kexec-tools: where the first 640 KiB were copied
 
 
 def preset(name: LayoutName, cpus: CpuSet | None = None, page_offset: int | None = None) -> Layout:
@@ -56,7 +54,6 @@ class HeaderModel:
     ram: tuple[Range, ...]  # ascending, disjoint, inclusive ends
     page_offset: int
     align: int
-    backup: tuple[int, int] | None = None  # (ram start, p_offset) for kexec-tools' backup copy
     cpus_without_notes: tuple[int, ...] = ()
 
     @property
@@ -97,10 +94,6 @@ def plan(snapshot: Snapshot, layout: Layout) -> HeaderModel:
         else:
             notes.append((cpu, note.addr, note.size if note.size is not None else layout.note_size))
     ram = tuple(subtract(snapshot.ram, excluded_ranges(snapshot, layout)))
-    backup = None
-    if layout.backup_offset is not None:
-        low = next((r for r in ram if r[1] <= BACKUP_SRC_END), None)
-        backup = (low[0], layout.backup_offset) if low else None
     page_offset = layout.page_offset
     if page_offset is None:
         page_offset = snapshot.boot.direct_map_base if snapshot.boot.direct_map_base is not None else DEFAULT_PAGE_OFFSET
@@ -111,6 +104,5 @@ def plan(snapshot: Snapshot, layout: Layout) -> HeaderModel:
         ram=ram,
         page_offset=page_offset,
         align=layout.align,
-        backup=backup,
         cpus_without_notes=tuple(missing),
     )

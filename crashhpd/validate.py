@@ -14,11 +14,13 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from .header import EHDR_SIZE, EM_X86_64, ET_CORE, MAX_PHNUM, PF_RWX, PHDR_SIZE
-from .layout import BACKUP_SRC_END
 from .ranges import Range
 from .snapshot import Snapshot
 
 KERNEL_TEXT_MAP = 0xFFFFFFFF80000000  # __START_KERNEL_map: the image PT_LOAD's vaddr is above it
+# kexec-tools copies the first 640 KiB aside at load time and points that RAM entry's p_offset at the
+# copy: a header it built is valid with p_offset != p_paddr there, and nowhere else.
+BACKUP_SRC_END = 0x9FFFF
 
 
 @dataclass(frozen=True, slots=True)
