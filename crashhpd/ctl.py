@@ -114,7 +114,8 @@ def show_status(s: StatusResult, now: float) -> tuple[str, int]:
     pending = "none"
     if s.next_update_in_s is not None:
         pending = f"{s.pending_events} events, update in {s.next_update_in_s:.1f} s"
-    hotplug = ("not published (kernel before 6.6, or no CONFIG_CRASH_HOTPLUG)" if s.crash_hotplug_cpu is None and s.crash_hotplug_memory is None
+    hotplug = ("not published (kernel before 6.6, or no CONFIG_CRASH_HOTPLUG)"
+               if s.crash_hotplug_cpu is None and s.crash_hotplug_memory is None
                else f"cpu {_unknown(s.crash_hotplug_cpu)}, memory {_unknown(s.crash_hotplug_memory)}")
     rows = [
         ("crashhpd", f"{s.version}, pid {s.pid}, up {duration(s.uptime_s)}"),
