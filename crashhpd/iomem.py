@@ -50,9 +50,11 @@ def parse(text: str, path: str = "/proc/iomem") -> list[Resource]:
             raise ParseError(path, lineno, line, "start above end")
         if not name.strip():
             raise ParseError(path, lineno, line, "empty name")
-        if depth and not (open_levels[depth - 1].start <= start and end <= open_levels[depth - 1].end):
+        parent = open_levels[depth - 1] if depth else None
+        if parent is not None and not (parent.start <= start and end <= parent.end):
             raise ParseError(path, lineno, line, "outside its parent range")
-        if depth < len(open_levels) and start <= open_levels[depth].end and not _all_zero(open_levels[depth], start, end):
+        sibling = open_levels[depth] if depth < len(open_levels) else None
+        if sibling is not None and start <= sibling.end and not _all_zero(sibling, start, end):
             raise ParseError(path, lineno, line, "overlaps or precedes the line before it")
         res = Resource(start, end, name, depth)
         del open_levels[depth:]

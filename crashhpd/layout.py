@@ -94,9 +94,8 @@ def plan(snapshot: Snapshot, layout: Layout) -> HeaderModel:
         else:
             notes.append((cpu, note.addr, note.size if note.size is not None else layout.note_size))
     ram = tuple(subtract(snapshot.ram, excluded_ranges(snapshot, layout)))
-    page_offset = layout.page_offset
-    if page_offset is None:
-        page_offset = snapshot.boot.direct_map_base if snapshot.boot.direct_map_base is not None else DEFAULT_PAGE_OFFSET
+    page_offset = next((v for v in (layout.page_offset, snapshot.boot.direct_map_base) if v is not None),
+                       DEFAULT_PAGE_OFFSET)
     return HeaderModel(
         cpu_notes=tuple(notes),
         vmcoreinfo=snapshot.vmcoreinfo,

@@ -104,7 +104,8 @@ class KernelBackend:
         if problem is not None:
             logger.warning("%s", problem, extra=log.fields("passive", backend=self.name))
         elif self._last_ok is not None:
-            logger.info("the kernel updates the header on hotplug again", extra=log.fields("passive", backend=self.name))
+            logger.info("the kernel updates the header on hotplug again",
+                        extra=log.fields("passive", backend=self.name))
         self._last_ok = ok
 
 
