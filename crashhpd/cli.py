@@ -101,12 +101,12 @@ def inspect(args: argparse.Namespace) -> int:
     with open(args.file, "rb") as f:
         data = f.read()
     snapshot = read_snapshot(args.root) if args.root else None
+    header: ParsedHeader | None
     try:
         header = parse(data)
+        problems = check(header, snapshot)
     except NotAHeader as err:
         problems, header = [str(err)], None
-    else:
-        problems = check(header, snapshot)
     if args.json:
         print(json.dumps({"file": args.file, "valid": not problems, "problems": problems,
                           "header": header.to_json() if header else None}, indent=2))

@@ -276,7 +276,7 @@ class Daemon:
                 self.update("events")
             elif self.retry_at is not None and now >= self.retry_at:
                 self.update("retry")
-            if watchdog_at is not None and now >= watchdog_at:
+            if interval is not None and watchdog_at is not None and now >= watchdog_at:
                 self.notifier.watchdog()
                 watchdog_at = now + interval
             if self.status_line() != status:
