@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from .errors import BackendError, CrashhpdError, ParseError
-from .snapshot import read_text, under
+from .snapshot import read_int, read_text, under
 
 DEBIAN_DEFAULTS = "etc/default/kdump-tools"
 FEDORA_SYSCONFIG = "etc/sysconfig/kdump"
@@ -174,16 +174,6 @@ def fedora_recipe(settings: Mapping[str, str], source: str, release: str, apicid
 
 
 # --- I/O at the edge ------------------------------------------------------------------------
-
-
-def read_int(root: str, rel: str) -> int | None:
-    text = read_text(root, rel)
-    if text is None:
-        return None
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise ParseError(under(root, rel), 1, text.strip(), "expected a number") from None
 
 
 def crash_hotplug(root: str) -> tuple[int | None, int | None]:

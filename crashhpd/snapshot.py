@@ -77,11 +77,16 @@ _DIGITS = {10: re.compile(r"[0-9]+"), 16: re.compile(r"(?:0[xX])?[0-9a-fA-F]+")}
 U64_MAX = (1 << 64) - 1
 
 
-def parse_int(text: str, path: str, base: int = 10) -> int:
-    """A kernel number: plain digits only (int() would also take signs and '_'), at most 64 bits."""
+def parse_int(text: str, path: str, base: int = 10, signed: bool = False) -> int:
+    """A kernel number: plain digits only (int() would also take '+' and '_'), at most 64 bits.
+
+    Only a few attributes are signed (kexec_load_limit_panic reads -1 for unlimited).
+    """
     word = text.strip()
-    if not _DIGITS[base].fullmatch(word) or int(word, base) > U64_MAX:
-        raise ParseError(path, 1, word, "expected an unsigned 64-bit number" + (" in hex" if base == 16 else ""))
+    digits = word[1:] if signed and word.startswith("-") else word
+    if not _DIGITS[base].fullmatch(digits) or int(digits, base) > U64_MAX:
+        kind = "64-bit" if signed else "unsigned, 64-bit"
+        raise ParseError(path, 1, word, f"expected a number ({kind}{', in hex' if base == 16 else ''})")
     return int(word, base)
 
 
@@ -143,9 +148,9 @@ def read_text(root: str, rel: str) -> str | None:
         raise SnapshotError(f"{path}: {err.strerror}") from None
 
 
-def _read_int(root: str, rel: str, base: int = 10) -> int | None:
+def read_int(root: str, rel: str, base: int = 10, signed: bool = False) -> int | None:
     text = read_text(root, rel)
-    return None if text is None else parse_int(text, under(root, rel), base)
+    return None if text is None else parse_int(text, under(root, rel), base, signed)
 
 
 def _read_cpus(root: str, name: str) -> frozenset[int] | None:
@@ -163,10 +168,10 @@ def _read_crash_notes(root: str) -> dict[int, CpuNote]:
         match = _CPU_NAME.fullmatch(entry)
         if not match:
             continue
-        addr = _read_int(root, f"{CPU_DIR}/{entry}/crash_notes", 16)
+        addr = read_int(root, f"{CPU_DIR}/{entry}/crash_notes", 16)
         if addr is None:
             continue
-        size = _read_int(root, f"{CPU_DIR}/{entry}/crash_notes_size")
+        size = read_int(root, f"{CPU_DIR}/{entry}/crash_notes_size")
         notes[int(match.group(1))] = CpuNote(addr, size)
     return notes
 
@@ -199,7 +204,7 @@ def read_snapshot(root: str = "/", boot: BootConstants | None = None) -> Snapsho
     bss = iomem.named(resources, "Kernel bss")
     vmcoreinfo_text = read_text(root, "sys/kernel/vmcoreinfo")
     cma_text = read_text(root, "sys/kernel/kexec_crash_cma_ranges")
-    kernel_max = _read_int(root, f"{CPU_DIR}/kernel_max")
+    kernel_max = read_int(root, f"{CPU_DIR}/kernel_max")
     return Snapshot(
         root=root,
         ram=tuple(iomem.system_ram(resources)),
@@ -215,10 +220,10 @@ def read_snapshot(root: str = "/", boot: BootConstants | None = None) -> Snapsho
         else parse_vmcoreinfo(vmcoreinfo_text, under(root, "sys/kernel/vmcoreinfo")),
         boot=boot if boot is not None else read_boot_constants(root),
         kernel_max=kernel_max,
-        kexec_crash_loaded=_read_int(root, "sys/kernel/kexec_crash_loaded"),
-        kexec_crash_size=_read_int(root, "sys/kernel/kexec_crash_size"),
-        crash_elfcorehdr_size=_read_int(root, "sys/kernel/crash_elfcorehdr_size"),
+        kexec_crash_loaded=read_int(root, "sys/kernel/kexec_crash_loaded"),
+        kexec_crash_size=read_int(root, "sys/kernel/kexec_crash_size"),
+        crash_elfcorehdr_size=read_int(root, "sys/kernel/crash_elfcorehdr_size"),
         crash_cma=() if cma_text is None else parse_ranges(cma_text, under(root, "sys/kernel/kexec_crash_cma_ranges")),
-        crash_hotplug_cpu=_read_int(root, f"{CPU_DIR}/crash_hotplug"),
-        crash_hotplug_memory=_read_int(root, f"{MEMORY_DIR}/crash_hotplug"),
+        crash_hotplug_cpu=read_int(root, f"{CPU_DIR}/crash_hotplug"),
+        crash_hotplug_memory=read_int(root, f"{MEMORY_DIR}/crash_hotplug"),
     )

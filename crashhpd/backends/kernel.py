@@ -16,8 +16,9 @@ import time
 from .. import log
 from ..errors import BackendError, CrashhpdError
 from ..header import EHDR_SIZE, align_up
-from ..kdump_discovery import CRASH_LOADED, ELFCOREHDR_SIZE, crash_hotplug, kernel_updates_header, read_int
+from ..kdump_discovery import CRASH_LOADED, ELFCOREHDR_SIZE, crash_hotplug, kernel_updates_header
 from ..layout import LayoutName
+from ..snapshot import read_int
 from .base import Applied, Health
 
 logger = logging.getLogger(__name__)

@@ -35,9 +35,9 @@ from .. import log
 from ..config import KexecConfig
 from ..errors import BackendError, CrashhpdError
 from ..kdump_discovery import (BOOT_ID, CRASH_LOADED, ELFCOREHDR_SIZE, LOAD_LIMIT, LOCKDOWN, CrashKernel, discover,
-                               kernel_updates_header, lockdown_forbids_kexec_load, parse_kexec_version, read_int)
+                               kernel_updates_header, lockdown_forbids_kexec_load, parse_kexec_version)
 from ..layout import LayoutName
-from ..snapshot import read_text, under
+from ..snapshot import read_int, read_text, under
 from .base import Applied, Health
 
 logger = logging.getLogger(__name__)
@@ -333,7 +333,7 @@ class KexecBackend:
     def health(self) -> Health:
         try:
             loaded = read_int(self._root, CRASH_LOADED)
-            limit = read_int(self._root, LOAD_LIMIT)
+            limit = read_int(self._root, LOAD_LIMIT, signed=True)
             kernel_updates = kernel_updates_header(self._root)
         except CrashhpdError as err:
             return Health(False, str(err), self._extra(None, None))
@@ -358,7 +358,7 @@ class KexecBackend:
 
     def _check_load_limit(self) -> None:
         """Never spend the kernel's last allowed crash load on an update: an admin may need it."""
-        limit = read_int(self._root, LOAD_LIMIT)
+        limit = read_int(self._root, LOAD_LIMIT, signed=True)
         if limit is None or limit < 0 or limit > 1:
             return
         message = (f"{under(self._root, LOAD_LIMIT)} reads {limit}: "
