@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from . import __version__
 from .errors import CrashhpdError
 from .header import build
-from .layout import plan, preset
+from .layout import KERNEL_HALF, plan, preset
 from .ranges import size_text
 from .snapshot import read_snapshot
 from .validate import NotAHeader, ParsedHeader, check, parse
@@ -27,8 +27,8 @@ def _page_offset(text: str) -> int:
         value = int(text, 0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0xFF00000000000000 <= value < 1 << 64:
-        raise argparse.ArgumentTypeError(f"{text} is not a kernel address (0xff00000000000000 and above)")
+    if not KERNEL_HALF <= value < 1 << 64:
+        raise argparse.ArgumentTypeError(f"{text} is not a kernel address (0x{KERNEL_HALF:x} and above)")
     return value
 
 

@@ -19,14 +19,13 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from .errors import ConfigError
 from .header import DEFAULT_MAX_MEMORY_RANGES, MAX_PHNUM
-from .layout import LayoutName
+from .layout import KERNEL_HALF, LayoutName
 
 DEFAULT_PATH = "/etc/crashhpd/crashhpd.toml"
 DROPIN_SUFFIX = ".d"
 ROOT_OPTION = "--root"  # names where `root` came from when the command line set it
 DEFAULT_ORIGIN = "the default"
 
-KERNEL_HALF = 0xFF00_0000_0000_0000
 
 KernelCpuSet = Literal["online", "present", "possible"]
 Table = dict[str, Any]

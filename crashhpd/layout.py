@@ -17,6 +17,7 @@ CpuSet = Literal["online", "present", "possible", "notes"]
 LayoutName = Literal["kernel", "kexec-tools"]
 
 DEFAULT_PAGE_OFFSET = 0xFFFF888000000000  # x86_64 direct map, 4-level paging, no KASLR
+KERNEL_HALF = 0xFF00_0000_0000_0000  # any direct-map base lies above this, for 4- and 5-level paging
 KERNEL_NOTE_SIZE = 368  # sizeof(note_buf_t) on x86_64
 KEXEC_TOOLS_NOTE_SIZE = 1024  # kexec-tools' MAX_NOTE_BYTES when crash_notes_size is missing
 
