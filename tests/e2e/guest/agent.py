@@ -1,0 +1,272 @@
+"""The guest's half of the e2e test, run by /init in both kernels; it talks to the host over ttyS1.
+
+Every message is one line, `E2E <KIND> <json>` from the guest and `<COMMAND> <args>` from the
+host; the kernel's console stays on ttyS0, so its messages never break a line. What the guest does
+is chosen by `crashhpd_e2e.mode=` on the command line:
+
+  kexec    load the crash kernel with `kexec -p`, run crashhpd with the kexec backend
+  auto     load it with `kexec -p -s`, run crashhpd with backend = "auto"
+  control  load it with `kexec -p` and run no crashhpd at all: what the test must catch
+  bench    like kexec, then obey BENCH commands (tests/bench/guest_hotplug.py)
+
+In the kdump kernel (/proc/vmcore exists) it reports the program headers of /proc/vmcore, read
+with crashhpd's own validator, and reads the pages the host asks for.
+"""
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import tty
+from typing import Any
+
+from crashhpd.validate import parse  # the kdump kernel's archive has no more of crashhpd than this needs
+
+PORT = "/dev/ttyS1"
+KERNEL = "/boot/vmlinuz"
+INITRD = "/boot/initrd.img"
+RUN = "/run/crashhpd"
+CONFIG = f"{RUN}/e2e.toml"
+KEXEC_SHIM = f"{RUN}/kexec"  # logs each call, then runs the real kexec: a count crashhpd cannot fake
+KEXEC_CALLS = f"{RUN}/kexec-calls"
+CONTROL = f"{RUN}/control.sock"
+NOTIFY = f"{RUN}/notify.sock"
+# The kdump kernel must not hot-add the DIMMs it finds in ACPI as its own RAM: /proc/vmcore could not
+# read them then (ioremap refuses RAM). Fedora's kdump appends the same; Debian's defaults do not.
+APPEND = "acpi_no_memhotplug"
+MEMORY = "/sys/devices/system/memory"
+PAGE = 4096
+READY_TIMEOUT_S = 240.0
+SETTLE_TIMEOUT_S = 240.0
+
+
+class Channel:
+    """ttyS1 in raw mode: bytes pass untouched both ways."""
+
+    def __init__(self, path: str = PORT) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+        tty.setraw(self.fd)
+        self._buffer = b""
+
+    def send(self, kind: str, payload: Any = None) -> None:
+        line = f"E2E {kind} {json.dumps(payload, separators=(',', ':'))}\n".encode()
+        while line:
+            line = line[os.write(self.fd, line):]
+
+    def receive(self) -> list[str]:
+        while b"\n" not in self._buffer:
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                raise EOFError("ttyS1 closed")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode().strip().split()
+
+
+def param(name: str, default: str | None = None) -> str | None:
+    with open("/proc/cmdline") as f:
+        for word in f.read().split():
+            key, _, value = word.partition("=")
+            if key == f"crashhpd_e2e.{name}":
+                return value
+    return default
+
+
+def uptime() -> float:
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0])
+
+
+def run(argv: list[str]) -> dict[str, Any]:
+    started = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    return {"argv": argv, "exit": proc.returncode, "stderr": proc.stderr[-2000:], "seconds": time.monotonic() - started}
+
+
+# --- first kernel -------------------------------------------------------------------------------
+
+
+def load_crash_kernel(file_load: bool) -> dict[str, Any]:
+    """The same `kexec -p` that crashhpd's kexec backend will run later: one command line for both."""
+    from crashhpd.backends.kexec import load_argv
+    from crashhpd.kdump_discovery import discover
+    crash = discover("/", KERNEL, INITRD, None, APPEND)  # after the kdump-tools defaults (nr_cpus=1 ...)
+    return run(load_argv("kexec", crash, file_load, hotplug=False))
+
+
+def write_config(backend: str, file_load: bool) -> None:
+    os.makedirs(RUN, exist_ok=True)
+    with open(KEXEC_SHIM, "w") as f:
+        f.write(f'#!/bin/sh\necho "$*" >> {KEXEC_CALLS}\nexec /sbin/kexec "$@"\n')
+    os.chmod(KEXEC_SHIM, 0o755)
+    with open(CONFIG, "w") as f:
+        f.write(f'backend = "{backend}"\n'
+                '[monitor]\nsource = "kernel"\n'
+                f'[sandbox]\nstate_dir = "{RUN}/state"\n'
+                f'[control]\nsocket = "{CONTROL}"\n'
+                '[log]\nlevel = "debug"\n'
+                f'[kexec]\nbinary = "{KEXEC_SHIM}"\nkernel = "{KERNEL}"\ninitrd = "{INITRD}"\nappend = "{APPEND}"\n'
+                f'file_load = {"true" if file_load else "false"}\n')
+
+
+def start_crashhpd() -> tuple[subprocess.Popen, float]:
+    """`crashhpd run` as systemd would start it (a NOTIFY_SOCKET); returns once it said READY=1."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(NOTIFY)
+    started = time.monotonic()
+    console = open("/dev/console", "w")  # the daemon's log lines land in the host's console.log
+    proc = subprocess.Popen(["crashhpd", "run", "--config", CONFIG], stdout=console, stderr=console,
+                            env={**os.environ, "NOTIFY_SOCKET": NOTIFY})
+    notify.settimeout(1.0)
+    while time.monotonic() - started < READY_TIMEOUT_S:
+        try:
+            if "READY=1" in notify.recv(4096).decode().split("\n"):
+                return proc, time.monotonic() - started
+        except TimeoutError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"crashhpd exited with status {proc.returncode} before READY=1") from None
+    raise RuntimeError(f"crashhpd did not say READY=1 within {READY_TIMEOUT_S:g} s")
+
+
+def control(op: str) -> dict[str, Any]:
+    from crashhpd.ctl import request
+    reply = request(CONTROL, op, 30.0)
+    if not reply.ok or reply.result is None:
+        raise RuntimeError(f"crashhpctl {op}: {reply.error}")
+    return reply.result
+
+
+def blocks_online(start: int, size: int) -> bool:
+    with open(f"{MEMORY}/block_size_bytes") as f:
+        block = int(f.read(), 16)
+    for index in range(start // block, (start + size) // block):
+        try:
+            with open(f"{MEMORY}/memory{index}/state") as f:
+                if f.read().strip() != "online":
+                    return False
+        except FileNotFoundError:
+            return False
+    return True
+
+
+def settle(start: int, size: int, daemon: bool, events_before: int) -> dict[str, Any]:
+    """Wait until the hot-added range is online and crashhpd has finished the burst it caused."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while not blocks_online(start, size):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"memory {start:#x}+{size:#x} not online within {SETTLE_TIMEOUT_S:g} s")
+        time.sleep(0.05)
+    online_at = uptime()
+    result: dict[str, Any] = {"online_at": online_at}
+    if not daemon:
+        return result
+    while True:
+        status = control("status")
+        idle = status["pending_events"] == 0 and status["next_update_in_s"] is None
+        if idle and status["events_received"] > events_before:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"crashhpd did not finish the burst within {SETTLE_TIMEOUT_S:g} s: {status}")
+        time.sleep(0.1)
+    result.update(status=status, verify=control("verify"), kexec_loads=kexec_loads())
+    return result
+
+
+def kexec_loads() -> list[str]:
+    """The `kexec -p` runs crashhpd made, as the shim logged them (its `--version` probes left out)."""
+    try:
+        with open(KEXEC_CALLS) as f:
+            return [line.strip() for line in f if line.startswith("-p")]
+    except FileNotFoundError:
+        return []
+
+
+def first_kernel(channel: Channel, mode: str) -> None:
+    file_load = mode == "auto"
+    loaded = load_crash_kernel(file_load)
+    channel.send("LOADED", loaded)
+    if loaded["exit"] != 0:
+        return
+    daemon = mode != "control"
+    ready: dict[str, Any] = {"uptime": uptime()}
+    if daemon:
+        write_config("auto" if mode == "auto" else "kexec", file_load)
+        _, ready["seconds"] = start_crashhpd()
+        ready["status"] = control("status")
+        ready["kexec_loads"] = kexec_loads()
+    channel.send("READY", ready)
+    events_before = ready.get("status", {}).get("events_received", 0)
+    while True:
+        command = channel.receive()
+        if command[0] == "SETTLE":
+            channel.send("SETTLED", settle(int(command[1], 0), int(command[2], 0), daemon, events_before))
+        elif command[0] == "BENCH":
+            from bench import serve  # the benchmark's guest half, only imported when asked for
+            channel.send("BENCHED", serve(command[1:]))
+        elif command[0] == "CRASH":
+            channel.send("CRASHING", {"uptime": uptime()})
+            os.sync()
+            with open("/proc/sysrq-trigger", "w") as f:
+                f.write("c")
+        else:
+            channel.send("ERROR", f"unknown command {command!r}")
+
+
+# --- kdump kernel -------------------------------------------------------------------------------
+
+
+def vmcore_headers() -> dict[str, Any]:
+    """/proc/vmcore's ELF and program headers, parsed by crashhpd.validate (without its padding rule)."""
+    with open("/proc/vmcore", "rb") as f:
+        ehdr = f.read(64)
+        phoff = int.from_bytes(ehdr[32:40], "little")
+        phentsize = int.from_bytes(ehdr[54:56], "little")
+        phnum = int.from_bytes(ehdr[56:58], "little")
+        f.seek(0)
+        table = f.read(phoff + phnum * phentsize)
+    header = parse(table)
+    return {"phnum": len(header.segments), "size": os.path.getsize("/proc/vmcore"),
+            "segments": [{"type": s.type, "offset": s.offset, "paddr": s.paddr, "filesz": s.filesz,
+                          "memsz": s.memsz} for s in header.segments]}
+
+
+def read_page(segments: list[dict[str, Any]], address: int) -> dict[str, Any]:
+    for s in segments:
+        if s["type"] == "PT_LOAD" and s["paddr"] <= address and address + PAGE <= s["paddr"] + s["filesz"]:
+            with open("/proc/vmcore", "rb") as f:
+                f.seek(s["offset"] + address - s["paddr"])
+                data = f.read(PAGE)
+            return {"address": address, "covered": True, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return {"address": address, "covered": False, "bytes": 0}
+
+
+def kdump_kernel(channel: Channel) -> None:
+    headers = vmcore_headers()
+    channel.send("VMCORE", {**headers, "uptime": uptime()})
+    while True:
+        command = channel.receive()
+        if command[0] == "PROBE":
+            start, size = int(command[1], 0), int(command[2], 0)
+            channel.send("PROBED", [read_page(headers["segments"], a) for a in (start, start + size - PAGE)])
+            return
+        channel.send("ERROR", f"unknown command {command!r}")
+
+
+def main() -> int:
+    channel = Channel()
+    try:
+        if os.path.exists("/proc/vmcore"):
+            kdump_kernel(channel)
+        else:
+            first_kernel(channel, param("mode", "kexec") or "kexec")
+    except Exception as err:  # everything goes to the host, which shows it in the assertion message
+        channel.send("ERROR", f"{type(err).__name__}: {err}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

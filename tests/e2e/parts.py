@@ -1,0 +1,192 @@
+"""The guest's parts, from Debian packages only, fetched once into a cache directory the tests own.
+
+apt-get runs with a private source list, state, status file and cache: the
+host's apt sources are never read or changed, and the empty status file makes
+apt resolve each group's whole dependency closure, so the result does not
+depend on what the host happens to have installed. Packages are unpacked with
+`dpkg-deb -x`; nothing is installed system-wide.
+
+QEMU comes from bookworm-backports (10.0): bookworm's 7.2 was found unreliable
+for kdump under TCG. The 6.1 cloud kernel has no CONFIG_CRASH_HOTPLUG; the
+6.12 one from bookworm-backports has it.
+"""
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("CRASHHPD_E2E_CACHE", REPO / ".cache" / "e2e"))
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+MIRROR = "http://deb.debian.org/debian"
+SOURCES = "".join(
+    f"deb [signed-by={KEYRING}] {url} {suite} main\n"
+    for url, suite in ((MIRROR, "bookworm"), (MIRROR, "bookworm-updates"),
+                       ("http://deb.debian.org/debian-security", "bookworm-security"),
+                       (MIRROR, "bookworm-backports"))
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Packages fetched and unpacked together into one tree."""
+
+    name: str
+    packages: tuple[str, ...]
+    release: str | None = None  # apt's -t: which suite wins over the default candidate
+    unpack: str = ""  # only .deb files whose name starts with this are unpacked ("" = all)
+
+
+QEMU = Group("qemu", ("qemu-system-x86",), release="bookworm-backports")
+GUEST = Group("guest", ("busybox-static", "kexec-tools", "libc-bin", "python3.11-minimal",
+                        "libpython3.11-stdlib", "libudev1", "libsystemd0"))
+KERNELS = {
+    "6.1": Group("linux-6.1", ("linux-image-cloud-amd64",), unpack="linux-image-"),
+    "6.12": Group("linux-6.12", ("linux-image-cloud-amd64",), release="bookworm-backports",
+                  unpack="linux-image-"),
+}
+
+
+class PartsUnavailable(Exception):
+    """The package registries cannot be reached: the only reason the e2e tests may skip."""
+
+
+class PartsError(Exception):
+    """apt or dpkg-deb failed for a reason other than the network."""
+
+
+@dataclass(frozen=True, slots=True)
+class Qemu:
+    binary: Path
+    firmware: tuple[Path, ...]  # each passed with -L
+    library_path: str  # LD_LIBRARY_PATH for the unpacked shared libraries
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "LD_LIBRARY_PATH": self.library_path}
+
+
+@dataclass(frozen=True, slots=True)
+class Kernel:
+    version: str  # the package's uname -r
+    vmlinuz: Path
+    config: dict[str, str]
+
+
+_NETWORK_WORDS = ("Could not resolve", "Temporary failure resolving", "Failed to fetch", "Could not connect",
+                  "Connection failed", "Network is unreachable", "Unable to connect")
+
+
+def _apt_options(cache: Path) -> list[str]:
+    apt = cache / "apt"
+    return [
+        f"-oDir::Etc::SourceList={apt / 'sources.list'}", f"-oDir::Etc::SourceParts={apt / 'empty'}",
+        "-oDir::Etc::Preferences=/dev/null", f"-oDir::Etc::PreferencesParts={apt / 'empty'}",
+        f"-oDir::State={apt / 'state'}", f"-oDir::State::status={apt / 'status'}",
+        f"-oDir::Cache={apt / 'cache'}", "-oDebug::NoLocking=1", "-oAPT::Sandbox::User=root",
+        "-oAcquire::Retries=3", "-q",
+    ]
+
+
+def _run(argv: list[str], what: str) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
+                          env={**os.environ, "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"})
+    if proc.returncode != 0:
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-4:])
+        if any(word in proc.stderr + proc.stdout for word in _NETWORK_WORDS):
+            raise PartsUnavailable(f"{what}: the Debian package registry cannot be reached: {tail}")
+        raise PartsError(f"{what} failed (exit {proc.returncode}): {tail}")
+    return proc.stdout
+
+
+@contextmanager
+def _locked(cache: Path) -> Iterator[None]:
+    """One fetch at a time: parallel test runs share the cache."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _update(cache: Path) -> None:
+    apt = cache / "apt"
+    for sub in ("empty", "state/lists/partial", "cache/archives/partial"):
+        (apt / sub).mkdir(parents=True, exist_ok=True)
+    (apt / "sources.list").write_text(SOURCES)
+    (apt / "status").touch()
+    stamp = apt / "updated"
+    if stamp.exists() and stamp.read_text() == SOURCES:
+        return
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise PartsUnavailable("apt-get and dpkg-deb are needed to fetch the guest's Debian packages")
+    _run(["apt-get", *_apt_options(cache), "update"], "apt-get update (private source list)")
+    stamp.write_text(SOURCES)
+
+
+def unpacked(group: Group, cache: Path = CACHE) -> Path:
+    """The group's packages unpacked into one tree, fetched on first use and reused after."""
+    key = hashlib.sha256(json.dumps([SOURCES, group.packages, group.release, group.unpack]).encode()).hexdigest()[:12]
+    tree = cache / "root" / f"{group.name}-{key}"
+    done = tree / ".unpacked"
+    if done.exists():
+        return tree
+    with _locked(cache):
+        if done.exists():
+            return tree
+        _update(cache)
+        debs = cache / "debs" / group.name
+        if debs.exists():
+            shutil.rmtree(debs)
+        (debs / "partial").mkdir(parents=True)
+        release = ["-t", group.release] if group.release else []
+        _run(["apt-get", *_apt_options(cache), f"-oDir::Cache::Archives={debs}", "install", "-y",
+              "--download-only", "--no-install-recommends", *release, *group.packages],
+             f"apt-get install --download-only {' '.join(group.packages)}")
+        if tree.exists():
+            shutil.rmtree(tree)
+        tree.mkdir(parents=True)
+        manifest = []
+        for deb in sorted(debs.glob("*.deb")):
+            if not deb.name.startswith(group.unpack):
+                continue
+            _run(["dpkg-deb", "-x", str(deb), str(tree)], f"dpkg-deb -x {deb.name}")
+            manifest.append(deb.name)
+        if not manifest:
+            raise PartsError(f"{group.name}: apt fetched no package starting with {group.unpack!r}")
+        (tree / ".manifest").write_text("\n".join(manifest) + "\n")
+        shutil.rmtree(debs)
+        done.touch()
+    return tree
+
+
+def qemu(cache: Path = CACHE) -> Qemu:
+    tree = unpacked(QEMU, cache)
+    libs = sorted({str(p.parent) for p in tree.rglob("*.so*") if p.is_file()})
+    return Qemu(tree / "usr/bin/qemu-system-x86_64",
+                (tree / "usr/share/qemu", tree / "usr/share/seabios", tree / "usr/lib/ipxe/qemu"),
+                ":".join(libs))
+
+
+def kernel(series: str, cache: Path = CACHE) -> Kernel:
+    tree = unpacked(KERNELS[series], cache)
+    images = sorted((tree / "boot").glob("vmlinuz-*"))
+    if len(images) != 1:
+        raise PartsError(f"linux {series}: expected one vmlinuz in {tree / 'boot'}, found {len(images)}")
+    version = images[0].name.removeprefix("vmlinuz-")
+    config = {}
+    for line in (tree / "boot" / f"config-{version}").read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.startswith("CONFIG_"):
+            config[name] = value
+    return Kernel(version, images[0], config)
+
+
+def guest(cache: Path = CACHE) -> Path:
+    """busybox, kexec-tools with its libraries, Python 3.11 and libudev/libsystemd, unpacked."""
+    return unpacked(GUEST, cache)

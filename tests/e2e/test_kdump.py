@@ -1,0 +1,129 @@
+"""Proof on real kernels: hot-add a DIMM to a QEMU guest, crash it, and look for the DIMM in /proc/vmcore.
+
+Each test boots Debian's kernel with the crashhpd initramfs (see initramfs.py
+and guest/agent.py), hot-adds 512 MiB over QMP (4 memory blocks, an add and
+an online uevent each), waits until the guest says the burst is handled,
+panics it with sysrq, and reads /proc/vmcore in the kdump kernel. The control
+test runs the same guest without crashhpd and must find the DIMM missing:
+that is what shows the other tests can fail.
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .parts import Kernel, Qemu
+from .vm import GIB, HOTPLUG_BASE, MIB, Guest
+
+DIMM = 512 * MIB
+BLOCK_EVENTS = 2 * DIMM // (128 * MIB)  # add + online per 128 MiB memory block
+DIMM_RANGE = f"+ RAM {HOTPLUG_BASE:#x}-{HOTPLUG_BASE + DIMM - 1:#x} (512 MiB)"
+
+Boot = Callable[[str], tuple[Kernel, Path]]
+
+
+def covered(segments: list[dict[str, Any]], start: int, size: int) -> int:
+    """Bytes of [start, start + size) that the PT_LOADs of /proc/vmcore hold."""
+    loads = sorted((s["paddr"], s["paddr"] + s["filesz"]) for s in segments if s["type"] == "PT_LOAD")
+    total, reach = 0, start
+    for lo, hi in loads:
+        lo, hi = max(lo, reach), min(hi, start + size)
+        if hi > lo:
+            total += hi - lo
+            reach = hi
+    return total
+
+
+def check(guest: Guest, condition: bool, what: str) -> None:
+    if not condition:
+        raise guest.failure(what)
+
+
+def run_guest(qemu: Qemu, boot: Boot, tmp_path: Path, series: str, mode: str) -> dict[str, Any]:
+    """Boot, hot-add the DIMM, let the guest settle, crash it; everything each stage reported."""
+    kernel, initrd = boot(series)
+    with Guest(qemu, kernel, initrd, tmp_path / "guest", mode) as guest:
+        seen: dict[str, Any] = {"guest": guest, "loaded": guest.expect("LOADED")}
+        check(guest, seen["loaded"]["exit"] == 0, f"kexec -p failed in the guest: {seen['loaded']}")
+        seen["ready"] = guest.expect("READY")
+        seen["dimm"] = guest.hot_add_memory(DIMM, HOTPLUG_BASE)
+        check(guest, seen["dimm"]["addr"] == HOTPLUG_BASE, f"QEMU put the DIMM elsewhere: {seen['dimm']}")
+        guest.send("SETTLE", hex(HOTPLUG_BASE), hex(DIMM))
+        seen["settled"] = guest.expect("SETTLED")
+        guest.send("CRASH")
+        guest.expect("CRASHING")
+        seen["vmcore"] = guest.expect("VMCORE")
+        guest.send("PROBE", hex(HOTPLUG_BASE), hex(DIMM))
+        seen["probed"] = guest.expect("PROBED")
+        check(guest, guest.wait_exit() == 0, "QEMU did not exit cleanly after the kdump kernel powered off")
+        return seen
+
+
+def assert_dimm_saved(seen: dict[str, Any]) -> None:
+    guest: Guest = seen["guest"]
+    saved = covered(seen["vmcore"]["segments"], HOTPLUG_BASE, DIMM)
+    check(guest, saved == DIMM, f"/proc/vmcore holds {saved} of the DIMM's {DIMM} bytes: {seen['vmcore']}")
+    for page in seen["probed"]:
+        check(guest, page["covered"] and page["bytes"] == 4096,
+              f"reading /proc/vmcore at {page['address']:#x} failed: {seen['probed']}")
+
+
+def test_kexec_backend_reloads_once_and_the_dimm_is_in_the_vmcore(qemu: Qemu, boot: Boot, tmp_path: Path) -> None:
+    seen = run_guest(qemu, boot, tmp_path, "6.1", "kexec")
+    guest, ready, settled = seen["guest"], seen["ready"], seen["settled"]
+    check(guest, ready["status"]["backend"] == "kexec", f"not the kexec backend: {ready['status']}")
+    status = settled["status"]
+    check(guest, status["events_received"] >= BLOCK_EVENTS,
+          f"crashhpd saw {status['events_received']} events, the hot-add makes {BLOCK_EVENTS}: {status}")
+    reloads = settled["kexec_loads"][len(ready["kexec_loads"]):]
+    check(guest, len(reloads) == 1, f"{len(reloads)} kexec -p runs for one hot-add burst: {reloads}")
+    check(guest, status["applies"] == ready["status"]["applies"] + 1, f"crashhpd's own count disagrees: {status}")
+    check(guest, status["last_changes"] == [DIMM_RANGE], f"the reload was not for the DIMM: {status}")
+    check(guest, settled["verify"]["in_sync"], f"crashhpctl verify: {settled['verify']}")
+    assert_dimm_saved(seen)
+
+
+def test_without_crashhpd_the_dimm_is_missing_from_the_vmcore(qemu: Qemu, boot: Boot, tmp_path: Path) -> None:
+    seen = run_guest(qemu, boot, tmp_path, "6.1", "control")
+    guest = seen["guest"]
+    saved = covered(seen["vmcore"]["segments"], HOTPLUG_BASE, DIMM)
+    check(guest, saved == 0, f"the stale header covers {saved} bytes of the DIMM: {seen['vmcore']}")
+    check(guest, not any(page["covered"] for page in seen["probed"]), f"the DIMM was readable: {seen['probed']}")
+    boot_ram = covered(seen["vmcore"]["segments"], 1 * MIB, 512 * MIB)
+    check(guest, boot_ram == 512 * MIB, f"the control's vmcore lacks boot RAM too, so it proves nothing: {boot_ram}")
+
+
+def test_kernel_that_updates_the_header_itself_gets_no_reload(qemu: Qemu, boot: Boot, tmp_path: Path) -> None:
+    seen = run_guest(qemu, boot, tmp_path, "6.12", "auto")
+    guest, ready, settled = seen["guest"], seen["ready"], seen["settled"]
+    check(guest, "-s" in seen["loaded"]["argv"], f"not loaded with kexec_file_load: {seen['loaded']}")
+    status = settled["status"]
+    check(guest, ready["status"]["backend"] == "kernel" and status["crash_hotplug_memory"] == 1,
+          f"auto did not pick the passive kernel backend: {ready['status']}")
+    check(guest, status["events_received"] >= BLOCK_EVENTS, f"crashhpd missed the hot-add: {status}")
+    check(guest, settled["kexec_loads"] == [], f"kexec ran under the kernel backend: {settled['kexec_loads']}")
+    check(guest, settled["verify"]["in_sync"], f"crashhpctl verify says out of sync: {settled['verify']}")
+    assert_dimm_saved(seen)
+
+
+def test_the_boot_kernels_are_the_ones_the_cases_need(boot: Boot) -> None:
+    """6.1 must not update the header itself (else the control proves nothing), 6.12 must."""
+    old, _ = boot("6.1")
+    new, _ = boot("6.12")
+    assert old.version.startswith("6.1.") and "CONFIG_CRASH_HOTPLUG" not in old.config
+    assert new.version.startswith("6.12.") and new.config.get("CONFIG_CRASH_HOTPLUG") == "y"
+    assert all(k.config.get(c) == "y" for k in (old, new)
+               for c in ("CONFIG_CRASH_DUMP", "CONFIG_PROC_VMCORE", "CONFIG_ACPI_HOTPLUG_MEMORY"))
+
+
+@pytest.mark.parametrize("segments,expected", [
+    ([{"type": "PT_LOAD", "paddr": HOTPLUG_BASE, "filesz": DIMM}], DIMM),
+    ([{"type": "PT_LOAD", "paddr": HOTPLUG_BASE, "filesz": DIMM // 2},
+      {"type": "PT_LOAD", "paddr": HOTPLUG_BASE + DIMM // 4, "filesz": DIMM // 2}], 3 * DIMM // 4),
+    ([{"type": "PT_NOTE", "paddr": HOTPLUG_BASE, "filesz": DIMM},
+      {"type": "PT_LOAD", "paddr": 0, "filesz": GIB}], 0),
+])
+def test_coverage_counts_overlaps_once_and_ignores_notes(segments: list[dict[str, Any]], expected: int) -> None:
+    assert covered(segments, HOTPLUG_BASE, DIMM) == expected
