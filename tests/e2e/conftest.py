@@ -8,7 +8,6 @@ import pytest
 
 from . import initramfs, parts
 
-
 T = TypeVar("T")
 
 

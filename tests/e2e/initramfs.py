@@ -42,6 +42,7 @@ KDUMP_STDLIB_LEFT_OUT = frozenset({"asyncio", "email", "xml", "multiprocessing",
                                    "curses", "dbm", "http", "xmlrpc", "wsgiref", "html", "concurrent", "ctypes",
                                    "venv", "zoneinfo", "tomllib", "urllib"})
 ENTRY_POINTS = {"crashhpd": "crashhpd.cli", "crashhpctl": "crashhpd.ctl"}
+BENCH_TOOLS = ("bin/date", "usr/bin/flock")  # coreutils' date has %N; busybox has no flock
 LOADER = "lib64/ld-linux-x86-64.so.2"
 BOOT_KERNEL = "boot/vmlinuz"
 BOOT_INITRD = "boot/initrd.img"
@@ -87,11 +88,11 @@ def write_cpio(out_path: Path, tree: Path | None, extra: Iterable[tuple[str, Pat
                     with open(path, "rb") as f:
                         _newc_entry(out, ino, member, stat.S_IFREG | stat.S_IMODE(st.st_mode), f.read())
                 ino += 1
-        for member, path in extra:
+        for member, source in extra:
             for parent in reversed(Path(member).parents[:-1]):
                 _newc_entry(out, ino, str(parent), stat.S_IFDIR | 0o755, b"", nlink=2)
                 ino += 1
-            _newc_entry(out, ino, member, stat.S_IFREG | 0o644, path.read_bytes())
+            _newc_entry(out, ino, member, stat.S_IFREG | 0o644, source.read_bytes())
             ino += 1
         _newc_entry(out, 0, "TRAILER!!!", 0, b"")
 
@@ -126,8 +127,9 @@ def _is_elf(path: Path) -> bool:
 def _needed(path: Path) -> list[str]:
     with open(path, "rb") as f:
         elf = ELFFile(f)
-        return [tag.needed for section in elf.iter_sections() if isinstance(section, DynamicSection)
-                for tag in section.iter_tags() if tag.entry.d_tag == "DT_NEEDED"]
+        return [tag.needed  # type: ignore[attr-defined]  # pyelftools sets it on DT_NEEDED tags only
+                for section in elf.iter_sections() if isinstance(section, DynamicSection)
+                for tag in section.iter_tags("DT_NEEDED")]
 
 
 def _find_library(root: Path, name: str) -> Path | None:
@@ -196,7 +198,7 @@ def _add_site_packages(stage: Path) -> None:
         for file in dist.files or []:
             if file.parts[0] == ".." or "__pycache__" in file.parts:
                 continue
-            _copy(Path(dist.locate_file(file)), site / file)
+            _copy(Path(str(dist.locate_file(file))), site / file)
     _copy_tree(REPO / "crashhpd", site / "crashhpd", frozenset({"__pycache__"}))
     for script, module in ENTRY_POINTS.items():
         path = stage / "usr/bin" / script
@@ -235,6 +237,8 @@ def stage(root: Path, stage_dir: Path) -> Path:
     _add_site_packages(stage_dir)
     _add_libraries(root, stage_dir)
     _copy_tree(GUEST_DIR, stage_dir / AGENT_DIR, frozenset({"__pycache__"}))
+    for tool in BENCH_TOOLS:  # next to the agent, so busybox's own applets stay the shell's
+        _copy(root / tool, stage_dir / AGENT_DIR / "bin" / Path(tool).name)
     init = stage_dir / "init"
     shutil.copy2(GUEST_DIR / "init", init)
     init.chmod(0o755)

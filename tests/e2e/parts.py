@@ -46,7 +46,7 @@ class Group:
 
 QEMU = Group("qemu", ("qemu-system-x86",), release="bookworm-backports")
 GUEST = Group("guest", ("busybox-static", "kexec-tools", "libc-bin", "python3.11-minimal",
-                        "libpython3.11-stdlib", "libudev1", "libsystemd0"))
+                        "libpython3.11-stdlib", "libudev1", "libsystemd0", "coreutils", "util-linux"))
 KERNELS = {
     "6.1": Group("linux-6.1", ("linux-image-cloud-amd64",), unpack="linux-image-"),
     "6.12": Group("linux-6.12", ("linux-image-cloud-amd64",), release="bookworm-backports",
@@ -95,7 +95,7 @@ def _apt_options(cache: Path) -> list[str]:
 
 
 def _run(argv: list[str], what: str) -> str:
-    proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
+    proc = subprocess.run(argv, check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
                           env={**os.environ, "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"})
     if proc.returncode != 0:
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-4:])
@@ -188,5 +188,5 @@ def kernel(series: str, cache: Path = CACHE) -> Kernel:
 
 
 def guest(cache: Path = CACHE) -> Path:
-    """busybox, kexec-tools with its libraries, Python 3.11 and libudev/libsystemd, unpacked."""
+    """busybox, kexec-tools, Python 3.11, libudev/libsystemd, and date and flock for the benchmark, unpacked."""
     return unpacked(GUEST, cache)

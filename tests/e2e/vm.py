@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from .parts import Kernel, Qemu
 
@@ -49,7 +49,8 @@ class Guest:
     """A guest booted with the crashhpd initramfs; use as a context manager so QEMU always dies."""
 
     def __init__(self, qemu: Qemu, kernel: Kernel, initrd: Path, workdir: Path, mode: str,
-                 deadline_s: float = 150.0, memory: str = "1G,slots=4,maxmem=4G", extra_args: str = "") -> None:
+                 deadline_s: float = 150.0, memory: str = "1G,slots=4,maxmem=4G", smp: str = "2",
+                 extra_args: str = "") -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.console = workdir / "console.log"
@@ -63,7 +64,7 @@ class Guest:
         argv = [
             str(qemu.binary), *(arg for fw in qemu.firmware for arg in ("-L", str(fw))),
             "-accel", self.accel, "-machine", "pc", "-cpu", "max" if self.accel == "kvm" else "qemu64",
-            "-m", memory, "-smp", "2", "-nodefaults", "-display", "none", "-no-reboot",
+            "-m", memory, "-smp", smp, "-nodefaults", "-display", "none", "-no-reboot",
             "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
             "-append", f"{BOOT_ARGS} crashhpd_e2e.mode={mode} {extra_args}".strip(),
             "-chardev", f"file,id=console,path={self.console}", "-serial", "chardev:console",
@@ -71,8 +72,9 @@ class Guest:
             "-chardev", f"socket,id=qmp,path={workdir / 'qmp.sock'}", "-mon", "chardev=qmp,mode=control",
         ]
         (workdir / "qemu.argv").write_text(" ".join(argv) + "\n")
-        self.proc = subprocess.Popen(argv, env=qemu.env(), stdin=subprocess.DEVNULL,
-                                     stdout=open(workdir / "qemu.out", "wb"), stderr=subprocess.STDOUT)
+        with open(workdir / "qemu.out", "wb") as out:
+            self.proc = subprocess.Popen(argv, env=qemu.env(), stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT)
         try:
             for name, listener in listeners.items():
                 listener.settimeout(max(1.0, self.deadline - time.monotonic()))
@@ -95,7 +97,7 @@ class Guest:
         sock.listen(1)
         return sock
 
-    def __enter__(self) -> "Guest":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -170,6 +172,15 @@ class Guest:
             if data.get("id") == name:
                 return data
         raise self.failure(f"QMP query-memory-devices does not list {name}")
+
+    def hot_add_cpu(self, name: str = "cpu-hot") -> dict[str, Any]:
+        """device_add the first free CPU slot QEMU offers (boot with -smp N,maxcpus=M); returns its slot."""
+        free = [slot for slot in self.qmp("query-hotpluggable-cpus") if "qom-path" not in slot]
+        if not free:
+            raise self.failure("no free CPU slot: boot with -smp N,maxcpus=M")
+        slot = min(free, key=lambda s: tuple(sorted(s["props"].items())))
+        self.qmp("device_add", driver=slot["type"], id=name, **slot["props"])
+        return slot
 
     # --- the agent ----------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ is chosen by `crashhpd_e2e.mode=` on the command line:
   kexec    load the crash kernel with `kexec -p`, run crashhpd with the kexec backend
   auto     load it with `kexec -p -s`, run crashhpd with backend = "auto"
   control  load it with `kexec -p` and run no crashhpd at all: what the test must catch
-  bench    like kexec, then obey BENCH commands (tests/bench/guest_hotplug.py)
+  bench    load the crash kernel, then obey BENCH commands (hotplug_bench.py, for tests/bench/guest_hotplug.py)
 
 In the kdump kernel (/proc/vmcore exists) it reports the program headers of /proc/vmcore, read
 with crashhpd's own validator, and reads the pages the host asks for.
@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import tty
+from collections.abc import Callable
 from typing import Any
 
 from crashhpd.validate import parse  # the kdump kernel's archive has no more of crashhpd than this needs
@@ -30,7 +31,7 @@ KERNEL = "/boot/vmlinuz"
 INITRD = "/boot/initrd.img"
 RUN = "/run/crashhpd"
 CONFIG = f"{RUN}/e2e.toml"
-KEXEC_SHIM = f"{RUN}/kexec"  # logs each call, then runs the real kexec: a count crashhpd cannot fake
+KEXEC_SHIM = "/usr/lib/crashhpd-e2e/kexec-shim"  # logs each call: a count crashhpd cannot fake
 KEXEC_CALLS = f"{RUN}/kexec-calls"
 CONTROL = f"{RUN}/control.sock"
 NOTIFY = f"{RUN}/notify.sock"
@@ -82,26 +83,28 @@ def uptime() -> float:
 
 def run(argv: list[str]) -> dict[str, Any]:
     started = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    return {"argv": argv, "exit": proc.returncode, "stderr": proc.stderr[-2000:], "seconds": time.monotonic() - started}
+    proc = subprocess.run(argv, check=False, capture_output=True, text=True)
+    return {"argv": argv, "exit": proc.returncode, "stderr": proc.stderr[-2000:],
+            "seconds": time.monotonic() - started}
 
 
 # --- first kernel -------------------------------------------------------------------------------
 
 
-def load_crash_kernel(file_load: bool) -> dict[str, Any]:
-    """The same `kexec -p` that crashhpd's kexec backend will run later: one command line for both."""
+def crash_load_argv(file_load: bool, binary: str = "kexec") -> list[str]:
+    """The same `kexec -p` that crashhpd's kexec backend runs: one command line for every load."""
     from crashhpd.backends.kexec import load_argv
     from crashhpd.kdump_discovery import discover
     crash = discover("/", KERNEL, INITRD, None, APPEND)  # after the kdump-tools defaults (nr_cpus=1 ...)
-    return run(load_argv("kexec", crash, file_load, hotplug=False))
+    return load_argv(binary, crash, file_load, hotplug=False)
+
+
+def load_crash_kernel(file_load: bool) -> dict[str, Any]:
+    return run(crash_load_argv(file_load))
 
 
 def write_config(backend: str, file_load: bool) -> None:
     os.makedirs(RUN, exist_ok=True)
-    with open(KEXEC_SHIM, "w") as f:
-        f.write(f'#!/bin/sh\necho "$*" >> {KEXEC_CALLS}\nexec /sbin/kexec "$@"\n')
-    os.chmod(KEXEC_SHIM, 0o755)
     with open(CONFIG, "w") as f:
         f.write(f'backend = "{backend}"\n'
                 '[monitor]\nsource = "kernel"\n'
@@ -117,9 +120,9 @@ def start_crashhpd() -> tuple[subprocess.Popen, float]:
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(NOTIFY)
     started = time.monotonic()
-    console = open("/dev/console", "w")  # the daemon's log lines land in the host's console.log
-    proc = subprocess.Popen(["crashhpd", "run", "--config", CONFIG], stdout=console, stderr=console,
-                            env={**os.environ, "NOTIFY_SOCKET": NOTIFY})
+    with open("/dev/console", "w") as console:  # the daemon's log lines land in the host's console.log
+        proc = subprocess.Popen(["crashhpd", "run", "--config", CONFIG], stdout=console, stderr=console,
+                                env={**os.environ, "NOTIFY_SOCKET": NOTIFY})
     notify.settimeout(1.0)
     while time.monotonic() - started < READY_TIMEOUT_S:
         try:
@@ -152,36 +155,69 @@ def blocks_online(start: int, size: int) -> bool:
     return True
 
 
-def settle(start: int, size: int, daemon: bool, events_before: int) -> dict[str, Any]:
-    """Wait until the hot-added range is online and crashhpd has finished the burst it caused."""
-    deadline = time.monotonic() + SETTLE_TIMEOUT_S
-    while not blocks_online(start, size):
+def wait_for(condition: Callable[[], bool], what: str, deadline: float) -> None:
+    while not condition():
         if time.monotonic() > deadline:
-            raise RuntimeError(f"memory {start:#x}+{size:#x} not online within {SETTLE_TIMEOUT_S:g} s")
+            raise RuntimeError(f"{what}: not reached before the deadline")
         time.sleep(0.05)
-    online_at = uptime()
-    result: dict[str, Any] = {"online_at": online_at}
-    if not daemon:
-        return result
+
+
+def daemon_idle(events_before: int, deadline: float) -> dict[str, Any]:
+    """crashhpd's status once it has seen new events and has nothing pending: the burst is handled."""
     while True:
         status = control("status")
-        idle = status["pending_events"] == 0 and status["next_update_in_s"] is None
-        if idle and status["events_received"] > events_before:
-            break
+        if status["pending_events"] == 0 and status["next_update_in_s"] is None \
+                and status["events_received"] > events_before:
+            return status
         if time.monotonic() > deadline:
-            raise RuntimeError(f"crashhpd did not finish the burst within {SETTLE_TIMEOUT_S:g} s: {status}")
-        time.sleep(0.1)
-    result.update(status=status, verify=control("verify"), kexec_loads=kexec_loads())
+            raise RuntimeError(f"crashhpd did not finish the burst before the deadline: {status}")
+        time.sleep(0.05)
+
+
+def cpu_online(cpu: int) -> bool:
+    """Online a hot-added CPU, as a distribution's udev rule would; True once it is."""
+    path = f"/sys/devices/system/cpu/cpu{cpu}/online"
+    if not os.path.exists(path):
+        return False
+    with open(path, "r+") as f:
+        if f.read().strip() == "1":
+            return True
+        f.write("1")
+    return False
+
+
+def settle(what: list[str], daemon: bool, events_before: int) -> dict[str, Any]:
+    """Wait until the hot-added memory or CPU is online and crashhpd has finished the burst it caused."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    if what[0] == "MEMORY":
+        start, size = int(what[1], 0), int(what[2], 0)
+        wait_for(lambda: blocks_online(start, size), f"memory {start:#x}+{size:#x} online", deadline)
+    else:
+        wait_for(lambda: cpu_online(int(what[1])), f"CPU {what[1]} online", deadline)
+    result: dict[str, Any] = {"online_at": uptime()}
+    if daemon:
+        result.update(status=daemon_idle(events_before, deadline), verify=control("verify"),
+                      kexec_loads=kexec_loads())
     return result
 
 
-def kexec_loads() -> list[str]:
-    """The `kexec -p` runs crashhpd made, as the shim logged them (its `--version` probes left out)."""
+def kexec_calls() -> list[dict[str, Any]]:
+    """Every kexec run through the shim: start and end (time.time() seconds), exit status, arguments."""
     try:
         with open(KEXEC_CALLS) as f:
-            return [line.strip() for line in f if line.startswith("-p")]
+            lines = f.read().splitlines()
     except FileNotFoundError:
         return []
+    calls = []
+    for line in lines:
+        start, end, status, *args = line.split(" ", 3)
+        calls.append({"start": float(start), "end": float(end), "exit": int(status), "args": " ".join(args)})
+    return calls
+
+
+def kexec_loads() -> list[dict[str, Any]]:
+    """The `kexec -p` loads among them: no `--version` probes, no `-p -u` unloads."""
+    return [c for c in kexec_calls() if c["args"].startswith("-p ") and c["args"] != "-p -u"]
 
 
 def first_kernel(channel: Channel, mode: str) -> None:
@@ -190,7 +226,7 @@ def first_kernel(channel: Channel, mode: str) -> None:
     channel.send("LOADED", loaded)
     if loaded["exit"] != 0:
         return
-    daemon = mode != "control"
+    daemon = mode in ("kexec", "auto")  # bench starts its own when asked to
     ready: dict[str, Any] = {"uptime": uptime()}
     if daemon:
         write_config("auto" if mode == "auto" else "kexec", file_load)
@@ -202,9 +238,9 @@ def first_kernel(channel: Channel, mode: str) -> None:
     while True:
         command = channel.receive()
         if command[0] == "SETTLE":
-            channel.send("SETTLED", settle(int(command[1], 0), int(command[2], 0), daemon, events_before))
+            channel.send("SETTLED", settle(command[1:], daemon, events_before))
         elif command[0] == "BENCH":
-            from bench import serve  # the benchmark's guest half, only imported when asked for
+            from hotplug_bench import serve  # the benchmark's guest half, only imported when asked for
             channel.send("BENCHED", serve(command[1:]))
         elif command[0] == "CRASH":
             channel.send("CRASHING", {"uptime": uptime()})
@@ -219,7 +255,7 @@ def first_kernel(channel: Channel, mode: str) -> None:
 
 
 def vmcore_headers() -> dict[str, Any]:
-    """/proc/vmcore's ELF and program headers, parsed by crashhpd.validate (without its padding rule)."""
+    """/proc/vmcore's program headers, read with crashhpd.validate.parse, and its CPU notes counted."""
     with open("/proc/vmcore", "rb") as f:
         ehdr = f.read(64)
         phoff = int.from_bytes(ehdr[32:40], "little")
@@ -227,10 +263,25 @@ def vmcore_headers() -> dict[str, Any]:
         phnum = int.from_bytes(ehdr[56:58], "little")
         f.seek(0)
         table = f.read(phoff + phnum * phentsize)
-    header = parse(table)
-    return {"phnum": len(header.segments), "size": os.path.getsize("/proc/vmcore"),
+        header = parse(table)
+        prstatus = 0
+        for note in header.notes:  # the kdump kernel merged every CPU's note into one PT_NOTE
+            f.seek(note.offset)
+            prstatus += count_prstatus(f.read(note.filesz))
+    return {"phnum": len(header.segments), "size": os.path.getsize("/proc/vmcore"), "prstatus": prstatus,
             "segments": [{"type": s.type, "offset": s.offset, "paddr": s.paddr, "filesz": s.filesz,
                           "memsz": s.memsz} for s in header.segments]}
+
+
+def count_prstatus(notes: bytes) -> int:
+    """NT_PRSTATUS notes named CORE: one per CPU whose registers the crashing kernel saved."""
+    count, at = 0, 0
+    while at + 12 <= len(notes):
+        namesz, descsz, kind = (int.from_bytes(notes[at + i:at + i + 4], "little") for i in (0, 4, 8))
+        name = notes[at + 12:at + 12 + namesz].rstrip(b"\0")
+        count += kind == 1 and name == b"CORE"
+        at += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
+    return count
 
 
 def read_page(segments: list[dict[str, Any]], address: int) -> dict[str, Any]:
@@ -251,8 +302,10 @@ def kdump_kernel(channel: Channel) -> None:
         if command[0] == "PROBE":
             start, size = int(command[1], 0), int(command[2], 0)
             channel.send("PROBED", [read_page(headers["segments"], a) for a in (start, start + size - PAGE)])
+        elif command[0] == "POWEROFF":
             return
-        channel.send("ERROR", f"unknown command {command!r}")
+        else:
+            channel.send("ERROR", f"unknown command {command!r}")
 
 
 def main() -> int:
@@ -262,7 +315,7 @@ def main() -> int:
             kdump_kernel(channel)
         else:
             first_kernel(channel, param("mode", "kexec") or "kexec")
-    except Exception as err:  # everything goes to the host, which shows it in the assertion message
+    except Exception as err:  # noqa: BLE001 -- everything goes to the host, which shows it in the assertion message
         channel.send("ERROR", f"{type(err).__name__}: {err}")
         return 1
     return 0
