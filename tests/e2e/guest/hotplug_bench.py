@@ -25,8 +25,18 @@ import time
 from typing import Any
 
 import pyudev
-from agent import (CONFIG, KEXEC_SHIM, blocks_online, control, crash_load_argv, daemon_idle, kexec_calls,
-                   start_crashhpd, wait_for, write_config)
+from agent import (
+    CONFIG,
+    KEXEC_SHIM,
+    blocks_online,
+    control,
+    crash_load_argv,
+    daemon_idle,
+    kexec_calls,
+    start_crashhpd,
+    wait_for,
+    write_config,
+)
 
 AGENT_DIR = os.path.dirname(os.path.abspath(__file__))
 TRY_RELOAD = os.path.join(AGENT_DIR, "try-reload")
