@@ -114,19 +114,20 @@ def _locked(cache: Path) -> Iterator[None]:
         yield
 
 
-def _update(cache: Path) -> None:
+def _update(cache: Path, sources: str = SOURCES) -> None:
     apt = cache / "apt"
     for sub in ("empty", "state/lists/partial", "cache/archives/partial"):
         (apt / sub).mkdir(parents=True, exist_ok=True)
-    (apt / "sources.list").write_text(SOURCES)
+    (apt / "sources.list").write_text(sources)
     (apt / "status").touch()
     stamp = apt / "updated"
-    if stamp.exists() and stamp.read_text() == SOURCES:
+    if stamp.exists() and stamp.read_text() == sources:
         return
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         raise PartsUnavailable("apt-get and dpkg-deb are needed to fetch the guest's Debian packages")
-    _run(["apt-get", *_apt_options(cache), "update"], "apt-get update (private source list)")
-    stamp.write_text(SOURCES)
+    # without --error-on=any, apt-get update exits 0 when no mirror answers
+    _run(["apt-get", *_apt_options(cache), "update", "--error-on=any"], "apt-get update (private source list)")
+    stamp.write_text(sources)
 
 
 def unpacked(group: Group, cache: Path = CACHE) -> Path:

@@ -1,0 +1,40 @@
+"""The e2e plumbing on its own: the skip reason for an unreachable registry, and the archives' contents."""
+
+import gzip
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from . import initramfs, parts
+
+
+def test_an_unreachable_registry_is_a_skip_reason_not_an_error(tmp_path: Path) -> None:
+    dead_mirror = f"deb [signed-by={parts.KEYRING}] http://127.0.0.1:9/debian bookworm main\n"
+    with pytest.raises(parts.PartsUnavailable, match="cannot be reached"):
+        parts._update(tmp_path, dead_mirror)
+    assert not (tmp_path / "apt/updated").exists()  # the next run tries again
+
+
+def test_a_missing_package_is_an_error_not_a_skip() -> None:
+    with pytest.raises(parts.PartsError, match="no-such-package"):
+        parts.unpacked(parts.Group("missing", ("crashhpd-e2e-no-such-package",)))
+
+
+def _listing(archive: Path, busybox: Path) -> set[str]:
+    """The member names, as busybox's own cpio reads them: an independent reader of the format."""
+    data = gzip.decompress(archive.read_bytes())
+    listed = subprocess.run([str(busybox), "cpio", "-t"], input=data, capture_output=True, check=True)
+    return set(listed.stdout.decode().split())
+
+
+def test_the_kdump_archive_holds_what_the_kdump_kernel_runs_and_no_more(archives: initramfs.Archives) -> None:
+    busybox = parts.guest() / "bin/busybox"
+    full, kdump = _listing(archives.full, busybox), _listing(archives.kdump, busybox)
+    needed = {"init", "bin/busybox", "usr/bin/python3.11", "lib64/ld-linux-x86-64.so.2",
+              "usr/lib/crashhpd-e2e/agent.py", "usr/lib/python3/dist-packages/crashhpd/validate.py",
+              "usr/lib/python3/dist-packages/elftools/elf/elffile.py"}
+    assert needed <= kdump
+    assert kdump < full
+    first_kernel_only = {"sbin/kexec", "usr/lib/python3/dist-packages/pydantic/main.py", "usr/bin/crashhpd"}
+    assert first_kernel_only <= full and not first_kernel_only & kdump
