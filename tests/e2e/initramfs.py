@@ -235,10 +235,10 @@ def stage(root: Path, stage_dir: Path) -> Path:
     (stage_dir / "usr/bin/python3").symlink_to("python3.11")
     _copy_tree(root / PYTHON, stage_dir / PYTHON, STDLIB_LEFT_OUT)
     _add_site_packages(stage_dir)
-    _add_libraries(root, stage_dir)
     _copy_tree(GUEST_DIR, stage_dir / AGENT_DIR, frozenset({"__pycache__"}))
     for tool in BENCH_TOOLS:  # next to the agent, so busybox's own applets stay the shell's
         _copy(root / tool, stage_dir / AGENT_DIR / "bin" / Path(tool).name)
+    _add_libraries(root, stage_dir)  # last: for every ELF file staged above
     init = stage_dir / "init"
     shutil.copy2(GUEST_DIR / "init", init)
     init.chmod(0o755)

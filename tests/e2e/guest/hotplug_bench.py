@@ -26,7 +26,6 @@ from typing import Any
 
 import pyudev
 from agent import (
-    CONFIG,
     KEXEC_SHIM,
     blocks_online,
     control,
@@ -79,16 +78,14 @@ class Phase:
         self.name = name
         self.daemon: subprocess.Popen | None = None
         self.events_before = 0
-        self.calls_before = len(kexec_calls())
-        self.armed_at = time.time()
         load_argv = None
         if name == "crashhpd":
             write_config("kexec", file_load=False)
             self.daemon, _ = start_crashhpd()
-            self.calls_before = len(kexec_calls())  # its startup load is not part of the burst
             self.events_before = control("status")["events_received"]
         else:
             load_argv = crash_load_argv(file_load=False, binary=KEXEC_SHIM)
+        self.calls_before = len(kexec_calls())  # after crashhpd's startup load, which is not part of the burst
         self.recorder = Recorder(load_argv)
         self.recorder.start()
         self.sampler = subprocess.Popen([sys.executable, os.path.abspath(__file__), "sample"],
@@ -150,7 +147,7 @@ def serve(args: list[str]) -> dict[str, Any]:
     global _phase
     if args[0] == "ARM":
         _phase = Phase(args[1])
-        return {"armed": args[1], "config": CONFIG}
+        return {"armed": args[1]}
     if args[0] == "MEASURE" and _phase is not None and _phase.name == args[1]:
         _phase.settle(int(args[2], 0), int(args[3], 0))
         result, _phase = _phase.finish(), None
