@@ -49,8 +49,7 @@ class Guest:
     """A guest booted with the crashhpd initramfs; use as a context manager so QEMU always dies."""
 
     def __init__(self, qemu: Qemu, kernel: Kernel, initrd: Path, workdir: Path, mode: str,
-                 deadline_s: float = 150.0, memory: str = "1G,slots=4,maxmem=4G", smp: str = "2",
-                 extra_args: str = "") -> None:
+                 deadline_s: float = 150.0, memory: str = "1G,slots=4,maxmem=4G", smp: str = "2") -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.console = workdir / "console.log"
@@ -66,7 +65,7 @@ class Guest:
             "-accel", self.accel, "-machine", "pc", "-cpu", "max" if self.accel == "kvm" else "qemu64",
             "-m", memory, "-smp", smp, "-nodefaults", "-display", "none", "-no-reboot",
             "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
-            "-append", f"{BOOT_ARGS} crashhpd_e2e.mode={mode} {extra_args}".strip(),
+            "-append", f"{BOOT_ARGS} crashhpd_e2e.mode={mode}",
             "-chardev", f"file,id=console,path={self.console}", "-serial", "chardev:console",
             "-chardev", f"socket,id=channel,path={workdir / 'channel.sock'}", "-serial", "chardev:channel",
             "-chardev", f"socket,id=qmp,path={workdir / 'qmp.sock'}", "-mon", "chardev=qmp,mode=control",
@@ -84,7 +83,7 @@ class Guest:
                     raise self.failure(f"QEMU did not connect its {name} socket") from None
                 finally:
                     listener.close()
-            self.qmp_greeting = self._qmp_read()
+            self._qmp_read()  # the greeting
             self.qmp("qmp_capabilities")
         except BaseException:
             self.kill()

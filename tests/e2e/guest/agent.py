@@ -24,6 +24,7 @@ import tty
 from collections.abc import Callable
 from typing import Any
 
+from crashhpd.header import EHDR
 from crashhpd.validate import parse  # the kdump kernel's archive has no more of crashhpd than this needs
 
 PORT = "/dev/ttyS1"
@@ -33,6 +34,7 @@ RUN = "/run/crashhpd"
 CONFIG = f"{RUN}/e2e.toml"
 KEXEC_SHIM = "/usr/lib/crashhpd-e2e/kexec-shim"  # logs each call: a count crashhpd cannot fake
 KEXEC_CALLS = f"{RUN}/kexec-calls"
+UNLOAD = "-p -u"  # the arguments of `kexec -p -u` as the shim logs them
 CONTROL = f"{RUN}/control.sock"
 NOTIFY = f"{RUN}/notify.sock"
 # The kdump kernel must not hot-add the DIMMs it finds in ACPI as its own RAM: /proc/vmcore could not
@@ -215,9 +217,13 @@ def kexec_calls() -> list[dict[str, Any]]:
     return calls
 
 
+def is_load(call: dict[str, Any]) -> bool:
+    """A `kexec -p` load: not a `--version` probe, not an unload."""
+    return call["args"].startswith("-p ") and call["args"] != UNLOAD
+
+
 def kexec_loads() -> list[dict[str, Any]]:
-    """The `kexec -p` loads among them: no `--version` probes, no `-p -u` unloads."""
-    return [c for c in kexec_calls() if c["args"].startswith("-p ") and c["args"] != "-p -u"]
+    return [c for c in kexec_calls() if is_load(c)]
 
 
 def first_kernel(channel: Channel, mode: str) -> None:
@@ -257,10 +263,7 @@ def first_kernel(channel: Channel, mode: str) -> None:
 def vmcore_headers() -> dict[str, Any]:
     """/proc/vmcore's program headers, read with crashhpd.validate.parse, and its CPU notes counted."""
     with open("/proc/vmcore", "rb") as f:
-        ehdr = f.read(64)
-        phoff = int.from_bytes(ehdr[32:40], "little")
-        phentsize = int.from_bytes(ehdr[54:56], "little")
-        phnum = int.from_bytes(ehdr[56:58], "little")
+        phoff, _, _, _, phentsize, phnum = EHDR.unpack(f.read(EHDR.size))[5:11]
         f.seek(0)
         table = f.read(phoff + phnum * phentsize)
         header = parse(table)

@@ -27,10 +27,12 @@ from typing import Any
 import pyudev
 from agent import (
     KEXEC_SHIM,
+    UNLOAD,
     blocks_online,
     control,
     crash_load_argv,
     daemon_idle,
+    is_load,
     kexec_calls,
     start_crashhpd,
     wait_for,
@@ -116,8 +118,8 @@ class Phase:
             self.daemon.send_signal(signal.SIGTERM)
             self.daemon.wait()
         calls = kexec_calls()[self.calls_before:]
-        loads = [c for c in calls if c["args"] != "-p -u" and c["args"].startswith("-p ")]
-        unloads = [c for c in calls if c["args"] == "-p -u"]
+        loads = [c for c in calls if is_load(c)]
+        unloads = [c for c in calls if c["args"] == UNLOAD]
         memory_events = [t for t, subsystem, _ in self.recorder.events if subsystem == "memory"]
         last_event = max(memory_events)
         good = [c["end"] for c in loads if c["exit"] == 0]
