@@ -11,12 +11,12 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .elfcorehdr.layout import KERNEL_HALF, plan, preset
+from .elfcorehdr.pack import build
+from .elfcorehdr.validate import NotAHeader, ParsedHeader, check, parse
 from .errors import CrashhpdError
-from .header import build
-from .layout import KERNEL_HALF, plan, preset
-from .ranges import size_text
-from .snapshot import read_snapshot
-from .validate import NotAHeader, ParsedHeader, check, parse
+from .sysview.ranges import size_text
+from .sysview.snapshot import read_snapshot
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -123,7 +123,7 @@ def inspect(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
-        from .daemon import run  # pulls in pyudev, journald and the config; only the daemon needs them
+        from .service.daemon import run  # pulls in pyudev, journald and the config; only the daemon needs them
 
         return run(args.config, args.root)
     handlers = {"generate": generate, "inspect": inspect}

@@ -17,9 +17,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from .elfcorehdr.layout import KERNEL_HALF, LayoutName
+from .elfcorehdr.pack import DEFAULT_MAX_MEMORY_RANGES, MAX_PHNUM
 from .errors import ConfigError
-from .header import DEFAULT_MAX_MEMORY_RANGES, MAX_PHNUM
-from .layout import KERNEL_HALF, LayoutName
 
 DEFAULT_PATH = "/etc/crashhpd/crashhpd.toml"
 DROPIN_SUFFIX = ".d"

@@ -52,7 +52,7 @@ LEVELS: Mapping[str, int] = MappingProxyType({
 })
 
 # Journal field names are at most 64 characters of A-Z, 0-9 and _, not starting with _ or a digit.
-_VALUE_NAME = re.compile(r"[a-z][a-z0-9_]{0,%d}" % (63 - len(FIELD_PREFIX)))
+_VALUE_NAME = re.compile(rf"[a-z][a-z0-9_]{{0,{63 - len(FIELD_PREFIX)}}}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,7 @@ def make_tree(
     size file); by default every present CPU has a 368-byte note at
     note_addr(cpu). `extra` writes any further file, path relative to root.
     """
-    from crashhpd.cpulist import parse
+    from crashhpd.sysview.cpulist import parse
 
     present = present if present is not None else possible
     online = online if online is not None else present

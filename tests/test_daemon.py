@@ -10,9 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from daemonproc import (DaemonProcess, can_inject, generated, generation, inject, state, wait_for,
-                        write_config)
+from daemonproc import DaemonProcess, can_inject, generated, generation, inject, state, wait_for, write_config
 from faketree import make_tree
 
 pytestmark = pytest.mark.skipif(can_inject() is not None, reason=can_inject() or "")

@@ -1,6 +1,6 @@
 """The debounce policy, driven by an injected clock: no sleeping."""
 
-from crashhpd.debounce import Debouncer
+from crashhpd.service.debounce import Debouncer
 
 
 def run(events: list[float], quiet: float = 0.2, max_delay: float = 2.0, step: float = 0.001) -> list[tuple[float, int]]:

@@ -4,11 +4,11 @@ from pathlib import Path
 
 from faketree import make_tree, note_addr
 
-from crashhpd.diff import diff
-from crashhpd.header import build
-from crashhpd.layout import HeaderModel, plan, preset
-from crashhpd.snapshot import read_snapshot
-from crashhpd.validate import ParsedHeader, parse
+from crashhpd.elfcorehdr.diff import diff
+from crashhpd.elfcorehdr.layout import HeaderModel, plan, preset
+from crashhpd.elfcorehdr.pack import build
+from crashhpd.elfcorehdr.validate import ParsedHeader, parse
+from crashhpd.sysview.snapshot import read_snapshot
 
 BASE = """\
 00001000-0009fbff : System RAM

@@ -3,10 +3,10 @@
 from pathlib import Path
 
 import pytest
-
-from crashhpd import kdump_discovery as kd
-from crashhpd.errors import BackendError, ParseError
 from faketree import write
+
+from crashhpd.backends import kdump_discovery as kd
+from crashhpd.errors import BackendError, ParseError
 
 DEBIAN_CMDLINE = "BOOT_IMAGE=/boot/vmlinuz-6.1.0-18-amd64 root=UUID=0b4e ro quiet crashkernel=512M-:192M hugepages=16\n"
 FEDORA_RELEASE = "6.8.5-301.fc40.x86_64"

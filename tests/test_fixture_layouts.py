@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from faketree import make_tree
 
-from crashhpd.header import build
-from crashhpd.layout import plan, preset
-from crashhpd.snapshot import read_snapshot
+from crashhpd.elfcorehdr.layout import plan, preset
+from crashhpd.elfcorehdr.pack import build
+from crashhpd.sysview.snapshot import read_snapshot
 
 IOMEM = Path(__file__).parent / "fixtures" / "iomem"
 

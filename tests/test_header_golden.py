@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from faketree import make_tree
 
+from crashhpd.elfcorehdr.layout import HeaderModel, plan, preset
+from crashhpd.elfcorehdr.pack import build, capacity
 from crashhpd.errors import HeaderError
-from crashhpd.header import build, capacity
-from crashhpd.layout import HeaderModel, plan, preset
-from crashhpd.snapshot import read_snapshot
+from crashhpd.sysview.snapshot import read_snapshot
 
 IOMEM = """\
 00000000-00000fff : Reserved

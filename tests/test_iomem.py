@@ -2,9 +2,9 @@
 
 import pytest
 
-from crashhpd import iomem
 from crashhpd.errors import ParseError, SnapshotError
-from crashhpd.iomem import Resource
+from crashhpd.sysview import iomem
+from crashhpd.sysview.iomem import Resource
 
 NESTED = """\
 00001000-0009fbff : System RAM

@@ -10,13 +10,13 @@ import os
 from pathlib import Path
 
 import pytest
+from faketree import make_tree, write
 
 from crashhpd.backends.kernel import KernelBackend, choose
+from crashhpd.elfcorehdr.layout import plan, preset
+from crashhpd.elfcorehdr.pack import build, capacity
 from crashhpd.errors import BackendError
-from crashhpd.header import build, capacity
-from crashhpd.layout import plan, preset
-from crashhpd.snapshot import read_snapshot
-from faketree import make_tree, write
+from crashhpd.sysview.snapshot import read_snapshot
 
 CPU_ATTR = "sys/devices/system/cpu/crash_hotplug"
 MEM_ATTR = "sys/devices/system/memory/crash_hotplug"

@@ -21,18 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from daemonproc import DaemonProcess, can_inject, generated, inject, wait_for, write_config
+from faketree import make_tree, write
+from kexec_standin import EBUSY
 
 from crashhpd import log
 from crashhpd.backends.kernel import choose
 from crashhpd.backends.kexec import STATE_FILE, Backoff, KexecBackend
 from crashhpd.config import KexecConfig
+from crashhpd.elfcorehdr.layout import plan, preset
+from crashhpd.elfcorehdr.pack import build
 from crashhpd.errors import BackendError
-from crashhpd.header import build
-from crashhpd.layout import plan, preset
-from crashhpd.snapshot import read_snapshot
-from faketree import make_tree, write
-from daemonproc import DaemonProcess, can_inject, generated, inject, wait_for, write_config
-from kexec_standin import EBUSY
+from crashhpd.sysview.snapshot import read_snapshot
 
 STANDIN = Path(__file__).parent / "kexec_standin.py"
 FIXTURES = Path(__file__).parent / "fixtures"

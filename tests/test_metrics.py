@@ -6,13 +6,13 @@ import threading
 import time
 
 import pytest
+from daemonproc import generated, generation, inject, wait_for
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-
-from crashhpd.metrics import ERROR_KINDS, TEXTFILE, families, write_atomically
-from crashhpd.protocol import StatusResult
-from daemonproc import generated, generation, inject, wait_for
 from test_control import ask, env, iomem, result, segment_header, set_iomem  # noqa: F401
+
+from crashhpd.control.protocol import StatusResult
+from crashhpd.service.metrics import ERROR_KINDS, TEXTFILE, families, write_atomically
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

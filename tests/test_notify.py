@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from crashhpd.notify import Notifier
+from crashhpd.service.notify import Notifier
 
 
 @pytest.fixture(params=["path", "abstract"])

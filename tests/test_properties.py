@@ -17,11 +17,11 @@ from faketree import make_tree, note_addr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crashhpd import validate
+from crashhpd.elfcorehdr import validate
+from crashhpd.elfcorehdr.layout import HeaderModel, plan, preset
+from crashhpd.elfcorehdr.pack import build
 from crashhpd.errors import ParseError, SnapshotError
-from crashhpd.header import build
-from crashhpd.layout import HeaderModel, plan, preset
-from crashhpd.snapshot import read_snapshot
+from crashhpd.sysview.snapshot import read_snapshot
 
 Range = tuple[int, int]
 MIB = 1 << 20

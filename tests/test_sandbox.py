@@ -17,11 +17,11 @@ from faketree import make_tree
 
 from crashhpd.backends.base import Applied
 from crashhpd.backends.sandbox import SEGMENT, STATE, TMP_PREFIX, SandboxBackend
+from crashhpd.elfcorehdr.layout import plan, preset
+from crashhpd.elfcorehdr.pack import build, capacity
+from crashhpd.elfcorehdr.validate import check, parse
 from crashhpd.errors import BackendError
-from crashhpd.header import build, capacity
-from crashhpd.layout import plan, preset
-from crashhpd.snapshot import read_snapshot
-from crashhpd.validate import check, parse
+from crashhpd.sysview.snapshot import read_snapshot
 
 FIXTURE = Path(__file__).parent / "fixtures" / "iomem" / "qemu-kvm-crashkernel.txt"
 CPUS = 64
@@ -382,7 +382,7 @@ def fork_writer(state_dir: Path, headers: tuple[bytes, bytes], first: int, appli
             backend.apply(headers[k % 2])
             k += 1
         code = 0
-    except Exception:  # noqa: BLE001 - whatever kills the writer, say why before exiting
+    except Exception:
         traceback.print_exc()
     finally:
         os._exit(code)

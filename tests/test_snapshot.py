@@ -5,10 +5,10 @@ import os
 import pytest
 from faketree import make_tree, write
 
+from crashhpd.elfcorehdr.layout import plan, preset
+from crashhpd.elfcorehdr.pack import build
 from crashhpd.errors import ParseError, SnapshotError
-from crashhpd.header import build
-from crashhpd.layout import plan, preset
-from crashhpd.snapshot import CpuNote, read_snapshot
+from crashhpd.sysview.snapshot import CpuNote, read_snapshot
 
 IOMEM = """\
 00001000-0009fbff : System RAM

@@ -5,7 +5,7 @@ the daemon never imports a backend by name.
 """
 
 from ..config import Config
-from ..snapshot import Snapshot
+from ..sysview.snapshot import Snapshot
 from .base import Backend
 
 DEFAULT_MAX_CPUS = 64  # NR_CPUS without MAXSMP, when kernel_max is not published

@@ -9,7 +9,7 @@ must leave what was applied before exactly as it was.
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..layout import LayoutName
+from ..elfcorehdr.layout import LayoutName
 
 
 @dataclass(frozen=True, slots=True)

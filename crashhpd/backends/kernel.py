@@ -14,12 +14,12 @@ import logging
 import time
 
 from .. import log
+from ..elfcorehdr.layout import LayoutName
+from ..elfcorehdr.pack import EHDR_SIZE, align_up
 from ..errors import BackendError, CrashhpdError
-from ..header import EHDR_SIZE, align_up
-from ..kdump_discovery import CRASH_LOADED, ELFCOREHDR_SIZE, crash_hotplug, kernel_updates_header
-from ..layout import LayoutName
-from ..snapshot import read_int
+from ..sysview.snapshot import read_int
 from .base import Applied, Health
+from .kdump_discovery import CRASH_LOADED, ELFCOREHDR_SIZE, crash_hotplug, kernel_updates_header
 
 logger = logging.getLogger(__name__)
 

@@ -37,12 +37,22 @@ from typing import NoReturn
 
 from .. import log
 from ..config import KexecConfig
+from ..elfcorehdr.layout import LayoutName
 from ..errors import BackendError, CrashhpdError
-from ..kdump_discovery import (BOOT_ID, CRASH_LOADED, ELFCOREHDR_SIZE, LOAD_LIMIT, LOCKDOWN, CrashKernel, discover,
-                               kernel_updates_header, lockdown_forbids_kexec_load, parse_kexec_version)
-from ..layout import LayoutName
-from ..snapshot import read_int, read_text, under
+from ..sysview.snapshot import read_int, read_text, under
 from .base import Applied, Health
+from .kdump_discovery import (
+    BOOT_ID,
+    CRASH_LOADED,
+    ELFCOREHDR_SIZE,
+    LOAD_LIMIT,
+    LOCKDOWN,
+    CrashKernel,
+    discover,
+    kernel_updates_header,
+    lockdown_forbids_kexec_load,
+    parse_kexec_version,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ import secrets
 import stat
 import time
 
-from .. import header as header_mod
+from ..elfcorehdr import pack as header_mod
+from ..elfcorehdr.layout import LayoutName, preset
 from ..errors import BackendError
-from ..layout import LayoutName, preset
 from .base import Applied, Health
 
 SEGMENT = "elfcorehdr"

@@ -18,9 +18,9 @@ import time
 from elftools.construct.lib.container import Container
 from elftools.elf.structs import ELFStructs
 
-from crashhpd.header import EHDR_SIZE, PHDR_SIZE, build, header_size
-from crashhpd.layout import HeaderModel, plan, preset
-from crashhpd.snapshot import BootConstants, CpuNote, Snapshot
+from crashhpd.elfcorehdr.layout import HeaderModel, plan, preset
+from crashhpd.elfcorehdr.pack import EHDR_SIZE, PHDR_SIZE, build, header_size
+from crashhpd.sysview.snapshot import BootConstants, CpuNote, Snapshot
 
 GIB = 1 << 30
 

@@ -43,9 +43,9 @@ from faketree import make_tree  # noqa: E402
 
 from crashhpd.backends.kexec import STATE_FILE, KexecBackend  # noqa: E402
 from crashhpd.config import KexecConfig  # noqa: E402
-from crashhpd.header import build  # noqa: E402
-from crashhpd.layout import plan, preset  # noqa: E402
-from crashhpd.snapshot import read_boot_constants, read_snapshot  # noqa: E402
+from crashhpd.elfcorehdr.layout import plan, preset  # noqa: E402
+from crashhpd.elfcorehdr.pack import build  # noqa: E402
+from crashhpd.sysview.snapshot import read_boot_constants, read_snapshot  # noqa: E402
 
 FIXTURE = (TESTS / "fixtures/iomem/qemu-kvm-crashkernel.txt").read_text()
 BLOCK = 0x8000000

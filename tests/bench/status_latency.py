@@ -31,8 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daemonproc import DaemonProcess, generation, uevent_blocks, write_config  # noqa: E402
-from faketree import make_tree  # noqa: E402
+from daemonproc import DaemonProcess, generation, uevent_blocks, write_config
+from faketree import make_tree
 
 FIXTURE = (Path(__file__).resolve().parents[1] / "fixtures/iomem/virtio-mem.txt").read_text()
 BLOCK = 0x8000000

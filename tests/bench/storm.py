@@ -32,13 +32,13 @@ import pyudev
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daemonproc import DaemonProcess, generation, inject, state, wait_for, write_config  # noqa: E402
-from faketree import make_tree  # noqa: E402
+from daemonproc import DaemonProcess, generation, inject, state, wait_for, write_config
+from faketree import make_tree
 
-from crashhpd.backends.sandbox import SandboxBackend  # noqa: E402
-from crashhpd.header import build  # noqa: E402
-from crashhpd.layout import plan, preset  # noqa: E402
-from crashhpd.snapshot import read_boot_constants, read_snapshot  # noqa: E402
+from crashhpd.backends.sandbox import SandboxBackend
+from crashhpd.elfcorehdr.layout import plan, preset
+from crashhpd.elfcorehdr.pack import build
+from crashhpd.sysview.snapshot import read_boot_constants, read_snapshot
 
 # the virtio-mem fixture with its second device widened to 240 GiB, room for every block a storm adds
 FIXTURE = (Path(__file__).resolve().parents[1] / "fixtures/iomem/virtio-mem.txt").read_text().replace(

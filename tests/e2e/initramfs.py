@@ -41,7 +41,7 @@ KDUMP_SITE = frozenset({"crashhpd", "elftools"})
 KDUMP_STDLIB_LEFT_OUT = frozenset({"asyncio", "email", "xml", "multiprocessing", "unittest", "distutils", "sqlite3",
                                    "curses", "dbm", "http", "xmlrpc", "wsgiref", "html", "concurrent", "ctypes",
                                    "venv", "zoneinfo", "tomllib", "urllib"})
-ENTRY_POINTS = {"crashhpd": "crashhpd.cli", "crashhpctl": "crashhpd.ctl"}
+ENTRY_POINTS = {"crashhpd": "crashhpd.cli", "crashhpctl": "crashhpd.control.client"}
 BENCH_TOOLS = ("bin/date", "usr/bin/flock")  # coreutils' date has %N; busybox has no flock
 LOADER = "lib64/ld-linux-x86-64.so.2"
 BOOT_KERNEL = "boot/vmlinuz"

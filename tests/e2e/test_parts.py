@@ -32,7 +32,7 @@ def test_the_kdump_archive_holds_what_the_kdump_kernel_runs_and_no_more(archives
     busybox = parts.guest() / "bin/busybox"
     full, kdump = _listing(archives.full, busybox), _listing(archives.kdump, busybox)
     needed = {"init", "bin/busybox", "usr/bin/python3.11", "lib64/ld-linux-x86-64.so.2",
-              "usr/lib/crashhpd-e2e/agent.py", "usr/lib/python3/dist-packages/crashhpd/validate.py",
+              "usr/lib/crashhpd-e2e/agent.py", "usr/lib/python3/dist-packages/crashhpd/elfcorehdr/validate.py",
               "usr/lib/python3/dist-packages/elftools/elf/elffile.py"}
     assert needed <= kdump
     assert kdump < full

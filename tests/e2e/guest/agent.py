@@ -24,8 +24,8 @@ import tty
 from collections.abc import Callable
 from typing import Any
 
-from crashhpd.header import EHDR
-from crashhpd.validate import parse  # the kdump kernel's archive has no more of crashhpd than this needs
+from crashhpd.elfcorehdr.pack import EHDR
+from crashhpd.elfcorehdr.validate import parse  # the kdump kernel's archive has no more of crashhpd than this needs
 
 PORT = "/dev/ttyS1"
 KERNEL = "/boot/vmlinuz"
@@ -95,8 +95,8 @@ def run(argv: list[str]) -> dict[str, Any]:
 
 def crash_load_argv(file_load: bool, binary: str = "kexec") -> list[str]:
     """The same `kexec -p` that crashhpd's kexec backend runs: one command line for every load."""
+    from crashhpd.backends.kdump_discovery import discover
     from crashhpd.backends.kexec import load_argv
-    from crashhpd.kdump_discovery import discover
     crash = discover("/", KERNEL, INITRD, None, APPEND)  # after the kdump-tools defaults (nr_cpus=1 ...)
     return load_argv(binary, crash, file_load, hotplug=False)
 
@@ -137,7 +137,7 @@ def start_crashhpd() -> tuple[subprocess.Popen, float]:
 
 
 def control(op: str) -> dict[str, Any]:
-    from crashhpd.ctl import request
+    from crashhpd.control.client import request
     reply = request(CONTROL, op, 30.0)
     if not reply.ok or reply.result is None:
         raise RuntimeError(f"crashhpctl {op}: {reply.error}")
@@ -318,7 +318,7 @@ def main() -> int:
             kdump_kernel(channel)
         else:
             first_kernel(channel, param("mode", "kexec") or "kexec")
-    except Exception as err:  # noqa: BLE001 -- everything goes to the host, which shows it in the assertion message
+    except Exception as err:
         channel.send("ERROR", f"{type(err).__name__}: {err}")
         return 1
     return 0

@@ -15,8 +15,8 @@ import shlex
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from .errors import BackendError, CrashhpdError, ParseError
-from .snapshot import read_int, read_text, under
+from ..errors import BackendError, CrashhpdError, ParseError
+from ..sysview.snapshot import read_int, read_text, under
 
 DEBIAN_DEFAULTS = "etc/default/kdump-tools"
 FEDORA_SYSCONFIG = "etc/sysconfig/kdump"

@@ -16,18 +16,27 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from . import __version__, log
-from .control import Peer
-from .errors import CrashhpdError
-from .kdump_discovery import crash_hotplug
-from .protocol import (HeaderResult, MetricsResult, ReconcileResult, RequestError, StatusResult, VerifyResult,
-                       failure, parse_request, success)
-from .reconcile import build_valid, changes
-from .snapshot import read_snapshot
-from .validate import NotAHeader, parse
+from .. import __version__, log
+from ..backends.kdump_discovery import crash_hotplug
+from ..elfcorehdr.validate import NotAHeader, parse
+from ..errors import CrashhpdError
+from ..service.reconcile import build_valid, changes
+from ..sysview.snapshot import read_snapshot
+from .protocol import (
+    HeaderResult,
+    MetricsResult,
+    ReconcileResult,
+    RequestError,
+    StatusResult,
+    VerifyResult,
+    failure,
+    parse_request,
+    success,
+)
+from .server import Peer
 
 if TYPE_CHECKING:
-    from .daemon import Daemon
+    from ..service.daemon import Daemon
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import CrashhpdError
-from .validate import Segment  # a header's program headers travel in the form validate reads them
+from ..elfcorehdr.validate import Segment  # a header's program headers travel in the form validate reads them
+from ..errors import CrashhpdError
 
 VERSION = 1
 

@@ -9,9 +9,9 @@ data here (a Layout), and plan() is one pure function for both.
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from .errors import HeaderError
-from .ranges import MIB, Range, subtract
-from .snapshot import Snapshot
+from ..errors import HeaderError
+from ..sysview.ranges import MIB, Range, subtract
+from ..sysview.snapshot import Snapshot
 
 CpuSet = Literal["online", "present", "possible", "notes"]
 LayoutName = Literal["kernel", "kexec-tools"]

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from ..errors import ParseError, SnapshotError
 from . import cpulist, iomem
-from .errors import ParseError, SnapshotError
 from .ranges import Range
 
 CPU_DIR = "sys/devices/system/cpu"

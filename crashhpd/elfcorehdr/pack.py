@@ -6,7 +6,7 @@ This runs on every hotplug burst and at 16k program headers, so it is plain
 
 import struct
 
-from .errors import HeaderError
+from ..errors import HeaderError
 from .layout import HeaderModel
 
 EHDR = struct.Struct("<16sHHIQQQIHHHHHH")

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from . import log
-from .config import ControlConfig
-from .errors import CrashhpdError
+from .. import log
+from ..config import ControlConfig
+from ..errors import CrashhpdError
 from .protocol import failure
 
 logger = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from .header import EHDR_SIZE, EM_X86_64, ET_CORE, MAX_PHNUM, PF_RWX, PHDR_SIZE
-from .ranges import Range
-from .snapshot import Snapshot
+from ..sysview.ranges import Range
+from ..sysview.snapshot import Snapshot
+from .pack import EHDR_SIZE, EM_X86_64, ET_CORE, MAX_PHNUM, PF_RWX, PHDR_SIZE
 
 KERNEL_TEXT_MAP = 0xFFFFFFFF80000000  # __START_KERNEL_map: the image PT_LOAD's vaddr is above it
 # kexec-tools copies the first 640 KiB aside at load time and points that RAM entry's p_offset at the

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .protocol import StatusResult
+from ..control.protocol import StatusResult
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -83,7 +83,7 @@ def families(s: StatusResult, now: float) -> list["Metric"]:
     info = GaugeMetricFamily("crashhpd_info", "Version, backend and layout in use.",
                              labels=["version", "backend", "layout"])
     info.add_metric([s.version, s.backend, s.layout], 1)
-    out: list["Metric"] = [
+    out: list[Metric] = [
         info,
         _counter("crashhpd_uevents", "CPU and memory uevents received.", s.events_received),
         _counter("crashhpd_events_coalesced", "Events folded into an update another event triggered.",

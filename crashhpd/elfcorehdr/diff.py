@@ -5,7 +5,7 @@ extends a range reads "+ RAM 0x140000000-0x17fffffff (1 GiB)" instead of a
 removed and an added entry.
 """
 
-from .ranges import Range, size_text, subtract
+from ..sysview.ranges import Range, size_text, subtract
 from .validate import ParsedHeader, Segment
 
 

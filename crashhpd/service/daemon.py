@@ -15,18 +15,20 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from . import backends, config as config_mod, log, requests
-from .backends.base import Backend
-from .config import Config
-from .control import ControlError, ControlServer
+from .. import backends, log
+from .. import config as config_mod
+from ..backends.base import Backend
+from ..config import Config
+from ..control import ops
+from ..control.server import ControlError, ControlServer
+from ..elfcorehdr.layout import Layout, preset
+from ..errors import BackendError, ConfigError, CrashhpdError
+from ..sysview.snapshot import BootConstants, read_boot_constants, read_snapshot
 from .debounce import Debouncer
-from .errors import BackendError, ConfigError, CrashhpdError
-from .layout import Layout, preset
 from .metrics import Metrics
 from .monitor import EventMonitor
 from .notify import Notifier
 from .reconcile import Outcome, reconcile
-from .snapshot import BootConstants, read_boot_constants, read_snapshot
 from .stats import Stats
 
 logger = logging.getLogger(__name__)
@@ -62,8 +64,8 @@ class Daemon:
         self.stopping = False
         self.signals: list[int] = []
         self._wake_r, self._wake_w = socket.socketpair()
-        self.control = ControlServer(cfg.control, self.selector, partial(requests.handle, self), clock)
-        self.metrics = Metrics(partial(requests.status, self), time.time)
+        self.control = ControlServer(cfg.control, self.selector, partial(ops.handle, self), clock)
+        self.metrics = Metrics(partial(ops.status, self), time.time)
 
     # --- wiring --------------------------------------------------------------------------
 

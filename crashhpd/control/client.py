@@ -15,14 +15,25 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from . import config as config_mod
-from .cli import table
-from .config import ControlConfig
-from .errors import ConfigError
-from .protocol import (OPS, RESULTS, VERSION, HeaderResult, MetricsResult, ReconcileResult, Reply, StatusResult,
-                       VerifyResult, encode_request, parse_reply)
-from .ranges import size_text
-from .validate import parse
+from .. import config as config_mod
+from ..cli import table
+from ..config import ControlConfig
+from ..elfcorehdr.validate import parse
+from ..errors import ConfigError
+from ..sysview.ranges import size_text
+from .protocol import (
+    OPS,
+    RESULTS,
+    VERSION,
+    HeaderResult,
+    MetricsResult,
+    ReconcileResult,
+    Reply,
+    StatusResult,
+    VerifyResult,
+    encode_request,
+    parse_reply,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 HINT = "is crashhpd running? systemctl status crashhpd"

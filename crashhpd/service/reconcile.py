@@ -7,13 +7,13 @@ event loop so tests and `verify` can run it directly.
 import time
 from dataclasses import dataclass
 
-from . import header as header_mod
-from .backends.base import Applied, Backend
-from .diff import diff
-from .errors import HeaderError
-from .layout import HeaderModel, Layout, plan
-from .snapshot import Snapshot
-from .validate import NotAHeader, ParsedHeader, check, parse
+from ..backends.base import Applied, Backend
+from ..elfcorehdr import pack as header_mod
+from ..elfcorehdr.diff import diff
+from ..elfcorehdr.layout import HeaderModel, Layout, plan
+from ..elfcorehdr.validate import NotAHeader, ParsedHeader, check, parse
+from ..errors import HeaderError
+from ..sysview.snapshot import Snapshot
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ header built from half-understood memory would silently drop RAM from dumps.
 import re
 from dataclasses import dataclass
 
-from .errors import ParseError, SnapshotError
+from ..errors import ParseError, SnapshotError
 from .ranges import Range
 
 _LINE = re.compile(r"( *)([0-9a-fA-F]+)-([0-9a-fA-F]+) : (.*)")

@@ -1,6 +1,6 @@
 """The kernel's CPU list format (`0-3,6,8-11`), as in /sys/devices/system/cpu/{possible,present,online}."""
 
-from .errors import ParseError
+from ..errors import ParseError
 
 MAX_CPU = 0xFFFD  # a CPU beyond this could never get a note: an ELF header holds at most 0xfffe entries
 

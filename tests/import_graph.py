@@ -1,0 +1,132 @@
+"""The package's own import graph, read from the source with `ast`: levels, cycles and modules per folder.
+
+    python3 tests/import_graph.py [PACKAGE_DIR]     # default: the crashhpd/ beside tests/
+
+Every `import crashhpd...` and `from . import ...` counts, wherever it stands (a function-level import
+still ties the two modules together). A module's level is 0 when it imports nothing of the package,
+else one more than the highest level it imports; the modules of a cycle count as one node, and the cycle is listed.
+"""
+
+import ast
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def module_name(package_dir: Path, path: Path) -> str:
+    parts = [package_dir.name, *path.relative_to(package_dir).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules(package_dir: Path) -> dict[str, Path]:
+    return {module_name(package_dir, path): path for path in sorted(package_dir.rglob("*.py"))}
+
+
+def _resolve(current: str, is_package: bool, node: ast.ImportFrom) -> str:
+    if node.level == 0:
+        return node.module or ""
+    base = current.split(".") if is_package else current.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imports_of(name: str, path: Path, known: Iterable[str]) -> set[str]:
+    """The package's modules `name` imports: `from x import y` counts y when y is a module, else x."""
+    known = set(known)
+    is_package = path.name == "__init__.py"
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = _resolve(name, is_package, node)
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
+        else:
+            continue
+        found.update(t for t in targets if t in known and t != name)
+    return found
+
+
+def graph(package_dir: Path) -> dict[str, set[str]]:
+    mods = modules(package_dir)
+    return {name: imports_of(name, path, mods) for name, path in mods.items()}
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def levels(edges: dict[str, set[str]]) -> dict[str, int]:
+    """Longest import chain below each module; the modules of a cycle share one level, as one node."""
+    component = {m: m for m in edges}
+    for c in cycles(edges):
+        for m in c:
+            component[m] = c[0]
+    below: dict[str, set[str]] = {}
+    for m, deps in edges.items():
+        below.setdefault(component[m], set()).update(component[d] for d in deps if component[d] != component[m])
+    level: dict[str, int] = {}
+
+    def of(c: str) -> int:
+        if c not in level:
+            level[c] = 1 + max((of(d) for d in below[c]), default=-1)
+        return level[c]
+
+    return {m: of(component[m]) for m in edges}
+
+
+def folder(name: str) -> str:
+    parts = name.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 else parts[0]
+
+
+def report(package_dir: Path) -> str:
+    edges = graph(package_dir)
+    lv = levels(edges)
+    loops = cycles(edges)
+    per_folder = Counter(folder(m) for m in edges if not m.endswith("__init__") and m.count(".") >= 1)
+    lines = [f"{len(edges)} modules, {max(lv.values(), default=0) + 1} import levels, {len(loops)} cycles"]
+    lines += [f"  cycle: {' <-> '.join(c)}" for c in loops]
+    lines.append("modules per folder:")
+    lines += [f"  {name:<24} {count}" for name, count in sorted(per_folder.items())]
+    lines.append("levels:")
+    for n in range(max(lv.values(), default=-1) + 1):
+        lines.append(f"  {n:>2}: {' '.join(sorted(m for m, v in lv.items() if v == n))}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    default = Path(__file__).resolve().parent.parent / "crashhpd"
+    print(report(Path(sys.argv[1]) if len(sys.argv) > 1 else default))
