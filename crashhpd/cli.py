@@ -11,10 +11,11 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .elfcorehdr.layout import KERNEL_HALF, plan, preset
-from .elfcorehdr.pack import build
+from .elfcorehdr.build import build_valid
+from .elfcorehdr.layout import KERNEL_HALF, preset
+from .elfcorehdr.table import table
 from .elfcorehdr.validate import NotAHeader, ParsedHeader, check, parse
-from .errors import CrashhpdError
+from .errors import CrashhpdError, InvalidHeader
 from .sysview.ranges import size_text
 from .sysview.snapshot import read_snapshot
 
@@ -58,14 +59,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def generate(args: argparse.Namespace) -> int:
-    snapshot = read_snapshot(args.root)
-    model = plan(snapshot, preset(args.layout, args.cpus, args.page_offset))
-    data = build(model)
-    problems = check(parse(data), snapshot)
-    if problems:
-        for problem in problems:
-            print(f"crashhpd: generated header is invalid: {problem}", file=sys.stderr)
+    try:
+        built = build_valid(read_snapshot(args.root), preset(args.layout, args.cpus, args.page_offset))
+    except InvalidHeader as err:
+        print(f"crashhpd: {err}", file=sys.stderr)
         return EXIT_INVALID
+    model, data = built.model, built.data
     if model.cpus_without_notes:
         print(f"crashhpd: warning: no crash_notes for CPU(s) {', '.join(map(str, model.cpus_without_notes))}; "
               "they get no note (is the kernel built with CONFIG_CRASH_DUMP?)", file=sys.stderr)
@@ -83,18 +82,6 @@ def generate(args: argparse.Namespace) -> int:
           f"{'a' if model.vmcoreinfo else 'no'} VMCOREINFO note, {'a' if model.image else 'no'} kernel image, "
           f"{len(model.ram)} RAM ranges ({size_text(ram_bytes)})", file=sys.stderr)
     return EXIT_OK
-
-
-def table(header: ParsedHeader) -> str:
-    """The program headers the way `readelf -lW` shows them, plus what each one is."""
-    rows = ["Type Offset             VirtAddr           PhysAddr           FileSiz    MemSiz     Flg What"]
-    for s in header.segments:
-        kind = "NOTE" if s.type == "PT_NOTE" else "LOAD" if s.type == "PT_LOAD" else s.type
-        what = "kernel image" if s.is_image else ("RAM " + size_text(s.memsz)) if s.is_ram else "note"
-        flags = "".join(c if s.flags & bit else " " for c, bit in (("R", 4), ("W", 2), ("E", 1)))
-        rows.append(f"{kind:<4} 0x{s.offset:016x} 0x{s.vaddr:016x} 0x{s.paddr:016x} "
-                    f"0x{s.filesz:08x} 0x{s.memsz:08x} {flags} {what}")
-    return "\n".join(rows)
 
 
 def inspect(args: argparse.Namespace) -> int:
@@ -123,7 +110,7 @@ def inspect(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
-        from .service.daemon import run  # pulls in pyudev, journald and the config; only the daemon needs them
+        from .wiring import run  # pulls in pyudev, journald and the config; only the daemon needs them
 
         return run(args.config, args.root)
     handlers = {"generate": generate, "inspect": inspect}

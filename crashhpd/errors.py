@@ -29,6 +29,10 @@ class HeaderError(CrashhpdError):
     """A header cannot be built or does not fit where it must go."""
 
 
+class InvalidHeader(HeaderError):
+    """A header was built but breaks a rule the kdump kernel relies on; it is never applied."""
+
+
 class BackendError(CrashhpdError):
     """A backend could not apply a header; what was applied before still stands.
 

@@ -6,6 +6,8 @@ Every test that needs a system view builds one of these and points crashhpd's
 
 from pathlib import Path
 
+from crashhpd.sysview.kernel_state import KernelState, read_kernel_state
+
 DEFAULT_VMCOREINFO = "0x0000000100c66000 1024\n"  # 1024 is hex: 4132 bytes
 DEFAULT_KALLSYMS = (
     "ffffffff81000000 T _text\n"
@@ -79,3 +81,11 @@ def make_tree(
     for rel, text in (extra or {}).items():
         write(root, rel, text)
     return root
+
+
+def kernel(root: Path | str) -> KernelState:
+    """The tree's kexec state as a snapshot reads it now: what the daemon hands its backend."""
+    return read_kernel_state(str(root))
+
+
+NO_KEXEC = KernelState(None, None, None, None, None, None, None, None)  # a kernel without kexec at all

@@ -107,19 +107,19 @@ def levels(edges: dict[str, set[str]]) -> dict[str, int]:
     return {m: of(component[m]) for m in edges}
 
 
-def folder(name: str) -> str:
-    parts = name.split(".")
-    return ".".join(parts[:2]) if len(parts) > 2 else parts[0]
+def folder(package_dir: Path, path: Path) -> str:
+    return "/".join((package_dir.name, *path.relative_to(package_dir).parent.parts))
 
 
 def report(package_dir: Path) -> str:
     edges = graph(package_dir)
     lv = levels(edges)
     loops = cycles(edges)
-    per_folder = Counter(folder(m) for m in edges if not m.endswith("__init__") and m.count(".") >= 1)
+    per_folder = Counter(folder(package_dir, path) for path in modules(package_dir).values()
+                         if path.name != "__init__.py")
     lines = [f"{len(edges)} modules, {max(lv.values(), default=0) + 1} import levels, {len(loops)} cycles"]
     lines += [f"  cycle: {' <-> '.join(c)}" for c in loops]
-    lines.append("modules per folder:")
+    lines.append("modules per folder (without __init__.py):")
     lines += [f"  {name:<24} {count}" for name, count in sorted(per_folder.items())]
     lines.append("levels:")
     for n in range(max(lv.values(), default=-1) + 1):

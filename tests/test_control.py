@@ -172,8 +172,11 @@ def run_as_nobody(*argv: str) -> subprocess.CompletedProcess:
 # --- every request ---------------------------------------------------------------------------------
 
 
-def test_the_protocol_and_the_daemon_know_the_same_ops():
-    assert set(ops.OPS) == set(protocol.OPS) == set(protocol.RESULTS)
+def test_crashhpctl_offers_exactly_the_ops_of_the_table():
+    from crashhpd.control.client import _parser
+
+    subcommands = next(a for a in _parser()._actions if a.dest == "op").choices
+    assert set(subcommands) == set(ops.OPS) == {"status", "header", "verify", "reconcile", "metrics"}
 
 
 def test_status_describes_the_header_in_force(env):

@@ -12,7 +12,7 @@ from daemonproc import generated, generation, inject, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from test_control import HOT_ADDED, NOGROUP, STATUS_KEYS, env, iomem, run_as_nobody, segment_header, set_iomem  # noqa: F401
 
-from crashhpd.control.client import age, aligned, duration
+from crashhpd.control.render import age, aligned, duration
 
 CRASHHPCTL = str(Path(sys.executable).with_name("crashhpctl"))
 HINT = "is crashhpd running? systemctl status crashhpd"

@@ -88,16 +88,6 @@ def test_kexec_version(text, version):
     assert kd.parse_kexec_version(text) == version
 
 
-@pytest.mark.parametrize(("text", "forbids"), [
-    ("none [integrity] confidentiality\n", True),
-    ("none integrity [confidentiality]\n", True),
-    ("[none] integrity confidentiality\n", False),
-    (None, False),
-])
-def test_lockdown(text, forbids):
-    assert kd.lockdown_forbids_kexec_load(text) is forbids
-
-
 def test_boot_cpu_apicid_is_processor_zeros():
     assert kd.boot_cpu_apicid(CPUINFO) == 2
     assert kd.boot_cpu_apicid("processor\t: 0\nvendor_id\t: AuthenticAMD\n") is None
@@ -244,21 +234,3 @@ def test_this_machines_real_proc_cmdline(tmp_path):
     expected = [p for p in real if p.partition("=")[0] not in kd.ALWAYS_REMOVED | kd.DEBIAN_REMOVED]
     found = kd.discover("/", str(kernel), str(initrd))
     assert found.cmdline == " ".join(expected + [kd.DEBIAN_APPEND])
-
-
-# --- the kernel's kexec attributes ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("cpu", "memory", "updates"), [("1", "1", True), ("0", "1", True), ("0", "0", False),
-                                                         (None, None, False), ("1", None, True)])
-def test_kernel_updates_header(tmp_path, cpu, memory, updates):
-    for rel, value in zip(kd.CRASH_HOTPLUG, (cpu, memory)):
-        if value is not None:
-            write(tmp_path, rel, value + "\n")
-    assert kd.kernel_updates_header(str(tmp_path)) is updates
-
-
-def test_a_garbled_attribute_is_a_parse_error_naming_the_file(tmp_path):
-    write(tmp_path, "sys/kernel/kexec_crash_loaded", "yes\n")
-    with pytest.raises(ParseError, match="kexec_crash_loaded:1: expected a number"):
-        kd.read_int(str(tmp_path), kd.CRASH_LOADED)

@@ -10,12 +10,13 @@ import os
 from pathlib import Path
 
 import pytest
-from faketree import make_tree, write
+from faketree import kernel, make_tree, write
 
 from crashhpd.backends.kernel import KernelBackend, choose
 from crashhpd.elfcorehdr.layout import plan, preset
 from crashhpd.elfcorehdr.pack import build, capacity
 from crashhpd.errors import BackendError
+from crashhpd.service.health_log import HealthLog
 from crashhpd.sysview.snapshot import read_snapshot
 
 CPU_ATTR = "sys/devices/system/cpu/crash_hotplug"
@@ -45,23 +46,23 @@ def files_and_mtimes(root: Path) -> dict[str, tuple[int, bytes]]:
 ])
 def test_auto_chooses_the_passive_backend_only_when_the_kernel_updates_the_header(tmp_path, fixtures, extra, expected):
     root = tree(tmp_path, fixtures, **extra)
-    assert choose(str(root)) == expected
+    assert choose(kernel(root)) == expected
 
 
 def test_apply_records_and_touches_nothing(tmp_path, fixtures):
     root = tree(tmp_path, fixtures, **{CPU_ATTR: "1\n", MEM_ATTR: "1\n", LOADED: "1\n"})
-    backend = KernelBackend(str(root))
-    assert backend.loaded() is None and backend.state() is None
+    backend = KernelBackend()
+    assert backend.loaded(kernel(root)) is None and backend.state() is None
     before = files_and_mtimes(root)
     first = header(root)
-    applied = backend.apply(first)
+    applied = backend.apply(first, kernel(root))
     assert (applied.generation, applied.header_size) == (1, len(first))
-    assert backend.loaded() == first
+    assert backend.loaded(kernel(root)) == first
     write(root, "sys/devices/system/cpu/online", "0-2\n")  # CPU 3 went offline: the kernel layout drops its note
     second = header(root)
     assert second != first
-    assert backend.apply(second).generation == 2
-    assert backend.loaded() == second
+    assert backend.apply(second, kernel(root)).generation == 2
+    assert backend.loaded(kernel(root)) == second
     after = files_and_mtimes(root)
     del after[str(root / "sys/devices/system/cpu/online")]
     del before[str(root / "sys/devices/system/cpu/online")]
@@ -70,72 +71,85 @@ def test_apply_records_and_touches_nothing(tmp_path, fixtures):
 
 def test_health_rereads_the_attributes_on_every_call(tmp_path, fixtures):
     root = tree(tmp_path, fixtures, **{CPU_ATTR: "1\n", MEM_ATTR: "1\n", LOADED: "1\n"})
-    backend = KernelBackend(str(root))
-    assert backend.health().ok
+    backend = KernelBackend()
+    assert backend.health(kernel(root)).ok
     write(root, CPU_ATTR, "0\n")
-    assert backend.health().ok  # memory still updated by the kernel
+    assert backend.health(kernel(root)).ok  # memory still updated by the kernel
     write(root, MEM_ATTR, "0\n")
-    health = backend.health()
+    health = backend.health(kernel(root))
     assert not health.ok
     assert "the kernel no longer updates the header (crash_hotplug cpu=0 memory=0)" in health.detail
     assert "does not reload" in health.detail
     assert (health.extra["crash_hotplug_cpu"], health.extra["crash_hotplug_memory"]) == (0, 0)
     write(root, CPU_ATTR, "1\n")
     write(root, MEM_ATTR, "1\n")  # the lock holder finished: the transient 0 is gone
-    assert backend.health().ok
+    assert backend.health(kernel(root)).ok
 
 
 def test_missing_attributes_mean_the_kernel_does_not_update(tmp_path, fixtures):
-    health = KernelBackend(str(tree(tmp_path, fixtures, **{LOADED: "1\n"}))).health()
+    health = KernelBackend().health(kernel(tree(tmp_path, fixtures, **{LOADED: "1\n"})))
     assert not health.ok
     assert "crash_hotplug cpu=missing memory=missing" in health.detail
 
 
 def test_no_crash_kernel_is_said_loudly(tmp_path, fixtures):
-    health = KernelBackend(str(tree(tmp_path, fixtures, **{CPU_ATTR: "1\n", MEM_ATTR: "1\n", LOADED: "0\n"}))).health()
+    health = KernelBackend().health(kernel(tree(tmp_path, fixtures, **{CPU_ATTR: "1\n", MEM_ATTR: "1\n",
+                                                                     LOADED: "0\n"})))
     assert not health.ok
     assert health.detail.startswith("NO CRASH KERNEL LOADED")
 
 
 def test_a_transient_zero_is_reported_once_and_never_acted_on(tmp_path, fixtures, caplog):
     root = tree(tmp_path, fixtures, **{CPU_ATTR: "1\n", MEM_ATTR: "1\n", LOADED: "1\n"})
-    backend = KernelBackend(str(root))
-    backend.apply(header(root))
-    assert backend.health().ok
+    backend = KernelBackend()
+    journal = HealthLog()  # what the daemon feeds each verdict through after an update
+    backend.apply(header(root), kernel(root))
+    assert backend.health(kernel(root)).ok
+    journal.observe(backend.name, backend.health(kernel(root)))
     write(root, CPU_ATTR, "0\n")
     write(root, MEM_ATTR, "0\n")
     before = files_and_mtimes(root)
     with caplog.at_level(logging.INFO, logger="crashhpd"):
-        assert not backend.health().ok
-        assert not backend.health().ok
-        assert backend.apply(header(root)).generation == 2  # still passive: recorded, nothing loaded
+        for _ in range(2):
+            health = backend.health(kernel(root))
+            assert not health.ok
+            journal.observe(backend.name, health)
+        assert backend.apply(header(root), kernel(root)).generation == 2  # still passive: recorded, nothing loaded
     assert files_and_mtimes(root) == before
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "no longer updates the header" in warnings[0].getMessage()
 
 
+def test_health_is_pure_it_logs_nothing_however_often_status_asks(tmp_path, fixtures, caplog):
+    root = tree(tmp_path, fixtures, **{CPU_ATTR: "0\n", MEM_ATTR: "0\n", LOADED: "0\n"})
+    with caplog.at_level(logging.DEBUG, logger="crashhpd"):
+        for _ in range(3):
+            assert not KernelBackend().health(kernel(root)).ok
+    assert caplog.records == []
+
+
 def test_capacity_is_the_segment_the_kernel_publishes(tmp_path, fixtures):
     root = tree(tmp_path, fixtures, **{CPU_ATTR: "1\n", "sys/kernel/crash_elfcorehdr_size": f"{SEGMENT_PHDR_BYTES}\n"})
-    assert KernelBackend(str(root)).capacity() == capacity(64)
-    assert KernelBackend(str(tree(tmp_path / "old", fixtures, **{CPU_ATTR: "1\n"}))).capacity() is None
+    assert KernelBackend().capacity(kernel(root)) == capacity(64)
+    assert KernelBackend().capacity(kernel(tree(tmp_path / "old", fixtures, **{CPU_ATTR: "1\n"}))) is None
 
 
 def test_a_header_larger_than_the_segment_is_refused_and_the_old_one_stays(tmp_path, fixtures):
     # a segment with room for only 4 program headers, page-aligned like every kexec segment: 4096 bytes
     root = tree(tmp_path, fixtures, **{CPU_ATTR: "1\n", "sys/kernel/crash_elfcorehdr_size": f"{4 * 56}\n"})
-    backend = KernelBackend(str(root))
+    backend = KernelBackend()
     small = b"\x7fELF" + bytes(4092)
-    backend.apply(small)
+    backend.apply(small, kernel(root))
     big = header(root) + bytes(4096)  # 8192 bytes
     with pytest.raises(BackendError) as err:
-        backend.apply(big)
+        backend.apply(big, kernel(root))
     assert "needs 8192 bytes" in str(err.value) and "holds 288" in str(err.value)
     assert err.value.retry_after is None
-    assert backend.loaded() == small and backend.state().generation == 1
+    assert backend.loaded(kernel(root)) == small and backend.state().generation == 1
 
 
 def test_the_real_host_has_no_kernel_updated_header():
     if os.path.exists("/sys/kernel/kexec_crash_loaded"):
         pytest.skip("this kernel has kexec; the expectation below is for the test VM's kernel without it")
-    assert choose("/") == "kexec"
-    assert not KernelBackend("/").health().ok
+    assert choose(kernel("/")) == "kexec"
+    assert not KernelBackend().health(kernel("/")).ok

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from daemonproc import DaemonProcess, can_inject, generated, inject, wait_for, write_config
-from faketree import make_tree, write
+from faketree import kernel, make_tree, write
 from kexec_standin import EBUSY
 
 from crashhpd import log
@@ -113,7 +113,8 @@ def standin(tmp_path: Path, root: Path, monkeypatch: pytest.MonkeyPatch) -> Stan
 
 
 def backend(standin: Standin, state_dir: Path, **cfg: object) -> KexecBackend:
-    return KexecBackend(KexecConfig(binary=str(standin.path), **cfg), str(standin.root), str(state_dir))
+    return KexecBackend(KexecConfig(binary=str(standin.path), **cfg), str(standin.root), str(state_dir),
+                        kernel(standin.root))
 
 
 def model(root: Path) -> bytes:
@@ -139,10 +140,10 @@ def test_one_kexec_p_replaces_the_image_without_unloading(standin, root, tmp_pat
     # stand-in: a real load needs a kernel with kexec_load
     b = backend(standin, tmp_path / "state")
     header = model(root)
-    applied = b.apply(header)
+    applied = b.apply(header, kernel(root))
     assert [c["argv"] for c in standin.loads()] == [expected_argv(standin)[1:]]
     assert (applied.generation, applied.sha256 is not None, applied.header_size) == (1, True, len(header))
-    assert b.loaded() == header
+    assert b.loaded(kernel(root)) == header
     assert (root / "sys/kernel/kexec_crash_loaded").read_text() == "1\n"
 
 
@@ -153,8 +154,8 @@ def test_never_unload_even_across_failures(standin, root, tmp_path):
     b = backend(standin, tmp_path / "state")
     for _ in range(2):
         with pytest.raises(BackendError):
-            b.apply(model(root))
-    b.apply(model(root))
+            b.apply(model(root), kernel(root))
+    b.apply(model(root), kernel(root))
     argvs = [c["argv"] for c in standin.calls()]
     assert len(standin.loads()) == 3
     assert not any(flag in argv for argv in argvs for flag in ("-u", "--unload"))
@@ -164,7 +165,7 @@ def test_argv_is_a_list_and_no_shell_sees_the_command_line(standin, root, tmp_pa
     # stand-in: it records the exact argv it received
     marker = tmp_path / "pwned"
     append = f'dyndbg="file a.c +p" x;touch {marker} `touch {marker}` $(touch {marker}) \'q\''
-    backend(standin, tmp_path / "state", append=append).apply(model(root))
+    backend(standin, tmp_path / "state", append=append).apply(model(root), kernel(root))
     (call,) = standin.loads()
     assert call["argv"][-2] == f"--command-line=root=UUID=0b4e ro quiet nr_cpus=1 irqpoll {append}"
     assert not marker.exists()
@@ -172,7 +173,7 @@ def test_argv_is_a_list_and_no_shell_sees_the_command_line(standin, root, tmp_pa
 
 def test_file_load_when_configured(standin, root, tmp_path):
     # stand-in: -s needs kexec_file_load in the kernel
-    backend(standin, tmp_path / "state", file_load=True).apply(model(root))
+    backend(standin, tmp_path / "state", file_load=True).apply(model(root), kernel(root))
     assert standin.loads()[0]["argv"] == expected_argv(standin, "-s")[1:]
 
 
@@ -182,7 +183,7 @@ def test_file_load_when_configured(standin, root, tmp_path):
 def test_file_load_under_lockdown(standin, root, tmp_path, lockdown, flags):
     # stand-in: lockdown is a fake tree's file here, and kexec_load is refused under it by the kernel
     write(root, "sys/kernel/security/lockdown", lockdown)
-    backend(standin, tmp_path / "state").apply(model(root))
+    backend(standin, tmp_path / "state").apply(model(root), kernel(root))
     assert standin.loads()[0]["argv"] == expected_argv(standin, *flags)[1:]
 
 
@@ -191,17 +192,17 @@ def test_hotplug_hands_the_header_over_to_the_kernel(standin, root, tmp_path):
     standin.script(version="kexec-tools 2.0.28")
     write(root, "sys/kernel/crash_elfcorehdr_size", f"{56 * (2 + 64 + 8192)}\n")
     b = backend(standin, tmp_path / "state", hotplug=True)
-    b.apply(model(root))
+    b.apply(model(root), kernel(root))
     assert standin.loads()[0]["argv"] == expected_argv(standin, "--hotplug")[1:]
-    health = b.health()
+    health = b.health(kernel(root))
     assert health.ok and "the kernel updates the header now" in health.detail
     assert health.extra["kernel_updates_header"] is True
-    assert choose(str(root)) == "kernel"
+    assert choose(kernel(root)) == "kernel"
     hot_add(root, 2)
     newer = model(root)
-    assert b.apply(newer).generation == 2  # recorded; the kernel already rewrote its header
+    assert b.apply(newer, kernel(root)).generation == 2  # recorded; the kernel already rewrote its header
     assert len(standin.loads()) == 1
-    assert b.loaded() == newer
+    assert b.loaded(kernel(root)) == newer
 
 
 @pytest.mark.parametrize(("version", "size_file", "reason"), [
@@ -214,9 +215,9 @@ def test_hotplug_only_where_both_sides_support_it(standin, root, tmp_path, versi
     if size_file:
         write(root, "sys/kernel/crash_elfcorehdr_size", "460000\n")
     b = backend(standin, tmp_path / "state", hotplug=True)
-    b.apply(model(root))
+    b.apply(model(root), kernel(root))
     assert "--hotplug" not in standin.loads()[0]["argv"]
-    assert b.health().extra["hotplug"].startswith(reason)
+    assert b.health(kernel(root)).extra["hotplug"].startswith(reason)
 
 
 def test_an_unreadable_version_is_shown_as_kexec_said_it_and_rules_out_hotplug(standin, root, tmp_path, caplog):
@@ -225,9 +226,9 @@ def test_an_unreadable_version_is_shown_as_kexec_said_it_and_rules_out_hotplug(s
     write(root, "sys/kernel/crash_elfcorehdr_size", "460000\n")
     b = backend(standin, tmp_path / "state", hotplug=True)
     with caplog.at_level(logging.WARNING, logger="crashhpd"):
-        b.apply(model(root))
+        b.apply(model(root), kernel(root))
     assert "--hotplug" not in standin.loads()[0]["argv"]
-    extra = b.health().extra
+    extra = b.health(kernel(root)).extra
     assert extra["version"] == "kexec (patched build)"
     assert extra["hotplug"] == "kexec's version is unknown; --hotplug needs kexec-tools 2.0.28 or later"
     assert any("its version is unknown" in r.getMessage() for r in caplog.records)
@@ -240,17 +241,17 @@ def test_nonzero_exit_reports_kexecs_last_words_and_keeps_the_old_state(standin,
     # stand-in: a failure before the syscall, on cue
     b = backend(standin, tmp_path / "state")
     first = model(root)
-    b.apply(first)
+    b.apply(first, kernel(root))
     standin.script({}, {"exit": 1, "stderr": "Cannot open `/var/lib/kdump/vmlinuz': Is a directory\n"
                                               "Cannot determine the file type of /var/lib/kdump/vmlinuz\n"})
     hot_add(root, 1)
     with pytest.raises(BackendError) as err:
-        b.apply(model(root))
+        b.apply(model(root), kernel(root))
     assert str(err.value).startswith("kexec -p failed with exit status 1: ")
     assert str(err.value).endswith("Cannot determine the file type of /var/lib/kdump/vmlinuz")
     assert err.value.retry_after == 1.0
-    assert b.loaded() == first  # kexec said nothing was loaded anew; the old image stands
-    health = b.health()
+    assert b.loaded(kernel(root)) == first  # kexec said nothing was loaded anew; the old image stands
+    health = b.health(kernel(root))
     assert not health.ok and health.detail.startswith("last reload failed: kexec -p failed with exit status 1")
     assert health.extra["last_exit"] == 1 and health.extra["backoff_s"] == 1.0
 
@@ -261,7 +262,7 @@ def test_timeout_kills_the_whole_process_group(standin, root, tmp_path):
     b = backend(standin, tmp_path / "state", timeout_s=1)
     started = time.monotonic()
     with pytest.raises(BackendError) as err:
-        b.apply(model(root))
+        b.apply(model(root), kernel(root))
     assert time.monotonic() - started < 10
     assert str(err.value) == "kexec -p did not finish within 1 s; killed its process group"
     assert err.value.retry_after == 1.0
@@ -286,7 +287,7 @@ def failing_applies(b: KexecBackend, root: Path, count: int) -> list[BackendErro
     errors = []
     for _ in range(count):
         with pytest.raises(BackendError) as err:
-            b.apply(model(root))
+            b.apply(model(root), kernel(root))
         errors.append(err.value)
     return errors
 
@@ -299,10 +300,10 @@ def test_ebusy_backs_off_doubling_and_a_success_resets_it(standin, root, tmp_pat
     with caplog.at_level(logging.INFO, logger="crashhpd"):
         errors = failing_applies(b, root, 3)
         assert all("another loader holds the kexec lock (Device or resource busy)" in str(e) for e in errors)
-        b.apply(model(root))
+        b.apply(model(root), kernel(root))
         hot_add(root, 1)
         with pytest.raises(BackendError) as err:
-            b.apply(model(root))
+            b.apply(model(root), kernel(root))
     assert [e.retry_after for e in errors] == [1.0, 2.0, 4.0]
     assert err.value.retry_after == 1.0
     assert [kind_of(r) for r in caplog.records].count("retry") == 3
@@ -321,7 +322,7 @@ def test_a_failed_load_that_freed_the_old_image_retries_at_once_then_backs_off(s
     freed = {"exit": 1, "stderr": "kexec_load failed: Cannot allocate memory\n", "kernel": "freed"}
     standin.script({}, freed, freed, freed, {})
     b = backend(standin, tmp_path / "state")
-    b.apply(model(root))
+    b.apply(model(root), kernel(root))
     hot_add(root, 1)
     with caplog.at_level(logging.ERROR, logger="crashhpd"):
         errors = failing_applies(b, root, 3)
@@ -329,17 +330,17 @@ def test_a_failed_load_that_freed_the_old_image_retries_at_once_then_backs_off(s
     assert str(errors[-1]).startswith("NO CRASH KERNEL LOADED: kexec -p failed with exit status 1: ")
     loud = [r for r in caplog.records if kind_of(r) == "no-crash-kernel"]
     assert len(loud) == 3 and all(r.levelno == logging.ERROR for r in loud)
-    assert b.loaded() is None  # nothing is loaded, whatever crashhpd loaded before
-    health = b.health()
+    assert b.loaded(kernel(root)) is None  # nothing is loaded, whatever crashhpd loaded before
+    health = b.health(kernel(root))
     assert not health.ok and health.detail.startswith("NO CRASH KERNEL LOADED")
     assert health.extra["crash_loaded"] == 0
     newest = model(root)
-    b.apply(newest)
-    assert b.loaded() == newest and b.health().ok
+    b.apply(newest, kernel(root))
+    assert b.loaded(kernel(root)) == newest and b.health(kernel(root)).ok
     standin.script(*[{}] * 5, freed)
     hot_add(root, 3)
     with pytest.raises(BackendError) as err:
-        b.apply(model(root))
+        b.apply(model(root), kernel(root))
     assert err.value.retry_after == 0.0  # a success reset both the immediate retry and the backoff
 
 
@@ -354,12 +355,12 @@ def test_the_last_allowed_crash_load_is_never_spent(standin, root, tmp_path, lim
     write(root, "proc/sys/kernel/kexec_load_limit_panic", limit)
     b = backend(standin, tmp_path / "state")
     with caplog.at_level(logging.ERROR, logger="crashhpd"), pytest.raises(BackendError) as err:
-        b.apply(model(root))
+        b.apply(model(root), kernel(root))
     assert err.value.retry_after is None
     assert f"kexec_load_limit_panic reads {limit.strip()}" in str(err.value)
     assert standin.loads() == []
     assert [kind_of(r) for r in caplog.records] == ["load-limit"]
-    health = b.health()
+    health = b.health(kernel(root))
     assert not health.ok and "kexec_load_limit_panic reads" in health.detail
     assert health.extra["load_limit"] == int(limit)
 
@@ -368,15 +369,15 @@ def test_the_last_allowed_crash_load_is_never_spent(standin, root, tmp_path, lim
 def test_loads_go_ahead_while_the_limit_allows_more_than_one(standin, root, tmp_path, limit):
     # stand-in: a real load needs a kernel with kexec_load
     write(root, "proc/sys/kernel/kexec_load_limit_panic", limit)
-    backend(standin, tmp_path / "state").apply(model(root))
+    backend(standin, tmp_path / "state").apply(model(root), kernel(root))
     assert len(standin.loads()) == 1
 
 
 def test_a_missing_kexec_is_one_clear_line(root, tmp_path):
-    b = KexecBackend(KexecConfig(binary="kexec-not-installed"), str(root), str(tmp_path / "state"))
+    b = KexecBackend(KexecConfig(binary="kexec-not-installed"), str(root), str(tmp_path / "state"), kernel(root))
     with pytest.raises(BackendError, match=r"^kexec-not-installed not found on PATH; install kexec-tools"):
-        b.apply(model(root))
-    assert not b.health().ok
+        b.apply(model(root), kernel(root))
+    assert not b.health(kernel(root)).ok
 
 
 # --- dry run ----------------------------------------------------------------------------------------
@@ -388,7 +389,7 @@ def test_dry_run_runs_no_load_and_changes_nothing(standin, root, tmp_path, caplo
     b = backend(standin, state_dir, dry_run=True)
     header = model(root)
     with caplog.at_level(logging.WARNING, logger="crashhpd"):
-        applied = b.apply(header)
+        applied = b.apply(header, kernel(root))
     assert standin.loads() == []
     assert [c["argv"] for c in standin.calls()] == [["--version"]]  # asking the version changes nothing
     assert (root / "sys/kernel/kexec_crash_loaded").read_text() == "1\n"
@@ -396,7 +397,7 @@ def test_dry_run_runs_no_load_and_changes_nothing(standin, root, tmp_path, caplo
     (record,) = [r for r in caplog.records if kind_of(r) == "kexec-load"]
     assert record.levelno == logging.WARNING
     assert record.getMessage() == "dry run: would run " + shlex.join(expected_argv(standin))
-    assert applied.generation == 1 and b.loaded() == header  # so an identical burst is a no-op
+    assert applied.generation == 1 and b.loaded(kernel(root)) == header  # so an identical burst is a no-op
 
 
 # --- what costs nothing -----------------------------------------------------------------------------
@@ -407,15 +408,15 @@ def test_online_offline_bursts_leave_the_kexec_tools_model_unchanged(standin, ro
     b = backend(standin, tmp_path / "state")
     before = model(root)
     kernel_before = build(plan(read_snapshot(str(root)), preset("kernel")))
-    b.apply(before)
+    b.apply(before, kernel(root))
     write(root, "sys/devices/system/cpu/online", "0,2\n")  # CPUs 1 and 3 offline, still present
     write(root, "sys/devices/system/memory/memory2/state", "offline\n")  # the block stays in /proc/iomem
     write(root, "sys/devices/system/memory/memory3/state", "offline\n")
     after = model(root)
-    assert after == before == b.loaded()  # the daemon calls apply only when these differ: no reload
+    assert after == before == b.loaded(kernel(root))  # the daemon calls apply only when these differ: no reload
     assert build(plan(read_snapshot(str(root)), preset("kernel"))) != kernel_before  # the kernel's layout moves
     hot_add(root, 1)
-    assert model(root) != b.loaded()  # a hot-add does change what kexec-tools builds
+    assert model(root) != b.loaded(kernel(root))  # a hot-add does change what kexec-tools builds
     assert len(standin.loads()) == 1
 
 
@@ -426,12 +427,12 @@ def test_a_restart_does_not_reload_needlessly(standin, root, tmp_path):
     # stand-in: a real load needs a kernel with kexec_load
     state_dir = tmp_path / "state"
     header = model(root)
-    backend(standin, state_dir).apply(header)
+    backend(standin, state_dir).apply(header, kernel(root))
     again = backend(standin, state_dir)
-    assert again.loaded() == header
+    assert again.loaded(kernel(root)) == header
     assert again.state().generation == 1
     hot_add(root, 3)
-    assert again.apply(model(root)).generation == 2
+    assert again.apply(model(root), kernel(root)).generation == 2
     assert json.loads((state_dir / STATE_FILE).read_text())["generation"] == 2
 
 
@@ -439,28 +440,28 @@ def test_state_from_another_boot_or_with_nothing_loaded_means_reload(standin, ro
     # stand-in: a real load needs a kernel with kexec_load
     state_dir = tmp_path / "state"
     header = model(root)
-    backend(standin, state_dir).apply(header)
+    backend(standin, state_dir).apply(header, kernel(root))
     write(root, "sys/kernel/kexec_crash_loaded", "0\n")
-    assert backend(standin, state_dir).loaded() is None
+    assert backend(standin, state_dir).loaded(kernel(root)) is None
     write(root, "sys/kernel/kexec_crash_loaded", "1\n")
     write(root, "proc/sys/kernel/random/boot_id", "00000000-0000-0000-0000-000000000000\n")
     rebooted = backend(standin, state_dir)
-    assert rebooted.loaded() is None
-    assert rebooted.apply(header).generation == 2  # generations keep counting across boots
+    assert rebooted.loaded(kernel(root)) is None
+    assert rebooted.apply(header, kernel(root)).generation == 2  # generations keep counting across boots
 
 
 def test_a_damaged_state_file_costs_one_reload_not_a_crash(standin, root, tmp_path):
     state_dir = tmp_path / "state"
-    backend(standin, state_dir).apply(model(root))
+    backend(standin, state_dir).apply(model(root), kernel(root))
     (state_dir / STATE_FILE).write_text("{not json")
-    assert backend(standin, state_dir).loaded() is None
+    assert backend(standin, state_dir).loaded(kernel(root)) is None
 
 
 def test_health_reports_every_documented_key(standin, root, tmp_path):
     # stand-in: a real load needs a kernel with kexec_load
     b = backend(standin, tmp_path / "state")
-    b.apply(model(root))
-    health = b.health()
+    b.apply(model(root), kernel(root))
+    health = b.health(kernel(root))
     assert health.ok and health.detail == "crash kernel loaded by crashhpd, generation 1"
     extra = health.extra
     assert extra["binary"] == str(standin.path) and extra["version"] == "2.0.25"
@@ -481,10 +482,10 @@ def test_storm_during_failing_reloads_ends_in_one_load_of_the_newest_header(stan
     for blocks in range(1, 6):  # each burst hot-adds one more block; the daemon retries with the newest header
         hot_add(root, blocks)
         header = model(root)
-        if b.loaded() == header:
+        if b.loaded(kernel(root)) == header:
             continue
         try:
-            b.apply(header)
+            b.apply(header, kernel(root))
         except BackendError as err:
             retries.append(err.retry_after)
     assert retries == [1.0, 2.0, 0.0, 4.0]
@@ -492,8 +493,8 @@ def test_storm_during_failing_reloads_ends_in_one_load_of_the_newest_header(stan
     assert len(standin.loads()) == 5 and len(successes) == 1
     final_iomem = (root / "proc/iomem").read_bytes()
     assert successes[0]["iomem_sha256"] == hashlib.sha256(final_iomem).hexdigest()  # it saw the newest state
-    assert b.loaded() == model(root)
-    assert b.state().generation == 1 and b.health().ok
+    assert b.loaded(kernel(root)) == model(root)
+    assert b.state().generation == 1 and b.health(kernel(root)).ok
 
 
 # --- the real kexec-tools --------------------------------------------------------------------------
@@ -509,7 +510,7 @@ def test_real_kexec_version_is_parsed(root, tmp_path):
     if package.returncode != 0:
         pytest.skip("kexec-tools is not a Debian package here")
     upstream = package.stdout.split(":")[-1].split("-")[0]  # 1:2.0.25-3+b1 -> 2.0.25
-    health = KexecBackend(KexecConfig(), str(root), str(tmp_path / "state")).health()
+    health = KexecBackend(KexecConfig(), str(root), str(tmp_path / "state"), kernel(root)).health(kernel(root))
     assert health.extra["binary"] == REAL_KEXEC
     assert health.extra["version"] == upstream
 
@@ -518,16 +519,16 @@ def test_real_kexec_version_is_parsed(root, tmp_path):
 def test_real_kexec_failure_is_one_clear_backend_error(root, tmp_path):
     if os.path.exists("/sys/kernel/kexec_crash_loaded"):
         pytest.skip("this kernel has kexec: the real load could succeed and replace the host's crash kernel")
-    kernel = write(tmp_path, "vmlinuz", "not a kernel")
+    image = write(tmp_path, "vmlinuz", "not a kernel")
     initrd = write(tmp_path, "initrd.img", "not an initrd")
-    direct = subprocess.run([REAL_KEXEC, "-p", f"--initrd={initrd}", "--command-line=quiet", str(kernel)],
+    direct = subprocess.run([REAL_KEXEC, "-p", f"--initrd={initrd}", "--command-line=quiet", str(image)],
                             capture_output=True, text=True)
     assert direct.returncode != 0
     last_line = direct.stderr.strip().splitlines()[-1]
-    b = KexecBackend(KexecConfig(kernel=str(kernel), initrd=str(initrd), cmdline="quiet"), str(root),
-                     str(tmp_path / "state"))
+    b = KexecBackend(KexecConfig(kernel=str(image), initrd=str(initrd), cmdline="quiet"), str(root),
+                     str(tmp_path / "state"), kernel(root))
     with pytest.raises(BackendError) as err:
-        b.apply(model(root))
+        b.apply(model(root), kernel(root))
     message = str(err.value)
     assert message.startswith(f"kexec -p failed with exit status {direct.returncode}: ")
     assert message.endswith(last_line)

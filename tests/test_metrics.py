@@ -11,8 +11,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from test_control import ask, env, iomem, result, segment_header, set_iomem  # noqa: F401
 
-from crashhpd.control.protocol import StatusResult
 from crashhpd.service.metrics import ERROR_KINDS, TEXTFILE, families, write_atomically
+from crashhpd.service.status import Status
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -145,7 +145,7 @@ def test_write_atomically_leaves_nothing_when_it_fails(tmp_path):
 # --- families: pure ------------------------------------------------------------------------------------
 
 
-def status(**changes: object) -> StatusResult:
+def status(**changes: object) -> Status:
     base = dict(version="0.1.0", pid=1, started_at=1000.0, uptime_s=5.0, backend="sandbox", backend_ok=True,
                 backend_detail="ok", layout="kernel", generation=3, in_sync=True, events_received=10,
                 events_coalesced=7, updates=3, applies=2, skipped_noop=1, rescans=1, errors={"apply-failed": 2},
@@ -153,18 +153,18 @@ def status(**changes: object) -> StatusResult:
                 capacity_bytes=1000, header_bytes=250, fill_ratio=0.25, crash_hotplug_cpu=None,
                 crash_hotplug_memory=None, last_apply_at=1003.0, last_apply_reason="events", last_changes=[],
                 last_update_duration_s=0.001, last_error=None, last_error_at=None)
-    return StatusResult.model_validate({**base, **changes})
+    return Status(**{**base, **changes})
 
 
 class _Fixed:
-    def __init__(self, s: StatusResult, now: float) -> None:
+    def __init__(self, s: Status, now: float) -> None:
         self.s, self.now = s, now
 
     def collect(self):
         return families(self.s, self.now)
 
 
-def exposition(s: StatusResult, now: float) -> str:
+def exposition(s: Status, now: float) -> str:
     """The families through prometheus_client's own writer, as a scrape would see them."""
     registry = CollectorRegistry()
     registry.register(_Fixed(s, now))

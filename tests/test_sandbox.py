@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faketree import make_tree
+from faketree import NO_KEXEC, make_tree
 
 from crashhpd.backends.base import Applied
 from crashhpd.backends.sandbox import SEGMENT, STATE, TMP_PREFIX, SandboxBackend
@@ -103,11 +103,11 @@ def test_nothing_is_loaded_before_the_first_apply(tmp_path: Path, strict_umask: 
     backend = SandboxBackend(str(state_dir), CPUS)
     assert stat.S_IMODE(state_dir.stat().st_mode) == 0o755
     assert os.listdir(state_dir) == []
-    assert backend.loaded() is None
+    assert backend.loaded(NO_KEXEC) is None
     assert backend.state() is None
-    assert backend.capacity() == CAPACITY == 64 + 56 * (2 + 64 + 8192)
+    assert backend.capacity(NO_KEXEC) == CAPACITY == 64 + 56 * (2 + 64 + 8192)
     assert (backend.name, backend.layout) == ("sandbox", "kernel")
-    health = backend.health()
+    health = backend.health(NO_KEXEC)
     assert health.ok
     assert str(CAPACITY) in health.detail
     assert health.extra["generation"] == 0 and health.extra["sha256"] is None
@@ -117,7 +117,7 @@ def test_load_writes_a_full_zero_padded_segment_and_its_state(tmp_path: Path, sm
                                                               strict_umask: None) -> None:
     backend = SandboxBackend(str(tmp_path), CPUS)
     before = time.time()
-    applied = backend.apply(small)
+    applied = backend.apply(small, NO_KEXEC)
     after = time.time()
 
     segment = (tmp_path / SEGMENT).read_bytes()
@@ -131,7 +131,7 @@ def test_load_writes_a_full_zero_padded_segment_and_its_state(tmp_path: Path, sm
     assert before <= state["applied_at"] <= after
     assert applied == Applied(1, sha(small), len(small), CAPACITY, state["applied_at"])
     assert backend.state() == applied
-    assert backend.loaded() == small
+    assert backend.loaded(NO_KEXEC) == small
     for name in (SEGMENT, STATE):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
     assert temporaries(tmp_path) == []
@@ -140,15 +140,15 @@ def test_load_writes_a_full_zero_padded_segment_and_its_state(tmp_path: Path, sm
 def test_apply_replaces_the_header_and_a_restart_continues_the_generations(tmp_path: Path, small: bytes,
                                                                            large: bytes) -> None:
     backend = SandboxBackend(str(tmp_path), CPUS)
-    backend.apply(small)
-    second = backend.apply(large)
+    backend.apply(small, NO_KEXEC)
+    second = backend.apply(large, NO_KEXEC)
     assert second.generation == 2
     assert (tmp_path / SEGMENT).read_bytes() == padded(large)
 
     restarted = SandboxBackend(str(tmp_path), CPUS)
     assert restarted.state() == second
-    assert restarted.loaded() == large
-    third = restarted.apply(small)
+    assert restarted.loaded(NO_KEXEC) == large
+    third = restarted.apply(small, NO_KEXEC)
     assert third.generation == 3
     assert (tmp_path / SEGMENT).read_bytes() == padded(small)
     assert json.loads((tmp_path / STATE).read_text())["generation"] == 3
@@ -157,18 +157,18 @@ def test_apply_replaces_the_header_and_a_restart_continues_the_generations(tmp_p
 
 def test_health_reports_the_segment_usage(tmp_path: Path, small: bytes) -> None:
     backend = SandboxBackend(str(tmp_path), CPUS)
-    backend.apply(small)
-    health = backend.health()
+    backend.apply(small, NO_KEXEC)
+    health = backend.health(NO_KEXEC)
     assert health.ok
     assert health.detail == f"segment {CAPACITY} bytes, 4096 used (0.9%)"
     assert health.extra == {"generation": 1, "sha256": sha(small), "capacity_bytes": CAPACITY,
                             "header_bytes": 4096, "path": str(tmp_path / SEGMENT)}
     (tmp_path / SEGMENT).unlink()
-    assert not backend.health().ok
+    assert not backend.health(NO_KEXEC).ok
 
 
 def test_stale_temporaries_of_this_backend_are_removed_on_start(tmp_path: Path, small: bytes) -> None:
-    SandboxBackend(str(tmp_path), CPUS).apply(small)
+    SandboxBackend(str(tmp_path), CPUS).apply(small, NO_KEXEC)
     (tmp_path / f"{TMP_PREFIX}{SEGMENT}-deadbeef").write_bytes(b"half a segm")
     (tmp_path / f"{TMP_PREFIX}{STATE}-deadbeef").write_bytes(b"{")
     (tmp_path / "kexec-state.json.tmp").write_bytes(b"another backend's")
@@ -182,26 +182,26 @@ def test_stale_temporaries_of_this_backend_are_removed_on_start(tmp_path: Path, 
 def test_a_header_larger_than_the_segment_is_refused_and_the_old_one_stays(tmp_path: Path, small: bytes,
                                                                            large: bytes) -> None:
     backend = SandboxBackend(str(tmp_path), SMALL_CPUS, SMALL_RANGES)
-    applied = backend.apply(small)
+    applied = backend.apply(small, NO_KEXEC)
     before = snapshot_files(tmp_path)
     with pytest.raises(BackendError) as err:
-        backend.apply(large)
+        backend.apply(large, NO_KEXEC)
     assert f"{len(large)} bytes" in str(err.value) and f"{SMALL}-byte" in str(err.value)
     assert err.value.retry_after is None
     assert snapshot_files(tmp_path) == before
     assert len(before[SEGMENT]) == SMALL
     assert backend.state() == applied
-    assert backend.loaded() == small
+    assert backend.loaded(NO_KEXEC) == small
 
 
 def test_a_capacity_change_reloads_with_a_segment_of_the_new_size(tmp_path: Path, small: bytes,
                                                                   large: bytes) -> None:
-    SandboxBackend(str(tmp_path), SMALL_CPUS, SMALL_RANGES).apply(small)
+    SandboxBackend(str(tmp_path), SMALL_CPUS, SMALL_RANGES).apply(small, NO_KEXEC)
     bigger = SandboxBackend(str(tmp_path), CPUS)
-    assert bigger.capacity() == CAPACITY
+    assert bigger.capacity(NO_KEXEC) == CAPACITY
     assert state_of(bigger).capacity == SMALL
-    assert f"reloads it with {CAPACITY} bytes" in bigger.health().detail
-    applied = bigger.apply(large)
+    assert f"reloads it with {CAPACITY} bytes" in bigger.health(NO_KEXEC).detail
+    applied = bigger.apply(large, NO_KEXEC)
     assert (applied.generation, applied.capacity) == (2, CAPACITY)
     assert (tmp_path / SEGMENT).read_bytes() == padded(large)
 
@@ -213,37 +213,37 @@ def test_state_one_generation_behind_the_segment_is_rebuilt_from_it(tmp_path: Pa
                                                                     large: bytes) -> None:
     """The files as a SIGKILL between the segment's rename and state.json's leaves them."""
     backend = SandboxBackend(str(tmp_path), CPUS)
-    backend.apply(small)
+    backend.apply(small, NO_KEXEC)
     behind = (tmp_path / STATE).read_bytes()
-    backend.apply(large)
+    backend.apply(large, NO_KEXEC)
     (tmp_path / STATE).write_bytes(behind)
 
     repaired = SandboxBackend(str(tmp_path), CPUS)
-    assert repaired.loaded() == large
+    assert repaired.loaded(NO_KEXEC) == large
     state = state_of(repaired)
     assert (state.generation, state.sha256, state.header_size, state.capacity) == (2, sha(large), len(large),
                                                                                    CAPACITY)
     assert state.applied_at == (tmp_path / SEGMENT).stat().st_mtime
     assert json.loads((tmp_path / STATE).read_text())["sha256"] == sha(large)
-    assert repaired.apply(small).generation == 3
+    assert repaired.apply(small, NO_KEXEC).generation == 3
 
 
 def test_a_segment_without_state_is_the_first_generation(tmp_path: Path, small: bytes) -> None:
     """A crash between the two renames of the very first apply."""
-    SandboxBackend(str(tmp_path), CPUS).apply(small)
+    SandboxBackend(str(tmp_path), CPUS).apply(small, NO_KEXEC)
     (tmp_path / STATE).unlink()
     backend = SandboxBackend(str(tmp_path), CPUS)
-    assert backend.loaded() == small
+    assert backend.loaded(NO_KEXEC) == small
     assert state_of(backend).generation == 1
     assert json.loads((tmp_path / STATE).read_text())["generation"] == 1
 
 
 def test_a_removed_segment_is_not_loaded_and_the_generations_go_on(tmp_path: Path, small: bytes) -> None:
-    SandboxBackend(str(tmp_path), CPUS).apply(small)
+    SandboxBackend(str(tmp_path), CPUS).apply(small, NO_KEXEC)
     (tmp_path / SEGMENT).unlink()
     backend = SandboxBackend(str(tmp_path), CPUS)
-    assert backend.loaded() is None and backend.state() is None
-    assert backend.apply(small).generation == 2
+    assert backend.loaded(NO_KEXEC) is None and backend.state() is None
+    assert backend.apply(small, NO_KEXEC).generation == 2
 
 
 @pytest.mark.parametrize("garbage", [b"not an ELF header", b"\x7fELF" + bytes(60) + b"junk after the header"])
@@ -254,7 +254,7 @@ def test_a_segment_that_is_not_one_header_is_refused(tmp_path: Path, garbage: by
 
 
 def test_an_unreadable_state_is_refused_with_its_path(tmp_path: Path, small: bytes) -> None:
-    SandboxBackend(str(tmp_path), CPUS).apply(small)
+    SandboxBackend(str(tmp_path), CPUS).apply(small, NO_KEXEC)
     (tmp_path / STATE).write_text('{"generation": "three"}')
     with pytest.raises(BackendError, match=f"{tmp_path / STATE}: unreadable"):
         SandboxBackend(str(tmp_path), CPUS)
@@ -278,7 +278,7 @@ def test_a_state_dir_swapped_for_a_symlink_after_start_is_refused(tmp_path: Path
     state_dir.rmdir()
     state_dir.symlink_to(tmp_path / "elsewhere")
     with pytest.raises(BackendError, match="state is a symlink"):
-        backend.apply(small)
+        backend.apply(small, NO_KEXEC)
     assert os.listdir(tmp_path / "elsewhere") == []
 
 
@@ -301,14 +301,14 @@ def test_a_symlink_planted_after_start_is_refused_at_apply(tmp_path: Path, small
     outside.write_bytes(b"precious")
     state_dir = tmp_path / "state"
     backend = SandboxBackend(str(state_dir), CPUS)
-    backend.apply(small)
+    backend.apply(small, NO_KEXEC)
     (state_dir / name).unlink()
     (state_dir / name).symlink_to(outside)
     with pytest.raises(BackendError, match=f"{name} is a symlink"):
-        backend.apply(large)
+        backend.apply(large, NO_KEXEC)
     assert outside.read_bytes() == b"precious"
     assert temporaries(state_dir) == []
-    assert backend.loaded() == small
+    assert backend.loaded(NO_KEXEC) == small
 
 
 def test_a_directory_in_place_of_the_segment_is_refused(tmp_path: Path) -> None:
@@ -349,20 +349,20 @@ def test_a_full_disk_is_an_error_and_the_old_header_stays(tiny_fs: Path, small: 
                                                           room: str) -> None:
     state_dir = tiny_fs / "state"
     backend = SandboxBackend(str(state_dir), CPUS)
-    applied = backend.apply(small)
+    applied = backend.apply(small, NO_KEXEC)
     before = snapshot_files(state_dir)
     # "segment-only": the new segment fits, its state.json does not
     fill(tiny_fs, 0 if room == "none" else os.stat(state_dir / SEGMENT).st_blocks * 512)
 
     with pytest.raises(BackendError, match="No space left on device"):
-        backend.apply(large)
+        backend.apply(large, NO_KEXEC)
     assert snapshot_files(state_dir) == before
     assert temporaries(state_dir) == []
     assert backend.state() == applied
-    assert backend.loaded() == small
+    assert backend.loaded(NO_KEXEC) == small
 
     (tiny_fs / "filler").unlink()
-    assert backend.apply(large).generation == 2
+    assert backend.apply(large, NO_KEXEC).generation == 2
     assert (state_dir / SEGMENT).read_bytes() == padded(large)
 
 
@@ -379,7 +379,7 @@ def fork_writer(state_dir: Path, headers: tuple[bytes, bytes], first: int, appli
         backend = SandboxBackend(str(state_dir), CPUS)
         k = first
         while applies is None or k < first + applies:
-            backend.apply(headers[k % 2])
+            backend.apply(headers[k % 2], NO_KEXEC)
             k += 1
         code = 0
     except Exception:
@@ -399,7 +399,7 @@ def which(segment: bytes, headers: tuple[bytes, bytes]) -> bytes:
 def test_sigkill_at_random_instants_never_leaves_a_torn_segment(tmp_path: Path, small: bytes,
                                                                 large: bytes) -> None:
     headers = (small, large)
-    SandboxBackend(str(tmp_path), CPUS).apply(small)
+    SandboxBackend(str(tmp_path), CPUS).apply(small, NO_KEXEC)
     rng = random.Random(20240611)
     generation = 1
     mid_apply = behind = 0
@@ -418,7 +418,7 @@ def test_sigkill_at_random_instants_never_leaves_a_torn_segment(tmp_path: Path, 
 
         fresh = SandboxBackend(str(tmp_path), CPUS)
         state = state_of(fresh)
-        assert fresh.loaded() == held
+        assert fresh.loaded(NO_KEXEC) == held
         assert (state.sha256, state.header_size, state.capacity) == (sha(held), len(held), CAPACITY)
         assert json.loads((tmp_path / STATE).read_text())["sha256"] == sha(held)
         assert temporaries(tmp_path) == []
@@ -431,7 +431,7 @@ def test_sigkill_at_random_instants_never_leaves_a_torn_segment(tmp_path: Path, 
 
 def test_a_concurrent_reader_never_sees_a_torn_segment(tmp_path: Path, small: bytes, large: bytes) -> None:
     headers = (small, large)
-    SandboxBackend(str(tmp_path), CPUS).apply(small)
+    SandboxBackend(str(tmp_path), CPUS).apply(small, NO_KEXEC)
     pid = fork_writer(tmp_path, headers, 1, 400)
     reads = 0
     seen: set[bytes] = set()

@@ -31,9 +31,10 @@ def test_only_iomem_present_gives_none_and_empty_everywhere_and_still_builds(tmp
     assert snap.crash_notes == {}
     assert snap.vmcoreinfo is None
     assert (snap.boot.kernel_text, snap.boot.kernel_end, snap.boot.direct_map_base) == (None, None, None)
-    assert (snap.kernel_max, snap.kexec_crash_loaded, snap.kexec_crash_size, snap.crash_elfcorehdr_size) == (None,) * 4
+    assert (snap.kernel_max, snap.kernel.crash_loaded, snap.kernel.crash_size, snap.kernel.elfcorehdr_size) == (None,) * 4
     assert snap.crash_cma == ()
-    assert (snap.crash_hotplug_cpu, snap.crash_hotplug_memory, snap.kernel_updates_header) == (None, None, False)
+    assert (snap.kernel.crash_hotplug_cpu, snap.kernel.crash_hotplug_memory, snap.kernel.updates_header) == \
+        (None, None, False)
     model = plan(snap, preset("kernel"))
     assert (model.cpu_notes, model.vmcoreinfo, model.image) == ((), None, None)
     assert model.ram == ((0x100000, 0x29FFFFFF), (0x34100000, 0xBFFDFFFF), (0x100000000, 0x43FFFFFFF))
@@ -166,8 +167,8 @@ def test_crash_hotplug_attributes(tmp_path, cpu, memory, updates):
     root = make_tree(tmp_path, IOMEM, extra={f"{CPU}/crash_hotplug": cpu + "\n",
                                            "sys/devices/system/memory/crash_hotplug": memory + "\n"})
     snap = read_snapshot(str(root))
-    assert (snap.crash_hotplug_cpu, snap.crash_hotplug_memory) == (int(cpu), int(memory))
-    assert snap.kernel_updates_header is updates
+    assert (snap.kernel.crash_hotplug_cpu, snap.kernel.crash_hotplug_memory) == (int(cpu), int(memory))
+    assert snap.kernel.updates_header is updates
 
 
 def test_kexec_attributes(tmp_path):
@@ -175,7 +176,7 @@ def test_kexec_attributes(tmp_path):
                                            "sys/kernel/kexec_crash_size": "268435456\n",
                                            "sys/kernel/crash_elfcorehdr_size": "917616\n"})
     snap = read_snapshot(str(root))
-    assert (snap.kexec_crash_loaded, snap.kexec_crash_size, snap.crash_elfcorehdr_size) == (1, 268435456, 917616)
+    assert (snap.kernel.crash_loaded, snap.kernel.crash_size, snap.kernel.elfcorehdr_size) == (1, 268435456, 917616)
     assert snap.kernel_max == 63
 
 

@@ -18,16 +18,16 @@ def max_cpus(config: Config, snapshot: Snapshot) -> int:
     return snapshot.kernel_max + 1 if snapshot.kernel_max is not None else DEFAULT_MAX_CPUS
 
 
-def resolve_name(config: Config) -> str:
+def resolve_name(config: Config, snapshot: Snapshot) -> str:
     if config.backend != "auto":
         return config.backend
     from .kernel import choose
 
-    return choose(config.root)
+    return choose(snapshot.kernel)
 
 
 def create(config: Config, snapshot: Snapshot) -> Backend:
-    name = resolve_name(config)
+    name = resolve_name(config, snapshot)
     if name == "sandbox":
         from .sandbox import SandboxBackend
 
@@ -35,7 +35,7 @@ def create(config: Config, snapshot: Snapshot) -> Backend:
     if name == "kexec":
         from .kexec import KexecBackend
 
-        return KexecBackend(config.kexec, config.root, config.sandbox.state_dir)
+        return KexecBackend(config.kexec, config.root, config.sandbox.state_dir, snapshot.kernel)
     from .kernel import KernelBackend
 
-    return KernelBackend(config.root)
+    return KernelBackend()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..elfcorehdr.layout import LayoutName
+from ..sysview.kernel_state import KernelState
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +34,12 @@ class Health:
 
 
 class Backend(Protocol):
+    """`kernel` is the kexec state of the snapshot the daemon decides on: backends never read it themselves."""
+
     name: str
     layout: LayoutName  # the layout this backend's loader produces; the daemon builds in it
 
-    def loaded(self) -> bytes | None:
+    def loaded(self, kernel: KernelState) -> bytes | None:
         """The header bytes in force now (without segment padding), or None if nothing is loaded."""
         ...
 
@@ -44,13 +47,14 @@ class Backend(Protocol):
         """Generation, hash and time of what is applied, or None before the first apply."""
         ...
 
-    def capacity(self) -> int | None:
+    def capacity(self, kernel: KernelState) -> int | None:
         """Bytes the loaded segment can hold, or None where the backend has no fixed segment."""
         ...
 
-    def apply(self, header: bytes) -> Applied:
+    def apply(self, header: bytes, kernel: KernelState) -> Applied:
         """Put this header in force; raise BackendError and keep the old one on any failure."""
         ...
 
-    def health(self) -> Health:
+    def health(self, kernel: KernelState) -> Health:
+        """A pure verdict on the backend and that state: status may ask as often as it likes."""
         ...

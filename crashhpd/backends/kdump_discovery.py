@@ -1,4 +1,4 @@
-"""Which crash kernel to load, and how the kernel's kexec state looks, found the way the distributions find it.
+"""Which crash kernel to load, found the way the distributions find it.
 
 A reload must load the same crash kernel, initrd and command line that the
 distribution's own loader would (Debian's kdump-config, Fedora's kdumpctl):
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ..errors import BackendError, CrashhpdError, ParseError
-from ..sysview.snapshot import read_int, read_text, under
+from ..sysview.files import read_text, under
 
 DEBIAN_DEFAULTS = "etc/default/kdump-tools"
 FEDORA_SYSCONFIG = "etc/sysconfig/kdump"
@@ -33,12 +33,6 @@ FEDORA_REMOVED = frozenset({
     "netroot", "rd.iscsi.initiator", "iscsi_initiator",
 })
 
-CRASH_LOADED = "sys/kernel/kexec_crash_loaded"
-CRASH_HOTPLUG = ("sys/devices/system/cpu/crash_hotplug", "sys/devices/system/memory/crash_hotplug")
-ELFCOREHDR_SIZE = "sys/kernel/crash_elfcorehdr_size"
-LOAD_LIMIT = "proc/sys/kernel/kexec_load_limit_panic"
-LOCKDOWN = "sys/kernel/security/lockdown"
-BOOT_ID = "proc/sys/kernel/random/boot_id"
 OSRELEASE = "proc/sys/kernel/osrelease"
 CMDLINE = "proc/cmdline"
 CPUINFO = "proc/cpuinfo"
@@ -132,11 +126,6 @@ def parse_kexec_version(text: str) -> tuple[int, int, int] | None:
     return (int(match[1]), int(match[2]), int(match[3])) if match else None
 
 
-def lockdown_forbids_kexec_load(text: str | None) -> bool:
-    """Lockdown (e.g. under Secure Boot) refuses kexec_load; only kexec_file_load (-s) still works."""
-    return text is not None and ("[integrity]" in text or "[confidentiality]" in text)
-
-
 def debian_recipe(settings: Mapping[str, str], source: str) -> Recipe:
     """kdump-config: KDUMP_KERNEL/KDUMP_INITRD, KDUMP_CMDLINE replaces /proc/cmdline untouched."""
     override = settings.get("KDUMP_CMDLINE") or None
@@ -174,16 +163,6 @@ def fedora_recipe(settings: Mapping[str, str], source: str, release: str, apicid
 
 
 # --- I/O at the edge ------------------------------------------------------------------------
-
-
-def crash_hotplug(root: str) -> tuple[int | None, int | None]:
-    """The cpu and memory crash_hotplug attributes: 1 when the kernel rewrites the loaded header itself."""
-    cpu, memory = (read_int(root, rel) for rel in CRASH_HOTPLUG)
-    return cpu, memory
-
-
-def kernel_updates_header(root: str) -> bool:
-    return 1 in crash_hotplug(root)
 
 
 def release(root: str) -> str:

@@ -16,19 +16,18 @@ import time
 from .. import log
 from ..elfcorehdr.layout import LayoutName
 from ..elfcorehdr.pack import EHDR_SIZE, align_up
-from ..errors import BackendError, CrashhpdError
-from ..sysview.snapshot import read_int
+from ..errors import BackendError
+from ..sysview.kernel_state import CRASH_LOADED, KernelState
 from .base import Applied, Health
-from .kdump_discovery import CRASH_LOADED, ELFCOREHDR_SIZE, crash_hotplug, kernel_updates_header
 
 logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 4096  # kexec segments are page-aligned; the kernel's header buffer is too
 
 
-def choose(root: str) -> str:
+def choose(kernel: KernelState) -> str:
     """The backend for `backend = "auto"`: leave the kernel alone whenever it keeps the header itself."""
-    return "kernel" if kernel_updates_header(root) else "kexec"
+    return "kernel" if kernel.updates_header else "kexec"
 
 
 def _state_text(value: int | None) -> str:
@@ -39,32 +38,29 @@ class KernelBackend:
     name = "kernel"
     layout: LayoutName = "kernel"
 
-    def __init__(self, root: str) -> None:
-        self._root = root
+    def __init__(self) -> None:
         self._expected: bytes | None = None
         self._state: Applied | None = None
-        self._last_ok: bool | None = None
 
-    def loaded(self) -> bytes | None:
+    def loaded(self, kernel: KernelState) -> bytes | None:
         """What the kernel should hold after the last burst; None before the first reconcile."""
         return self._expected
 
     def state(self) -> Applied | None:
         return self._state
 
-    def capacity(self) -> int | None:
+    def capacity(self, kernel: KernelState) -> int | None:
         """The kernel's segment (Ehdr + the phdr bytes it publishes), or None on kernels that do not say."""
-        phdr_bytes = read_int(self._root, ELFCOREHDR_SIZE)
-        return None if phdr_bytes is None else EHDR_SIZE + phdr_bytes
+        return None if kernel.elfcorehdr_size is None else EHDR_SIZE + kernel.elfcorehdr_size
 
-    def apply(self, header: bytes) -> Applied:
+    def apply(self, header: bytes, kernel: KernelState) -> Applied:
         """Record the header the kernel built on the event; nothing is written anywhere.
 
         A header larger than the segment is the one case the kernel refuses
         ("elfsz > memsz") and keeps the old header, so it is reported instead
         of recorded.
         """
-        capacity = self.capacity()
+        capacity = self.capacity(kernel)
         if capacity is not None and len(header) > align_up(capacity, PAGE_SIZE):
             raise BackendError(
                 f"the header needs {len(header)} bytes but the kernel's elfcorehdr segment holds {capacity}: "
@@ -76,38 +72,21 @@ class KernelBackend:
                      extra=log.fields("passive", generation=generation, backend=self.name))
         return self._state
 
-    def health(self) -> Health:
-        """Re-read the kernel's attributes now; a 0 is reported, never acted on (see `_problem`)."""
-        try:
-            cpu, memory = crash_hotplug(self._root)
-            loaded = read_int(self._root, CRASH_LOADED)
-        except CrashhpdError as err:
-            return Health(False, str(err), {})
-        problem = _problem(cpu, memory, loaded)
-        self._report_change(problem)
+    def health(self, kernel: KernelState) -> Health:
+        """A 0 is reported, never acted on (see `_problem`)."""
+        cpu, memory = kernel.crash_hotplug_cpu, kernel.crash_hotplug_memory
+        problem = _problem(cpu, memory, kernel.crash_loaded)
         extra: dict[str, object] = {
             "crash_hotplug_cpu": cpu,
             "crash_hotplug_memory": memory,
-            "crash_loaded": loaded,
-            "capacity_bytes": self.capacity(),
+            "crash_loaded": kernel.crash_loaded,
+            "capacity_bytes": self.capacity(kernel),
             "generation": self._state.generation if self._state else None,
         }
         if problem is not None:
             return Health(False, problem, extra)
         return Health(True, f"the kernel updates the header on hotplug (crash_hotplug cpu={_state_text(cpu)} "
                             f"memory={_state_text(memory)})", extra)
-
-    def _report_change(self, problem: str | None) -> None:
-        """Log when the kernel stops (or resumes) keeping the header, once per change, not on every poll."""
-        ok = problem is None
-        if ok == self._last_ok:
-            return
-        if problem is not None:
-            logger.warning("%s", problem, extra=log.fields("passive", backend=self.name))
-        elif self._last_ok is not None:
-            logger.info("the kernel updates the header on hotplug again",
-                        extra=log.fields("passive", backend=self.name))
-        self._last_ok = ok
 
 
 def _problem(cpu: int | None, memory: int | None, loaded: int | None) -> str | None:
@@ -118,7 +97,7 @@ def _problem(cpu: int | None, memory: int | None, loaded: int | None) -> str | N
     and an admin (or the next start's `auto`) decides.
     """
     if loaded == 0:
-        return "NO CRASH KERNEL LOADED (/sys/kernel/kexec_crash_loaded reads 0)"
+        return f"NO CRASH KERNEL LOADED (/{CRASH_LOADED} reads 0)"
     if 1 not in (cpu, memory):
         return (f"the kernel no longer updates the header (crash_hotplug cpu={_state_text(cpu)} "
                 f"memory={_state_text(memory)}); it reads 0 briefly while a load holds the kexec lock, "

@@ -38,21 +38,11 @@ from typing import NoReturn
 from .. import log
 from ..config import KexecConfig
 from ..elfcorehdr.layout import LayoutName
-from ..errors import BackendError, CrashhpdError
-from ..sysview.snapshot import read_int, read_text, under
+from ..errors import BackendError
+from ..sysview.files import under
+from ..sysview.kernel_state import CRASH_LOADED, LOAD_LIMIT, KernelState, read_kernel_state
 from .base import Applied, Health
-from .kdump_discovery import (
-    BOOT_ID,
-    CRASH_LOADED,
-    ELFCOREHDR_SIZE,
-    LOAD_LIMIT,
-    LOCKDOWN,
-    CrashKernel,
-    discover,
-    kernel_updates_header,
-    lockdown_forbids_kexec_load,
-    parse_kexec_version,
-)
+from .kdump_discovery import CrashKernel, discover, parse_kexec_version
 
 logger = logging.getLogger(__name__)
 
@@ -280,11 +270,12 @@ class KexecBackend:
     name = "kexec"
     layout: LayoutName = "kexec-tools"
 
-    def __init__(self, cfg: KexecConfig, root: str, state_dir: str) -> None:
+    def __init__(self, cfg: KexecConfig, root: str, state_dir: str, kernel: KernelState) -> None:
         self._cfg = cfg
         self._root = root
         self._store = StateStore(state_dir)
         self._tool: Tool | None = None
+        self._probe_error: str | None = None
         self._backoff = Backoff()
         self._retried_lost = False  # the one immediate retry after the kernel freed the old image is spent
         self._failures = 0  # consecutive failed loads
@@ -296,15 +287,16 @@ class KexecBackend:
         self._record: Record | None = None
         self._header: bytes | None = None
         self._generation = 0
-        self._restore()
+        self._restore(kernel)
+        self._try_probe()
 
     # --- Backend protocol ---------------------------------------------------------------------
 
-    def loaded(self) -> bytes | None:
+    def loaded(self, kernel: KernelState) -> bytes | None:
         """The model of the last successful load, unless the kernel says nothing is loaded now."""
         if self._header is None:
             return None
-        if not self._cfg.dry_run and read_int(self._root, CRASH_LOADED) == 0:
+        if not self._cfg.dry_run and kernel.crash_loaded == 0:
             return None
         return self._header
 
@@ -314,18 +306,18 @@ class KexecBackend:
             return None
         return Applied(record.generation, record.sha256, record.header_size, None, record.applied_at)
 
-    def capacity(self) -> int | None:
+    def capacity(self, kernel: KernelState) -> int | None:
         """None: every reload sizes a new segment, so there is no fixed room to outgrow."""
         return None
 
-    def apply(self, header: bytes) -> Applied:
+    def apply(self, header: bytes, kernel: KernelState) -> Applied:
         """Reload the crash kernel once for this header; BackendError (with a retry delay) on any failure."""
-        if kernel_updates_header(self._root):
-            return self._record_passive(header)
+        if kernel.updates_header:
+            return self._record_passive(header, kernel)
         self._passive = False
         try:
-            self._check_load_limit()
-            argv = self._argv_now()
+            self._check_load_limit(kernel)
+            argv = self._argv_now(kernel)
         except BackendError as err:
             self._failure, self._retry_after = str(err), err.retry_after
             raise
@@ -333,7 +325,7 @@ class KexecBackend:
             logger.warning("dry run: would run %s", shlex.join(argv),
                            extra=log.fields("kexec-load", argv=shlex.join(argv), dry_run=1, backend=self.name))
             self._clear_failures()
-            return self._remember(header, argv, persist=False)
+            return self._remember(header, argv, kernel, persist=False)
         if self._failures:
             logger.info("retrying the crash kernel reload (attempt %d)", self._failures + 1,
                         extra=log.fields("retry", attempt=self._failures + 1, backend=self.name))
@@ -342,25 +334,18 @@ class KexecBackend:
         if result.returncode != 0 or result.timed_out:
             self._fail(result)
         self._succeeded(result)
-        return self._remember(header, argv, persist=True)
+        return self._remember(header, argv, kernel, persist=True)
 
-    def health(self) -> Health:
-        try:
-            loaded = read_int(self._root, CRASH_LOADED)
-            limit = read_int(self._root, LOAD_LIMIT, signed=True)
-            kernel_updates = kernel_updates_header(self._root)
-        except CrashhpdError as err:
-            return Health(False, str(err), self._extra(None, None))
-        try:
-            self._probe()
-        except CrashhpdError as err:
-            return Health(False, str(err), self._extra(loaded, limit))
-        ok, detail = self._verdict(loaded, limit, kernel_updates)
-        return Health(ok, detail, {**self._extra(loaded, limit), "kernel_updates_header": kernel_updates})
+    def health(self, kernel: KernelState) -> Health:
+        extra = self._extra(kernel)
+        if self._probe_error is not None:
+            return Health(False, self._probe_error, extra)
+        ok, detail = self._verdict(kernel)
+        return Health(ok, detail, {**extra, "kernel_updates_header": kernel.updates_header})
 
     # --- apply, step by step ----------------------------------------------------------------------
 
-    def _record_passive(self, header: bytes) -> Applied:
+    def _record_passive(self, header: bytes, kernel: KernelState) -> Applied:
         """The kernel rewrites the header itself now (crash_hotplug reads 1): a reload would only hurt."""
         if not self._passive:
             logger.info("the kernel updates the header itself now (crash_hotplug reads 1); crashhpd stops reloading, "
@@ -368,11 +353,11 @@ class KexecBackend:
                         extra=log.fields("passive", backend=self.name))
             self._passive = True
         self._clear_failures()
-        return self._remember(header, self._argv or [], persist=not self._cfg.dry_run)
+        return self._remember(header, self._argv or [], kernel, persist=not self._cfg.dry_run)
 
-    def _check_load_limit(self) -> None:
+    def _check_load_limit(self, kernel: KernelState) -> None:
         """Never spend the kernel's last allowed crash load on an update: an admin may need it."""
-        limit = read_int(self._root, LOAD_LIMIT, signed=True)
+        limit = kernel.load_limit
         if limit is None or limit < 0 or limit > 1:
             return
         message = (f"{under(self._root, LOAD_LIMIT)} reads {limit}: "
@@ -381,30 +366,44 @@ class KexecBackend:
         logger.error("%s", message, extra=log.fields("load-limit", load_limit=limit, backend=self.name))
         raise BackendError(message, retry_after=None)
 
-    def _argv_now(self) -> list[str]:
+    def _argv_now(self, kernel: KernelState) -> list[str]:
         """Everything is looked up again on each load, so fixing a config file needs no restart."""
         cfg = self._cfg
         crash = discover(self._root, cfg.kernel, cfg.initrd, cfg.cmdline, cfg.append)
         tool = self._probe()
-        file_load = cfg.file_load or lockdown_forbids_kexec_load(read_text(self._root, LOCKDOWN))
-        hotplug = self._hotplug_blocker(tool, file_load) is None
+        file_load = cfg.file_load or kernel.kexec_load_forbidden
+        hotplug = self._hotplug_blocker(tool, file_load, kernel) is None
         self._argv = load_argv(tool.path, crash, file_load, hotplug)
         return self._argv
 
     def _probe(self) -> Tool:
+        """The kexec binary, asked once; a binary that was missing is looked for again on the next load."""
         if self._tool is None:
-            self._tool = probe(self._cfg.binary, self._cfg.timeout_s)
+            try:
+                self._tool = probe(self._cfg.binary, self._cfg.timeout_s)
+            except BackendError as err:
+                self._probe_error = str(err)
+                raise
+            self._probe_error = None
         return self._tool
 
-    def _hotplug_blocker(self, tool: Tool | None, file_load: bool) -> str | None:
-        has_size = os.path.exists(under(self._root, ELFCOREHDR_SIZE))
-        return hotplug_blocker(self._cfg.hotplug, tool.version if tool else None, has_size, file_load)
+    def _try_probe(self) -> None:
+        """At start-up, so that health can name the binary and its version before the first load."""
+        with contextlib.suppress(BackendError):
+            self._probe()
+
+    def _hotplug_blocker(self, tool: Tool | None, file_load: bool, kernel: KernelState) -> str | None:
+        return hotplug_blocker(self._cfg.hotplug, tool.version if tool else None, kernel.elfcorehdr_size is not None,
+                               file_load)
 
     def _fail(self, result: Run) -> NoReturn:
-        """Count, log and raise; the retry delay depends on whether a crash kernel is still loaded."""
+        """Count, log and raise; the retry delay depends on whether a crash kernel is still loaded.
+
+        The kexec state is read again here, once: the failed load itself may have freed the image.
+        """
         self._failures += 1
         message = failure_message(result, self._cfg.timeout_s)
-        if read_int(self._root, CRASH_LOADED) == 0:
+        if read_kernel_state(self._root).crash_loaded == 0:
             retry = self._backoff.take() if self._retried_lost else 0.0
             self._retried_lost = True
             message = f"NO CRASH KERNEL LOADED: {message}"
@@ -434,10 +433,10 @@ class KexecBackend:
         self._failure = None
         self._retry_after = None
 
-    def _remember(self, header: bytes, argv: list[str], persist: bool) -> Applied:
+    def _remember(self, header: bytes, argv: list[str], kernel: KernelState, persist: bool) -> Applied:
         self._generation += 1
         self._record = Record(self._generation, hashlib.sha256(header).hexdigest(), len(header), time.time(),
-                              tuple(argv), self._boot_id())
+                              tuple(argv), kernel.boot_id)
         self._header = header
         if persist:
             self._store.save(self._record, header)
@@ -447,11 +446,7 @@ class KexecBackend:
 
     # --- start-up and health ----------------------------------------------------------------------
 
-    def _boot_id(self) -> str | None:
-        text = read_text(self._root, BOOT_ID)
-        return text.strip() if text else None
-
-    def _restore(self) -> None:
+    def _restore(self, kernel: KernelState) -> None:
         """Pick up the last load of this boot, so a restart does not reload for nothing."""
         found = self._store.load()
         if found is None:
@@ -459,13 +454,14 @@ class KexecBackend:
         record, header = found
         self._generation = record.generation
         self._argv = list(record.argv)
-        if record.boot_id != self._boot_id():
+        if record.boot_id != kernel.boot_id:
             logger.info("%s is from an earlier boot; the first burst reloads", self._store.state_path,
                         extra=log.fields("kexec-load", generation=record.generation))
             return
         self._record, self._header = record, header
 
-    def _verdict(self, loaded: int | None, limit: int | None, kernel_updates: bool) -> tuple[bool, str]:
+    def _verdict(self, kernel: KernelState) -> tuple[bool, str]:
+        loaded, limit = kernel.crash_loaded, kernel.load_limit
         if loaded is None:
             return False, f"{under(self._root, CRASH_LOADED)} is missing: this kernel has no kexec support"
         if loaded == 0:
@@ -475,14 +471,14 @@ class KexecBackend:
         if self._failure:
             retry = f"; retrying in {self._retry_after:g} s" if self._retry_after is not None else ""
             return False, f"last reload failed: {self._failure}{retry}"
-        if kernel_updates:
+        if kernel.updates_header:
             return True, ("the kernel updates the header now (crash_hotplug reads 1); crashhpd does not reload, "
                           "and the next start picks the passive kernel backend")
         if self._record is None:
             return True, "a crash kernel is loaded; crashhpd has not reloaded it yet"
         return True, f"crash kernel loaded by crashhpd, generation {self._record.generation}"
 
-    def _extra(self, loaded: int | None, limit: int | None) -> dict[str, object]:
+    def _extra(self, kernel: KernelState) -> dict[str, object]:
         tool = self._tool
         last = self._last_run
         file_load = self._cfg.file_load or "-s" in (self._argv or [])
@@ -490,11 +486,11 @@ class KexecBackend:
             "binary": tool.path if tool else self._cfg.binary,
             "version": _version_text(tool),
             "argv": list(self._argv) if self._argv else None,
-            "crash_loaded": loaded,
-            "load_limit": limit,
+            "crash_loaded": kernel.crash_loaded,
+            "load_limit": kernel.load_limit,
             "last_exit": last.returncode if last else None,
             "backoff_s": self._retry_after if self._retry_after is not None else 0.0,
-            "hotplug": self._hotplug_blocker(tool, file_load) or "used",
+            "hotplug": self._hotplug_blocker(tool, file_load, kernel) or "used",
             "dry_run": self._cfg.dry_run,
         }
 

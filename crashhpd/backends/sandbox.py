@@ -32,9 +32,10 @@ import secrets
 import stat
 import time
 
-from ..elfcorehdr import pack as header_mod
+from ..elfcorehdr import pack
 from ..elfcorehdr.layout import LayoutName, preset
 from ..errors import BackendError
+from ..sysview.kernel_state import KernelState
 from .base import Applied, Health
 
 SEGMENT = "elfcorehdr"
@@ -53,9 +54,9 @@ class SandboxBackend:
     layout: LayoutName = "kernel"
 
     def __init__(self, state_dir: str, max_cpus: int,
-                 max_memory_ranges: int = header_mod.DEFAULT_MAX_MEMORY_RANGES) -> None:
+                 max_memory_ranges: int = pack.DEFAULT_MAX_MEMORY_RANGES) -> None:
         self._dir = os.path.abspath(state_dir)
-        self._capacity = header_mod.capacity(max_cpus, max_memory_ranges)
+        self._capacity = pack.capacity(max_cpus, max_memory_ranges)
         _make_dir(self._dir)
         dir_fd = self._open_dir()
         try:
@@ -66,19 +67,19 @@ class SandboxBackend:
 
     # --- the Backend protocol -------------------------------------------------------
 
-    def loaded(self) -> bytes | None:
+    def loaded(self, kernel: KernelState) -> bytes | None:
         """Kept in memory: this process is the only writer, and the daemon asks on every burst."""
         return self._header
 
     def state(self) -> Applied | None:
         return self._applied
 
-    def capacity(self) -> int:
+    def capacity(self, kernel: KernelState) -> int:
         """The configured capacity, which the next apply enforces; after a capacity change it
         differs from state().capacity, the size of the segment loaded now, until that apply."""
         return self._capacity
 
-    def apply(self, header: bytes) -> Applied:
+    def apply(self, header: bytes, kernel: KernelState) -> Applied:
         if len(header) > self._capacity:
             raise BackendError(
                 f"header of {len(header)} bytes does not fit the {self._capacity}-byte segment "
@@ -92,7 +93,7 @@ class SandboxBackend:
             os.close(dir_fd)
         return applied
 
-    def health(self) -> Health:
+    def health(self, kernel: KernelState) -> Health:
         extra: dict[str, object] = {
             "generation": self._generation,
             "sha256": self._applied.sha256 if self._applied else None,
@@ -226,16 +227,16 @@ def _header_length(segment: bytes, align: int) -> int | None:
     layout's alignment, and the daemon compares loaded() with what it builds,
     so the same padding is put back (never past the segment's end).
     """
-    if len(segment) < header_mod.EHDR_SIZE or segment[:4] != header_mod.E_IDENT[:4]:
+    if len(segment) < pack.EHDR_SIZE or segment[:4] != pack.E_IDENT[:4]:
         return None
-    fields = header_mod.EHDR.unpack_from(segment)
+    fields = pack.EHDR.unpack_from(segment)
     phoff, phentsize, phnum = fields[5], fields[9], fields[10]
-    if phoff != header_mod.EHDR_SIZE or phentsize != header_mod.PHDR_SIZE:
+    if phoff != pack.EHDR_SIZE or phentsize != pack.PHDR_SIZE:
         return None
-    used = header_mod.EHDR_SIZE + header_mod.PHDR_SIZE * phnum
+    used = pack.EHDR_SIZE + pack.PHDR_SIZE * phnum
     if used > len(segment) or len(segment.rstrip(b"\0")) > used:
         return None
-    return min(header_mod.align_up(used, align), len(segment))
+    return min(pack.align_up(used, align), len(segment))
 
 
 def _usage(applied: Applied, configured: int) -> str:

@@ -1,84 +1,139 @@
-"""`crashhpd run`: the single-threaded event loop that turns hotplug bursts into header updates.
+"""The single-threaded event loop that turns hotplug bursts into header updates.
 
 One selector holds every fd (the uevent monitor, the signal pipe, the control
-socket); timers are deadlines the loop sleeps until (debounce, retry,
-watchdog), so an idle daemon wakes only for the watchdog. The data path is
-always the same: event -> debounce -> snapshot -> header -> backend.
+socket and its clients); timers are deadlines the loop sleeps until
+(debounce, retry, watchdog), so an idle daemon wakes only for the watchdog.
+The data path is always the same: event -> debounce -> snapshot -> header
+-> backend. The loop owns its state; every part it works with (monitor,
+backend, control server, metrics) is built by crashhpd.wiring and handed
+in, so tests can hand in their own.
 """
 
 import logging
+import os
 import selectors
 import signal
 import socket
-import sys
 import time
 from collections.abc import Callable
-from functools import partial
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
-from .. import backends, log
-from .. import config as config_mod
+from .. import __version__, log
 from ..backends.base import Backend
-from ..config import Config
-from ..control import ops
-from ..control.server import ControlError, ControlServer
-from ..elfcorehdr.layout import Layout, preset
-from ..errors import BackendError, ConfigError, CrashhpdError
-from ..sysview.snapshot import BootConstants, read_boot_constants, read_snapshot
+from ..config import Config, ControlConfig
+from ..elfcorehdr.build import build_valid, changes
+from ..elfcorehdr.layout import Layout
+from ..errors import BackendError, ConfigError, CrashhpdError, HeaderError
+from ..sysview.kernel_state import KernelState
+from ..sysview.snapshot import BootConstants, read_snapshot
 from .debounce import Debouncer
+from .health_log import HealthLog
 from .metrics import Metrics
-from .monitor import EventMonitor
 from .notify import Notifier
 from .reconcile import Outcome, reconcile
 from .stats import Stats
+from .status import HeaderInForce, Status, Verdict
+
+if TYPE_CHECKING:
+    from .monitor import Drained  # pyudev is imported only where the monitor is built
 
 logger = logging.getLogger(__name__)
 
-EX_CONFIG = 78  # sysexits.h: configuration error
-EX_FATAL = 1
 BATCH_S = 0.01  # during a burst the uevent socket is read at most this often
 
 
-def layout_for(cfg: Config, backend: Backend) -> Layout:
-    """The config's layout, else the one the backend's loader produces."""
-    return preset(cfg.layout or backend.layout, cfg.cpus if (cfg.layout or backend.layout) == "kernel" else None,
-                  cfg.page_offset)
+class EventSource(Protocol):
+    """Where hotplug events come from: a fd in the selector, drained without blocking."""
+
+    @property
+    def source(self) -> str: ...
+
+    def open(self) -> None: ...
+
+    def fileno(self) -> int: ...
+
+    def close(self) -> None: ...
+
+    def drain(self) -> "Drained": ...
+
+
+class Server(Protocol):
+    """The control socket as the loop drives it: it registers its own fds in the shared selector."""
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def expire(self, now: float) -> None: ...
+
+    def reconfigure(self, cfg: ControlConfig) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """Everything a configuration decides, built together so that a reload swaps all of it or nothing."""
+
+    cfg: Config
+    boot: BootConstants
+    backend: Backend
+    layout: Layout
+    monitor: EventSource
+    kernel: KernelState  # of the snapshot the parts were built on
+
+
+# Builds the parts for a configuration, reusing what the previous parts already got right.
+Builder = Callable[[Config, "Parts | None"], Parts]
 
 
 class Daemon:
-    def __init__(self, cfg: Config, config_path: str | None, root_override: str | None,
+    def __init__(self, parts: Parts, build: Builder, selector: selectors.BaseSelector, metrics: Metrics,
+                 notifier: Notifier, config_path: str | None, root_override: str | None,
+                 load_config: Callable[[str | None, str | None], Config],
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.cfg = cfg
+        self.parts = parts
+        self._build = build
+        self._load_config = load_config
         self.config_path = config_path
         self.root_override = root_override
+        self.selector = selector
+        self.metrics = metrics
+        self.notifier = notifier
         self.clock = clock
         self.stats = Stats()
-        self.notifier = Notifier()
-        self.selector = selectors.DefaultSelector()
-        self.debounce = Debouncer(cfg.debounce.quiet_ms / 1000, cfg.debounce.max_delay_ms / 1000)
-        self.boot: BootConstants = read_boot_constants(cfg.root)
-        self.backend: Backend = backends.create(cfg, read_snapshot(cfg.root, self.boot))
-        self.layout = layout_for(cfg, self.backend)
-        self.monitor = EventMonitor(cfg.monitor.source, cfg.monitor.receive_buffer_bytes)
+        self.debounce = Debouncer(parts.cfg.debounce.quiet_ms / 1000, parts.cfg.debounce.max_delay_ms / 1000)
+        self.kernel = parts.kernel  # the kexec state of the latest snapshot
         self.retry_at: float | None = None
         self.monitor_resume_at: float | None = None  # the uevent fd is out of the selector until then
         self.stopping = False
         self.signals: list[int] = []
+        self.health_log = HealthLog()
+        self._monitor_fd = -1
         self._wake_r, self._wake_w = socket.socketpair()
-        self.control = ControlServer(cfg.control, self.selector, partial(ops.handle, self), clock)
-        self.metrics = Metrics(partial(ops.status, self), time.time)
+        self.control: Server | None = None
 
-    # --- wiring --------------------------------------------------------------------------
+    @property
+    def cfg(self) -> Config:
+        return self.parts.cfg
+
+    @property
+    def backend(self) -> Backend:
+        return self.parts.backend
+
+    # --- fds in the selector ------------------------------------------------------------------
 
     def _open_monitor(self) -> None:
-        self.monitor.open()
-        self._monitor_fd = self.monitor.fileno()
+        self.parts.monitor.open()
+        self._monitor_fd = self.parts.monitor.fileno()
         self._resume_monitor()
 
-    def _close_monitor(self) -> None:
+    def _close_monitor(self, monitor: EventSource) -> None:
         if self.monitor_resume_at is None:
             self.selector.unregister(self._monitor_fd)
         self.monitor_resume_at = None
-        self.monitor.close()
+        monitor.close()
 
     def _resume_monitor(self) -> None:
         self.monitor_resume_at = None
@@ -102,7 +157,7 @@ class Daemon:
     # --- events ----------------------------------------------------------------------------
 
     def _on_uevents(self, _mask: int) -> None:
-        drained = self.monitor.drain()
+        drained = self.parts.monitor.drain()
         now = self.clock()
         if drained.events:
             self.stats.events_received += drained.events
@@ -115,7 +170,7 @@ class Daemon:
                 self.selector.unregister(self._monitor_fd)
                 self.monitor_resume_at = now + BATCH_S
         if drained.broken:
-            self._close_monitor()
+            self._close_monitor(self.parts.monitor)
             self._open_monitor()
         if drained.lost:
             self.stats.rescans += 1
@@ -137,7 +192,8 @@ class Daemon:
     def update(self, reason: str) -> Outcome | None:
         """Reconcile now; any failure is logged and counted, and the loop goes on."""
         outcome = self._update(reason)
-        self.metrics.write_textfile(self.cfg.metrics.textfile_dir)
+        self.health_log.observe(self.backend.name, self.backend.health(self.kernel))
+        self.metrics.write_textfile(self.cfg.metrics.textfile_dir, self.status())
         return outcome
 
     def _update(self, reason: str) -> Outcome | None:
@@ -148,24 +204,24 @@ class Daemon:
         self.stats.events_coalesced += max(events - 1, 0)
         self.retry_at = None
         try:
-            snapshot = read_snapshot(self.cfg.root, self.boot)
-            outcome = reconcile(self.backend, snapshot, self.layout, self.clock)
+            snapshot = read_snapshot(self.cfg.root, self.parts.boot)
+            self.kernel = snapshot.kernel
+            outcome = reconcile(self.backend, snapshot, self.parts.layout, self.clock)
         except BackendError as err:
             self._failed("apply-failed", f"apply failed: {err}", events)
             if err.retry_after is not None:
                 self.retry_at = self.clock() + err.retry_after
             return None
+        except HeaderError as err:
+            self._failed("header-invalid", str(err), events)
+            return None
         except CrashhpdError as err:
             self._failed("snapshot-failed", str(err), events)
             return None
-        # Backends re-read the kernel's state here, on every burst and never on a timer: the passive
-        # backend logs when crash_hotplug stops (or resumes) reading 1.
-        self.backend.health()
         built = outcome.built
         self.stats.cpus = len(built.model.cpu_notes)
         self.stats.ram_ranges = len(built.model.ram)
         self.stats.ram_bytes = sum(end - start + 1 for start, end in built.model.ram)
-        self.stats.header_bytes = len(built.data)
         self.stats.in_sync = True
         self.stats.last_duration_s = outcome.duration_s
         duration_us = int((self.clock() - started) * 1e6)
@@ -178,7 +234,6 @@ class Daemon:
             return outcome
         self.stats.applies += 1
         self.metrics.applied(duration_us / 1e6, None if burst_started is None else self.clock() - burst_started)
-        self.stats.last_apply_at = outcome.applied.applied_at
         self.stats.last_apply_reason = reason
         self.stats.last_changes = outcome.changes
         logger.info("applied generation %d (%s, %d events): %s", outcome.applied.generation, reason, events,
@@ -194,44 +249,115 @@ class Daemon:
     # --- configuration -------------------------------------------------------------------
 
     def reload_config(self) -> None:
-        """SIGHUP: re-read the config; an invalid one is reported and the old one kept."""
+        """SIGHUP: build everything the new config decides, then swap; on any failure keep all that runs."""
         self.notifier.reloading()
         try:
-            new = config_mod.load(self.config_path, self.root_override)
+            new_cfg = self._load_config(self.config_path, self.root_override)
         except ConfigError as err:
             for problem in err.problems:
                 logger.error("config not reloaded: %s", problem, extra=log.fields("config-invalid"))
             self.notifier.ready(self.status_line())
             return
-        self._apply_config(new)
+        try:
+            new = self._build(new_cfg, self.parts)
+        except CrashhpdError as err:
+            logger.error("config not reloaded, keeping the running one: %s", err, extra=log.fields("config-invalid"))
+            self.notifier.ready(self.status_line())
+            return
+        self._swap(new)
         logger.info("configuration reloaded", extra=log.fields("reload", backend=self.backend.name))
         self.update("reload")
         self.notifier.ready(self.status_line())
 
-    def _apply_config(self, new: Config) -> None:
-        old = self.cfg
-        self.cfg = new
-        log.setup(new.log.level)
-        self.debounce.quiet = new.debounce.quiet_ms / 1000
-        self.debounce.max_delay = new.debounce.max_delay_ms / 1000
-        if new.root != old.root:
-            self.boot = read_boot_constants(new.root)
-        backend_keys = ("root", "backend", "sandbox", "kexec")
-        if any(getattr(new, k) != getattr(old, k) for k in backend_keys):
-            try:
-                self.backend = backends.create(new, read_snapshot(new.root, self.boot))
-            except CrashhpdError as err:
-                self._failed("apply-failed", f"new backend not usable, keeping {self.backend.name}: {err}", 0)
-        self.layout = layout_for(new, self.backend)
-        if new.monitor != old.monitor:
-            self._close_monitor()
-            self.monitor = EventMonitor(new.monitor.source, new.monitor.receive_buffer_bytes)
+    def _swap(self, new: Parts) -> None:
+        old = self.parts
+        log.setup(new.cfg.log.level)
+        self.debounce.quiet = new.cfg.debounce.quiet_ms / 1000
+        self.debounce.max_delay = new.cfg.debounce.max_delay_ms / 1000
+        if new.backend is not old.backend:
+            self.health_log.forget()
+        self.parts = new
+        self.kernel = new.kernel
+        if new.monitor is not old.monitor:
+            self._close_monitor(old.monitor)
             self._open_monitor()
-        if new.control != old.control:
+        if new.cfg.control != old.cfg.control and self.control is not None:
             try:
-                self.control.reconfigure(new.control)
-            except ControlError as err:
+                self.control.reconfigure(new.cfg.control)
+            except CrashhpdError as err:
                 logger.error("control socket not changed: %s", err, extra=log.fields("control"))
+
+    # --- what the control requests ask -------------------------------------------------------
+
+    def status(self) -> Status:
+        stats = self.stats
+        backend = self.backend
+        state = backend.state()
+        health = backend.health(self.kernel)
+        capacity = backend.capacity(self.kernel)
+        header_bytes = state.header_size if state else 0
+        return Status(
+            version=__version__,
+            pid=os.getpid(),
+            started_at=stats.started_at,
+            uptime_s=time.time() - stats.started_at,
+            backend=backend.name,
+            backend_ok=health.ok,
+            backend_detail=health.detail,
+            layout=self.parts.layout.name,
+            generation=state.generation if state else 0,
+            in_sync=stats.in_sync,
+            events_received=stats.events_received,
+            events_coalesced=stats.events_coalesced,
+            updates=stats.updates,
+            applies=stats.applies,
+            skipped_noop=stats.skipped_noop,
+            rescans=stats.rescans,
+            errors=dict(stats.errors),
+            pending_events=self.debounce.pending,
+            next_update_in_s=self._next_update_in(),
+            cpus=stats.cpus,
+            ram_ranges=stats.ram_ranges,
+            ram_bytes=stats.ram_bytes,
+            capacity_bytes=capacity,
+            header_bytes=header_bytes,
+            fill_ratio=header_bytes / capacity if capacity else None,
+            crash_hotplug_cpu=self.kernel.crash_hotplug_cpu,
+            crash_hotplug_memory=self.kernel.crash_hotplug_memory,
+            last_apply_at=state.applied_at if state else None,
+            last_apply_reason=stats.last_apply_reason,
+            last_changes=list(stats.last_changes),
+            last_update_duration_s=stats.last_duration_s,
+            last_error=stats.last_error,
+            last_error_at=stats.last_error_at,
+        )
+
+    def header_in_force(self) -> HeaderInForce | None:
+        data = self.backend.loaded(self.kernel)
+        applied = self.backend.state()
+        if data is None or applied is None:
+            return None
+        return HeaderInForce(data, applied, self.backend.capacity(self.kernel))
+
+    def verify(self) -> Verdict:
+        """What an update would do now, without doing it: catches drift that no event announced."""
+        built = build_valid(read_snapshot(self.cfg.root, self.parts.boot), self.parts.layout)
+        loaded = self.backend.loaded(built.snapshot.kernel)
+        state = self.backend.state()
+        in_sync = loaded == built.data
+        return Verdict(in_sync, state.generation if state else 0, [] if in_sync else changes(loaded, built), built)
+
+    def reconcile_now(self, reason: str) -> tuple[Outcome | None, int]:
+        """The update a burst would trigger, now: pending events are taken over, the debounce skipped."""
+        events = self.debounce.pending
+        return self.update(reason), events
+
+    def metrics_text(self) -> str:
+        return self.metrics.text(self.status())
+
+    def _next_update_in(self) -> float | None:
+        due = [t for t in (self.debounce.due(), self.retry_at) if t is not None]
+        return max(min(due) - self.clock(), 0.0) if due else None
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -246,16 +372,21 @@ class Daemon:
                 f"{self.backend.name}, {activity}")
 
     def _next_deadline(self, watchdog_at: float | None) -> float | None:
-        candidates = [t for t in (self.debounce.due(), self.retry_at, watchdog_at, self.monitor_resume_at,
-                                  self.control.next_deadline()) if t is not None]
+        control = self.control.next_deadline() if self.control is not None else None
+        candidates = [t for t in (self.debounce.due(), self.retry_at, watchdog_at, self.monitor_resume_at, control)
+                      if t is not None]
         return min(candidates) if candidates else None
 
-    def run(self) -> int:
+    def run(self, control: Server | None) -> int:
+        """Serve until SIGTERM; `control` is opened here, after the monitor, and closed on the way out."""
+        self.control = control
         self._install_signals()
         self._open_monitor()  # before the first snapshot, so nothing happens unseen in between
-        self.control.open()
-        logger.info("crashhpd started: backend %s, layout %s, root %s, uevents from %s", self.backend.name,
-                    self.layout.name, self.cfg.root, self.monitor.source,
+        if control is not None:
+            control.open()
+        logger.info("crashhpd started: backend %s, layout %s, root %s, uevents from %s, configuration %s",
+                    self.backend.name, self.parts.layout.name, self.cfg.root, self.parts.monitor.source,
+                    ", ".join(self.cfg.sources) or "the embedded defaults",
                     extra=log.fields("started", backend=self.backend.name))
         self.update("startup")
         self.notifier.ready(self.status_line())
@@ -270,7 +401,8 @@ class Daemon:
                 key.data(mask)
             self._handle_signals()
             now = self.clock()
-            self.control.expire(now)
+            if control is not None:
+                control.expire(now)
             if self.monitor_resume_at is not None and now >= self.monitor_resume_at:
                 self._resume_monitor()
                 continue  # drain what queued up before deciding whether the burst is over
@@ -285,29 +417,7 @@ class Daemon:
                 status = self.status_line()
                 self.notifier.status(status)
         self.notifier.stopping()
-        self.control.close()
+        if control is not None:
+            control.close()
         logger.info("stopping: %s", self.status_line(), extra=log.fields("stopping", backend=self.backend.name))
         return 0
-
-
-def run(config_path: str | None, root_override: str | None) -> int:
-    """The daemon's whole life; returns the exit status (78 for an invalid config)."""
-    try:
-        cfg = config_mod.load(config_path, root_override)
-    except ConfigError as err:
-        for problem in err.problems:
-            print(f"crashhpd: invalid configuration: {problem}", file=sys.stderr)
-        return EX_CONFIG
-    log.setup(cfg.log.level)
-    try:
-        daemon = Daemon(cfg, config_path, root_override)
-        return daemon.run()
-    except ControlError as err:  # a missing group or a socket path taken: restarting cannot fix either
-        logger.critical("cannot start: %s", err, extra=log.fields("control"))
-        return EX_CONFIG
-    except CrashhpdError as err:
-        logger.critical("cannot start: %s", err, extra=log.fields("apply-failed"))
-        return EX_FATAL
-    except OSError as err:
-        logger.critical("cannot start: %s", err, extra=log.fields("apply-failed"))
-        return EX_FATAL

@@ -19,11 +19,12 @@ import bisect
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..control.protocol import StatusResult
+from .status import Status
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 TEXTFILE = "crashhpd.prom"
 TEXTFILE_MODE = 0o644  # node_exporter rarely runs as root
 # Always exported, so a rate() or an alert on a kind that has not happened yet still has a series.
-ERROR_KINDS = ("apply-failed", "snapshot-failed", "events-lost")
+ERROR_KINDS = ("apply-failed", "snapshot-failed", "header-invalid", "events-lost")
 # From a sandbox apply (milliseconds) to a kexec reload that hits its timeout (60 s by default).
 APPLY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # The debounce alone is quiet_ms (200 ms) up to max_delay_ms (2 s); a reload adds seconds.
@@ -67,7 +68,7 @@ class Buckets:
         return HistogramMetricFamily(self.name, self.doc, buckets=cumulative, sum_value=self.total)
 
 
-def families(s: StatusResult, now: float) -> list["Metric"]:
+def families(s: Status, now: float) -> list["Metric"]:
     """The counters and gauges for one status; `now` is time.time(), for the age of the last apply."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -117,8 +118,9 @@ def families(s: StatusResult, now: float) -> list["Metric"]:
 
 
 class Metrics:
-    def __init__(self, read: Callable[[], StatusResult], now: Callable[[], float]) -> None:
-        self._read = read
+    """The two histograms, and the exposition of a status handed in by the caller."""
+
+    def __init__(self, now: Callable[[], float] = time.time) -> None:
         self._now = now
         self.apply_duration = Buckets("crashhpd_apply_duration_seconds",
                                       "From reading the system to the new header in force.", APPLY_BUCKETS)
@@ -126,11 +128,11 @@ class Metrics:
                                       "From the first event of a burst to its header in force.", LATENCY_BUCKETS)
         self._textfile_error: str | None = None
 
-    def _exposition(self) -> bytes:
+    def _exposition(self, status: Status) -> bytes:
         """The text format, from a registry of this daemon's families only (nothing of the runtime's)."""
         from prometheus_client import CollectorRegistry, generate_latest
 
-        collected = [*families(self._read(), self._now()), self.apply_duration.family(), self.event_to_apply.family()]
+        collected = [*families(status, self._now()), self.apply_duration.family(), self.event_to_apply.family()]
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Fixed(collected))
         return generate_latest(registry)
@@ -141,15 +143,15 @@ class Metrics:
         if latency_s is not None:
             self.event_to_apply.observe(latency_s)
 
-    def text(self) -> str:
-        return self._exposition().decode()
+    def text(self, status: Status) -> str:
+        return self._exposition(status).decode()
 
-    def write_textfile(self, directory: str | None) -> None:
+    def write_textfile(self, directory: str | None, status: Status) -> None:
         """Replace `<directory>/crashhpd.prom`; a failure is logged once until it changes, never raised."""
         if directory is None:
             return
         try:
-            write_atomically(os.path.join(directory, TEXTFILE), self._exposition())
+            write_atomically(os.path.join(directory, TEXTFILE), self._exposition(status))
         except OSError as err:
             problem = f"{directory}/{TEXTFILE}: metrics textfile not written: {err.strerror or err}"
             if problem != self._textfile_error:

@@ -51,14 +51,14 @@ def _socket_error(fd: int) -> int:
 
 
 class EventMonitor:
-    def __init__(self, source: Source, receive_buffer_bytes: int) -> None:
-        self.requested = source
+    def __init__(self, source: Source, receive_buffer_bytes: int, context: pyudev.Context | None = None) -> None:
         self.source = resolve_source(source)
         self.receive_buffer_bytes = receive_buffer_bytes
+        self._context = context
         self._monitor: pyudev.Monitor | None = None
 
     def open(self) -> None:
-        monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source=self.source)
+        monitor = pyudev.Monitor.from_netlink(self._context or pyudev.Context(), source=self.source)
         for subsystem in SUBSYSTEMS:
             monitor.filter_by(subsystem)
         try:

@@ -1,4 +1,4 @@
-"""What the daemon has done so far: the numbers status, the STATUS= line and metrics report."""
+"""What the daemon has done so far: the counters and last outcomes that status is built from."""
 
 import time
 from dataclasses import dataclass, field
@@ -14,7 +14,6 @@ class Stats:
     skipped_noop: int = 0
     rescans: int = 0  # full rescans after lost events
     errors: dict[str, int] = field(default_factory=dict)  # kind -> count
-    last_apply_at: float | None = None
     last_apply_reason: str | None = None
     last_changes: list[str] = field(default_factory=list)
     last_error: str | None = None
@@ -23,7 +22,6 @@ class Stats:
     cpus: int = 0
     ram_ranges: int = 0
     ram_bytes: int = 0  # RAM the header covers
-    header_bytes: int = 0
     in_sync: bool = False
 
     def error(self, kind: str, message: str) -> None:

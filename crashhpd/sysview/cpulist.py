@@ -21,19 +21,3 @@ def parse(text: str, path: str) -> frozenset[int]:
             raise ParseError(path, 1, text, f"bad CPU range {part!r} (CPUs are 0 to {MAX_CPU})")
         cpus.update(range(lo, hi + 1))
     return frozenset(cpus)
-
-
-def format(cpus: frozenset[int] | set[int]) -> str:
-    """The inverse of parse: `0-3,6`."""
-    out: list[str] = []
-    run_start = prev = None
-    for cpu in sorted(cpus):
-        if prev is not None and cpu == prev + 1:
-            prev = cpu
-            continue
-        if run_start is not None:
-            out.append(f"{run_start}-{prev}" if prev != run_start else f"{run_start}")
-        run_start = prev = cpu
-    if run_start is not None:
-        out.append(f"{run_start}-{prev}" if prev != run_start else f"{run_start}")
-    return ",".join(out)

@@ -1,9 +1,10 @@
-"""The system as the header needs it: read every kernel file once, under a configurable root.
+"""The system as the header needs it: every kernel file read once per update, under a configurable root.
 
-All the I/O of crashhpd's input side is here; every value is parsed by a pure
-function. The root defaults to `/` and points at a fake tree in tests, in the
-sandbox and inside a test guest, so nothing below hard-codes /proc or /sys.
-A missing optional file becomes None: older kernels lack half of these.
+One snapshot is what one update sees: RAM, CPUs and their notes, and the
+kernel's kexec state (kernel_state.py), read together so that every stage
+after it decides on the same view. Every value is parsed by a pure function;
+the reading goes through files.py. A missing optional file becomes None:
+older kernels lack half of these.
 """
 
 import os
@@ -15,10 +16,11 @@ from elftools.elf.elffile import ELFFile
 
 from ..errors import ParseError, SnapshotError
 from . import cpulist, iomem
+from .files import parse_int, read_int, read_text, under
+from .kernel_state import KernelState, read_kernel_state
 from .ranges import Range
 
 CPU_DIR = "sys/devices/system/cpu"
-MEMORY_DIR = "sys/devices/system/memory"
 _CPU_NAME = re.compile(r"cpu(\d+)")
 _GIB = 1 << 30
 
@@ -51,43 +53,17 @@ class Snapshot:
     crash_notes: dict[int, CpuNote] = field(hash=False)
     vmcoreinfo: tuple[int, int] | None
     boot: BootConstants
+    kernel: KernelState
     kernel_max: int | None = None
-    kexec_crash_loaded: int | None = None
-    kexec_crash_size: int | None = None
-    crash_elfcorehdr_size: int | None = None
     crash_cma: tuple[Range, ...] = ()
-    crash_hotplug_cpu: int | None = None
-    crash_hotplug_memory: int | None = None
 
     def cpu_set(self, which: str) -> frozenset[int]:
         """CPUs listed in possible/present/online; falls back to the CPUs that have notes."""
         value = {"possible": self.cpus_possible, "present": self.cpus_present, "online": self.cpus_online}[which]
         return value if value is not None else frozenset(self.crash_notes)
 
-    @property
-    def kernel_updates_header(self) -> bool:
-        """Whether the loaded image is kept current by the kernel itself (Linux 6.6+)."""
-        return self.crash_hotplug_cpu == 1 or self.crash_hotplug_memory == 1
-
 
 # --- pure parsers: text in, values out -------------------------------------------------
-
-
-_DIGITS = {10: re.compile(r"[0-9]+"), 16: re.compile(r"(?:0[xX])?[0-9a-fA-F]+")}
-U64_MAX = (1 << 64) - 1
-
-
-def parse_int(text: str, path: str, base: int = 10, signed: bool = False) -> int:
-    """A kernel number: plain digits only (int() would also take '+' and '_'), at most 64 bits.
-
-    Only a few attributes are signed (kexec_load_limit_panic reads -1 for unlimited).
-    """
-    word = text.strip()
-    digits = word[1:] if signed and word.startswith("-") else word
-    if not _DIGITS[base].fullmatch(digits) or int(digits, base) > U64_MAX:
-        kind = "64-bit" if signed else "unsigned, 64-bit"
-        raise ParseError(path, 1, word, f"expected a number ({kind}{', in hex' if base == 16 else ''})")
-    return int(word, base)
 
 
 def parse_vmcoreinfo(text: str, path: str) -> tuple[int, int]:
@@ -127,30 +103,6 @@ def parse_ranges(text: str, path: str) -> tuple[Range, ...]:
 
 
 # --- I/O at the edge --------------------------------------------------------------------
-
-
-def under(root: str, rel: str) -> str:
-    """A path inside the root; absolute paths (from a distribution's config) are taken inside it too."""
-    return os.path.join(root, rel.lstrip("/"))
-
-
-def read_text(root: str, rel: str) -> str | None:
-    """A kernel file's text, or None when the kernel does not have it."""
-    path = under(root, rel)
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except PermissionError:
-        raise SnapshotError(f"{path}: permission denied; crashhpd must run as root") from None
-    except OSError as err:
-        raise SnapshotError(f"{path}: {err.strerror}") from None
-
-
-def read_int(root: str, rel: str, base: int = 10, signed: bool = False) -> int | None:
-    text = read_text(root, rel)
-    return None if text is None else parse_int(text, under(root, rel), base, signed)
 
 
 def _read_cpus(root: str, name: str) -> frozenset[int] | None:
@@ -219,11 +171,7 @@ def read_snapshot(root: str = "/", boot: BootConstants | None = None) -> Snapsho
         if vmcoreinfo_text is None
         else parse_vmcoreinfo(vmcoreinfo_text, under(root, "sys/kernel/vmcoreinfo")),
         boot=boot if boot is not None else read_boot_constants(root),
+        kernel=read_kernel_state(root),
         kernel_max=kernel_max,
-        kexec_crash_loaded=read_int(root, "sys/kernel/kexec_crash_loaded"),
-        kexec_crash_size=read_int(root, "sys/kernel/kexec_crash_size"),
-        crash_elfcorehdr_size=read_int(root, "sys/kernel/crash_elfcorehdr_size"),
         crash_cma=() if cma_text is None else parse_ranges(cma_text, under(root, "sys/kernel/kexec_crash_cma_ranges")),
-        crash_hotplug_cpu=read_int(root, f"{CPU_DIR}/crash_hotplug"),
-        crash_hotplug_memory=read_int(root, f"{MEMORY_DIR}/crash_hotplug"),
     )

@@ -143,7 +143,8 @@ def run_per_event(work: Path, events: int, rate: float, cost: float) -> tuple[Re
     """One reload per event, serialized; returns the result and the mean measured reload time."""
     root = system(work)
     standin(work, root, cost)
-    backend = KexecBackend(KexecConfig(binary=str(STANDIN)), str(root), str(work / "state"))
+    backend = KexecBackend(KexecConfig(binary=str(STANDIN)), str(root), str(work / "state"),
+                           read_snapshot(str(root)).kernel)
     boot = read_boot_constants(str(root))
     durations = []
     started = time.monotonic()
@@ -151,9 +152,10 @@ def run_per_event(work: Path, events: int, rate: float, cost: float) -> tuple[Re
         pace(started, i, rate)
         set_blocks(root, i + 1)
         inject("online")
-        header = build(plan(read_snapshot(str(root), boot), preset("kexec-tools")))
+        snapshot = read_snapshot(str(root), boot)
+        header = build(plan(snapshot, preset("kexec-tools")))
         t = time.monotonic()
-        backend.apply(header)
+        backend.apply(header, snapshot.kernel)
         durations.append(time.monotonic() - t)
     done = time.monotonic()
     last_event = started + (events - 1) / rate

@@ -129,10 +129,11 @@ def run_baseline(work: Path, count: int) -> dict[str, float]:
             raise RuntimeError(f"baseline saw only {applies} of {count} events")
         shutil.rmtree(state_dir, ignore_errors=True)  # kexec -p -u: no crash kernel from here on
         backend = SandboxBackend(str(state_dir), 64)  # a full load: fresh segment, fresh snapshot
-        backend.apply(build(plan(read_snapshot(str(root), boot), preset("kernel"))))
+        snapshot = read_snapshot(str(root), boot)
+        backend.apply(build(plan(snapshot, preset("kernel"))), snapshot.kernel)
         applies += 1
     latency = time.monotonic() - last
-    assert backend.loaded() == expected(root)
+    assert backend.loaded(snapshot.kernel) == expected(root)
     return {"applies": applies, "latency_s": latency, "cpu_s": proc_cpu_seconds(os.getpid()) - cpu0,
             "rss_mib": max(rss0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024}
 

@@ -1,0 +1,48 @@
+"""The one way a header is made: plan -> pack -> parse -> check, for the CLI, the daemon, tests and benchmarks.
+
+A header that breaks any rule never leaves this function, so nothing that
+calls it can apply, write or compare an invalid one.
+"""
+
+from dataclasses import dataclass
+
+from ..errors import InvalidHeader
+from ..sysview.snapshot import Snapshot
+from .diff import diff
+from .layout import HeaderModel, Layout, plan
+from .pack import build
+from .validate import NotAHeader, ParsedHeader, check, parse
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    """A header built and validated for a snapshot, not yet compared with anything."""
+
+    snapshot: Snapshot
+    model: HeaderModel
+    data: bytes
+    parsed: ParsedHeader
+
+
+def build_valid(snapshot: Snapshot, layout: Layout) -> Built:
+    """The header for this snapshot; InvalidHeader naming every rule it breaks (HeaderError if it cannot be packed)."""
+    model = plan(snapshot, layout)
+    data = build(model)
+    parsed = parse(data)
+    problems = check(parsed, snapshot)
+    if problems:
+        raise InvalidHeader("generated header is invalid: " + "; ".join(problems))
+    return Built(snapshot, model, data, parsed)
+
+
+def changes(old: bytes | None, new: Built) -> list[str]:
+    """The human diff from what a backend holds to a new header (notes named by CPU)."""
+    cpu_by_addr = {note.addr: cpu for cpu, note in new.snapshot.crash_notes.items()}
+    vmcoreinfo_addr = new.snapshot.vmcoreinfo[0] if new.snapshot.vmcoreinfo else None
+    if old is None:
+        return [f"+ first header: {len(new.model.cpu_notes)} CPU notes, {len(new.model.ram)} RAM ranges"]
+    try:
+        old_parsed = parse(old)
+    except NotAHeader as err:
+        return [f"~ replacing an unreadable header ({err})"]
+    return diff(old_parsed, new.parsed, cpu_by_addr, vmcoreinfo_addr)

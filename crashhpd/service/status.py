@@ -1,0 +1,66 @@
+"""What the daemon reports about itself: the one table of status fields.
+
+`crashhpctl status`, the control protocol's `status` reply, the metrics and
+the STATUS= line all read this one object, so a field is added in exactly one
+place. Admins' scripts read these names over the socket: within a protocol
+version a field is never renamed or removed, only added.
+"""
+
+from dataclasses import dataclass
+
+from ..backends.base import Applied
+from ..elfcorehdr.build import Built
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    version: str
+    pid: int
+    started_at: float  # time.time() of the daemon's start
+    uptime_s: float
+    backend: str
+    backend_ok: bool
+    backend_detail: str
+    layout: str
+    generation: int  # of the header in force; 0 before the first apply
+    in_sync: bool  # the last update succeeded (pending_events says whether another is coming)
+    events_received: int
+    events_coalesced: int
+    updates: int
+    applies: int
+    skipped_noop: int
+    rescans: int
+    errors: dict[str, int]
+    pending_events: int
+    next_update_in_s: float | None  # when the debounce (or a retry) runs the next update
+    cpus: int
+    ram_ranges: int
+    ram_bytes: int
+    capacity_bytes: int | None
+    header_bytes: int
+    fill_ratio: float | None  # header_bytes / capacity_bytes
+    crash_hotplug_cpu: int | None  # None: the kernel does not publish it (before 6.6)
+    crash_hotplug_memory: int | None
+    last_apply_at: float | None  # time.time(); may predate this daemon (the backend remembers it)
+    last_apply_reason: str | None  # None when the last apply predates this daemon
+    last_changes: list[str]
+    last_update_duration_s: float | None
+    last_error: str | None
+    last_error_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderInForce:
+    data: bytes
+    applied: Applied
+    capacity: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A fresh snapshot's header against the one in force, never applied."""
+
+    in_sync: bool
+    generation: int
+    changes: list[str]
+    built: Built

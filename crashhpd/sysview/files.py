@@ -1,0 +1,52 @@
+"""Reading kernel files under a configurable root: the one reader every stage uses.
+
+The root defaults to `/` and points at a fake tree in tests, in the sandbox
+and inside a test guest, so nothing in crashhpd hard-codes /proc or /sys. A
+missing file is None (older kernels lack half of what crashhpd reads); any
+other failure is a SnapshotError naming the file, never a traceback.
+"""
+
+import os
+import re
+
+from ..errors import ParseError, SnapshotError
+
+_DIGITS = {10: re.compile(r"[0-9]+"), 16: re.compile(r"(?:0[xX])?[0-9a-fA-F]+")}
+U64_MAX = (1 << 64) - 1
+
+
+def parse_int(text: str, path: str, base: int = 10, signed: bool = False) -> int:
+    """A kernel number: plain digits only (int() would also take '+' and '_'), at most 64 bits.
+
+    Only a few attributes are signed (kexec_load_limit_panic reads -1 for unlimited).
+    """
+    word = text.strip()
+    digits = word[1:] if signed and word.startswith("-") else word
+    if not _DIGITS[base].fullmatch(digits) or int(digits, base) > U64_MAX:
+        kind = "64-bit" if signed else "unsigned, 64-bit"
+        raise ParseError(path, 1, word, f"expected a number ({kind}{', in hex' if base == 16 else ''})")
+    return int(word, base)
+
+
+def under(root: str, rel: str) -> str:
+    """A path inside the root; absolute paths (from a distribution's config) are taken inside it too."""
+    return os.path.join(root, rel.lstrip("/"))
+
+
+def read_text(root: str, rel: str) -> str | None:
+    """A kernel file's text, or None when the kernel does not have it."""
+    path = under(root, rel)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except PermissionError:
+        raise SnapshotError(f"{path}: permission denied; crashhpd must run as root") from None
+    except OSError as err:
+        raise SnapshotError(f"{path}: {err.strerror}") from None
+
+
+def read_int(root: str, rel: str, base: int = 10, signed: bool = False) -> int | None:
+    text = read_text(root, rel)
+    return None if text is None else parse_int(text, under(root, rel), base, signed)

@@ -1,0 +1,63 @@
+"""The kernel's kexec state: what is loaded, whether the kernel keeps the header itself, what it allows.
+
+These attributes change under crashhpd's feet (another loader, the kernel's
+own hotplug handling, a failed load that freed the image), so they are read
+with every snapshot, in this one place, and handed to whoever decides:
+the backends never read them on their own.
+"""
+
+from dataclasses import dataclass
+
+from .files import read_int, read_text
+
+CRASH_LOADED = "sys/kernel/kexec_crash_loaded"
+CRASH_SIZE = "sys/kernel/kexec_crash_size"
+CRASH_HOTPLUG_CPU = "sys/devices/system/cpu/crash_hotplug"
+CRASH_HOTPLUG_MEMORY = "sys/devices/system/memory/crash_hotplug"
+ELFCOREHDR_SIZE = "sys/kernel/crash_elfcorehdr_size"
+LOAD_LIMIT = "proc/sys/kernel/kexec_load_limit_panic"
+LOCKDOWN = "sys/kernel/security/lockdown"
+BOOT_ID = "proc/sys/kernel/random/boot_id"
+
+
+@dataclass(frozen=True, slots=True)
+class KernelState:
+    """Each value as the kernel published it; None where this kernel does not have the file."""
+
+    crash_loaded: int | None  # 1 while a crash kernel is loaded
+    crash_size: int | None  # bytes reserved by crashkernel=
+    elfcorehdr_size: int | None  # phdr bytes of the segment the kernel sizes (Linux 6.6+, CONFIG_CRASH_HOTPLUG)
+    crash_hotplug_cpu: int | None  # 1: the kernel rewrites the loaded header on CPU hotplug
+    crash_hotplug_memory: int | None  # 1: the same for memory
+    load_limit: int | None  # kexec_load_limit_panic: crash loads still allowed, -1 unlimited
+    lockdown: str | None  # the lockdown LSM's modes, the active one in brackets
+    boot_id: str | None
+
+    @property
+    def updates_header(self) -> bool:
+        """Whether the loaded image is kept current by the kernel itself (Linux 6.6+)."""
+        return 1 in (self.crash_hotplug_cpu, self.crash_hotplug_memory)
+
+    @property
+    def kexec_load_forbidden(self) -> bool:
+        """Lockdown (e.g. under Secure Boot) refuses kexec_load; only kexec_file_load (-s) still works."""
+        return lockdown_forbids_kexec_load(self.lockdown)
+
+
+def lockdown_forbids_kexec_load(text: str | None) -> bool:
+    return text is not None and ("[integrity]" in text or "[confidentiality]" in text)
+
+
+def read_kernel_state(root: str) -> KernelState:
+    """Every attribute, read now; a malformed one is a ParseError naming the file."""
+    boot_id = read_text(root, BOOT_ID)
+    return KernelState(
+        crash_loaded=read_int(root, CRASH_LOADED),
+        crash_size=read_int(root, CRASH_SIZE),
+        elfcorehdr_size=read_int(root, ELFCOREHDR_SIZE),
+        crash_hotplug_cpu=read_int(root, CRASH_HOTPLUG_CPU),
+        crash_hotplug_memory=read_int(root, CRASH_HOTPLUG_MEMORY),
+        load_limit=read_int(root, LOAD_LIMIT, signed=True),
+        lockdown=read_text(root, LOCKDOWN),
+        boot_id=boot_id.strip() if boot_id else None,
+    )

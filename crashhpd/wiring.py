@@ -1,0 +1,86 @@
+"""`crashhpd run`: every part of the daemon built in one place and handed to the loop.
+
+The loop (service/daemon.py) never constructs anything itself: the monitor,
+the backend, the control server and the metrics come from here, so tests can
+build a loop around parts of their own (a fake event source, a pyudev
+context of their choosing), and a SIGHUP builds the parts of the new
+configuration with the same function before anything is swapped.
+"""
+
+import logging
+import selectors
+import sys
+from functools import partial
+
+import pyudev
+
+from . import backends, log
+from . import config as config_mod
+from .backends.base import Backend
+from .config import Config
+from .control import ops
+from .control.server import ControlError, ControlServer
+from .elfcorehdr.layout import Layout, preset
+from .errors import ConfigError, CrashhpdError
+from .service.daemon import Daemon, Parts
+from .service.metrics import Metrics
+from .service.monitor import EventMonitor
+from .service.notify import Notifier
+from .sysview.snapshot import read_boot_constants, read_snapshot
+
+logger = logging.getLogger(__name__)
+
+EX_CONFIG = 78  # sysexits.h: configuration error
+EX_FATAL = 1
+# what decides the backend: a change of any of these builds a new one on SIGHUP
+BACKEND_KEYS = ("root", "backend", "sandbox", "kexec")
+
+
+def layout_for(cfg: Config, backend: Backend) -> Layout:
+    """The config's layout, else the one the backend's loader produces."""
+    name = cfg.layout or backend.layout
+    return preset(name, cfg.cpus if name == "kernel" else None, cfg.page_offset)
+
+
+def build_parts(cfg: Config, old: Parts | None, context: pyudev.Context | None = None) -> Parts:
+    """The parts `cfg` asks for; whatever `old` already has right for it is kept, not rebuilt.
+
+    Nothing is opened or swapped here: a failure (CrashhpdError) leaves the
+    running parts exactly as they were.
+    """
+    same_root = old is not None and old.cfg.root == cfg.root
+    boot = old.boot if old is not None and same_root else read_boot_constants(cfg.root)
+    snapshot = read_snapshot(cfg.root, boot)
+    if old is not None and all(getattr(old.cfg, key) == getattr(cfg, key) for key in BACKEND_KEYS):
+        backend = old.backend
+    else:
+        backend = backends.create(cfg, snapshot)
+    if old is not None and old.cfg.monitor == cfg.monitor:
+        monitor = old.monitor
+    else:
+        monitor = EventMonitor(cfg.monitor.source, cfg.monitor.receive_buffer_bytes, context)
+    return Parts(cfg, boot, backend, layout_for(cfg, backend), monitor, snapshot.kernel)
+
+
+def run(config_path: str | None, root_override: str | None, context: pyudev.Context | None = None) -> int:
+    """The daemon's whole life; returns the exit status (78 for an invalid config)."""
+    try:
+        cfg = config_mod.load(config_path, root_override)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"crashhpd: invalid configuration: {problem}", file=sys.stderr)
+        return EX_CONFIG
+    log.setup(cfg.log.level)
+    selector = selectors.DefaultSelector()
+    try:
+        build = partial(build_parts, context=context)
+        daemon = Daemon(build(cfg, None), build, selector, Metrics(), Notifier(), config_path, root_override,
+                        config_mod.load)
+        control = ControlServer(cfg.control, selector, partial(ops.handle, daemon))
+        return daemon.run(control)
+    except ControlError as err:  # a missing group or a socket path taken: restarting cannot fix either
+        logger.critical("cannot start: %s", err, extra=log.fields("startup-failed"))
+        return EX_CONFIG
+    except (CrashhpdError, OSError) as err:
+        logger.critical("cannot start: %s", err, extra=log.fields("startup-failed"))
+        return EX_FATAL
