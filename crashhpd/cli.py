@@ -119,11 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CrashhpdError as err:
         print(f"crashhpd: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `crashhpd inspect FILE | head`: the reader left; nothing to say to it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_USAGE
     except OSError as err:
         print(f"crashhpd: {err.filename or ''}: {err.strerror}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_USAGE

@@ -278,3 +278,17 @@ def test_generate_negative_crash_notes_is_one_line(tmp_path):
 def test_generate_page_offset_out_of_range_is_one_line(virtio, tmp_path):
     assert_one_line_error(crashhpd("generate", "--root", str(virtio), "--page-offset", "0xffffffffffffffff",
                                    "-o", str(tmp_path / "out")), 2, "page")
+
+
+def test_a_reader_that_leaves_early_costs_no_message(tmp_path):
+    # 4000 RAM ranges: inspect prints far more than a pipe buffer, so it writes into a closed pipe
+    iomem = "".join(f"{(2 * n + 1) << 20:x}-{((2 * n + 2) << 20) - 1:x} : System RAM\n" for n in range(4000))
+    root = make_tree(tmp_path / "root", iomem)
+    header = tmp_path / "header"
+    assert crashhpd("generate", "--root", str(root), "-o", str(header)).returncode == 0
+    reader = subprocess.Popen(["head", "-c", "100"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    result = crashhpd("inspect", str(header), stdout=reader.stdin)
+    reader.stdin.close()
+    reader.wait()
+    assert result.returncode == 2
+    assert result.stderr == b"", result.stderr.decode()
