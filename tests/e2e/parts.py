@@ -1,7 +1,9 @@
 """The guest's parts, from Debian packages only, fetched once into a cache directory the tests own.
 
-apt-get runs with a private source list, state, status file and cache: the
-host's apt sources are never read or changed, and the empty status file makes
+apt-get runs with a private source list, state, status file and cache. The
+list names the host's own Debian mirrors (apt_sources.py: whatever its apt
+configuration uses), for bookworm and its -updates, -security and
+-backports suites; the host's apt state is never changed, and the empty status file makes
 apt resolve each group's whole dependency closure, so the result does not
 depend on what the host happens to have installed. Packages are unpacked with
 `dpkg-deb -x`; nothing is installed system-wide.
@@ -12,6 +14,7 @@ for kdump under TCG. The 6.1 cloud kernel has no CONFIG_CRASH_HOTPLUG; the
 """
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -22,16 +25,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import apt_sources
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("CRASHHPD_E2E_CACHE", REPO / ".cache" / "e2e"))
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-MIRROR = "http://deb.debian.org/debian"
-SOURCES = "".join(
-    f"deb [signed-by={KEYRING}] {url} {suite} main\n"
-    for url, suite in ((MIRROR, "bookworm"), (MIRROR, "bookworm-updates"),
-                       ("http://deb.debian.org/debian-security", "bookworm-security"),
-                       (MIRROR, "bookworm-backports"))
-)
+CODENAME = "bookworm"  # the guest is Debian 12, whatever the host runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +59,23 @@ class PartsUnavailable(Exception):
 
 class PartsError(Exception):
     """apt or dpkg-deb failed for a reason other than the network."""
+
+
+def source_list(found: apt_sources.Mirrors | None) -> str:
+    """The private source list for the host's mirrors; PartsUnavailable when the host has none."""
+    if found is None:
+        raise PartsUnavailable(f"no Debian mirror serving {CODENAME} (main) in the host's apt sources "
+                               f"({apt_sources.ETC_APT}/sources.list, {apt_sources.ETC_APT}/sources.list.d/)")
+    suites = [(found.archive, CODENAME), (found.archive, f"{CODENAME}-updates"),
+              (found.archive, f"{CODENAME}-backports")]
+    if found.security is not None:
+        suites.insert(2, (found.security, f"{CODENAME}-security"))
+    return "".join(f"deb [signed-by={KEYRING}] {uri} {suite} main\n" for uri, suite in suites)
+
+
+@functools.cache
+def host_sources() -> str:
+    return source_list(apt_sources.mirrors(CODENAME))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +130,8 @@ def _locked(cache: Path) -> Iterator[None]:
         yield
 
 
-def _update(cache: Path, sources: str = SOURCES) -> None:
+def _update(cache: Path, sources: str | None = None) -> None:
+    sources = host_sources() if sources is None else sources
     apt = cache / "apt"
     for sub in ("empty", "state/lists/partial", "cache/archives/partial"):
         (apt / sub).mkdir(parents=True, exist_ok=True)
@@ -132,7 +149,7 @@ def _update(cache: Path, sources: str = SOURCES) -> None:
 
 def unpacked(group: Group, cache: Path = CACHE) -> Path:
     """The group's packages unpacked into one tree, fetched on first use and reused after."""
-    key = hashlib.sha256(json.dumps([SOURCES, group.packages, group.release, group.unpack]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([group.packages, group.release, group.unpack]).encode()).hexdigest()[:12]
     tree = cache / "root" / f"{group.name}-{key}"
     done = tree / ".unpacked"
     if done.exists():

@@ -6,7 +6,27 @@ from pathlib import Path
 
 import pytest
 
-from . import initramfs, parts
+from . import apt_sources, initramfs, parts
+
+DEB822 = """\
+Types: deb deb-src
+# a comment
+URIs: http://mirror.example/debian
+Suites: bookworm bookworm-updates
+Components: main contrib
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://mirror.example/debian-security/
+Suites: bookworm-security
+Components: main
+
+Types: deb
+Enabled: no
+URIs: http://disabled.example/debian
+Suites: bookworm
+Components: main
+"""
 
 
 def test_an_unreachable_registry_is_a_skip_reason_not_an_error(tmp_path: Path) -> None:
@@ -14,6 +34,34 @@ def test_an_unreachable_registry_is_a_skip_reason_not_an_error(tmp_path: Path) -
     with pytest.raises(parts.PartsUnavailable, match="cannot be reached"):
         parts._update(tmp_path, dead_mirror)
     assert not (tmp_path / "apt/updated").exists()  # the next run tries again
+
+
+def test_the_mirrors_come_from_the_hosts_deb822_sources(tmp_path: Path) -> None:
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d/debian.sources").write_text(DEB822)
+    (tmp_path / "sources.list.d/other.list").write_text("deb https://vendor.example/apt stable main\n")
+    found = apt_sources.mirrors("bookworm", tmp_path)
+    assert found == apt_sources.Mirrors("http://mirror.example/debian", "http://mirror.example/debian-security")
+    assert parts.source_list(found).splitlines() == [
+        f"deb [signed-by={parts.KEYRING}] http://mirror.example/debian bookworm main",
+        f"deb [signed-by={parts.KEYRING}] http://mirror.example/debian bookworm-updates main",
+        f"deb [signed-by={parts.KEYRING}] http://mirror.example/debian-security bookworm-security main",
+        f"deb [signed-by={parts.KEYRING}] http://mirror.example/debian bookworm-backports main",
+    ]
+
+
+def test_the_mirrors_come_from_the_hosts_one_line_sources(tmp_path: Path) -> None:
+    (tmp_path / "sources.list").write_text(
+        "# deb http://commented.example/debian bookworm main\n"
+        "deb-src http://src.example/debian bookworm main\n"
+        "deb [arch=amd64 signed-by=/k.gpg] http://local.example/debian/ bookworm main non-free-firmware\n")
+    assert apt_sources.mirrors("bookworm", tmp_path) == apt_sources.Mirrors("http://local.example/debian", None)
+
+
+def test_a_host_without_a_debian_mirror_is_a_skip_reason_naming_where_it_looked(tmp_path: Path) -> None:
+    (tmp_path / "sources.list").write_text("deb https://vendor.example/apt stable main\n")
+    with pytest.raises(parts.PartsUnavailable, match=r"no Debian mirror serving bookworm .*sources\.list\.d"):
+        parts.source_list(apt_sources.mirrors("bookworm", tmp_path))
 
 
 def test_a_missing_package_is_an_error_not_a_skip() -> None:
