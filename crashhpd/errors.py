@@ -6,19 +6,27 @@ instead of a traceback.
 """
 
 
+QUOTE_LIMIT = 200  # characters of an offending input an error quotes: enough to see it, never a 10 MB line
+
+
+def quoted(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """`text` as it may appear in an error line: cut to `limit` characters, and said so."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class CrashhpdError(Exception):
     """Base of every error crashhpd reports as one line."""
 
 
 class ParseError(CrashhpdError):
-    """A kernel file had a line crashhpd cannot read; names file, line and text."""
+    """A kernel file had a line crashhpd cannot read; names file, line and text (at most QUOTE_LIMIT of it)."""
 
     def __init__(self, path: str, lineno: int, text: str, why: str) -> None:
         self.path = path
         self.lineno = lineno
-        self.text = text
+        self.text = quoted(text)
         self.why = why
-        super().__init__(f"{path}:{lineno}: {why}: {text!r}")
+        super().__init__(f"{path}:{lineno}: {why}: {self.text!r}")
 
 
 class SnapshotError(CrashhpdError):

@@ -36,6 +36,7 @@ MESSAGE_IDS: Mapping[str, str] = MappingProxyType({
     "header-invalid": "ca04c5b13b7140a1b2bed02dc9f1b3b9",
     "backend-health": "e6a3127e631244b3b4564f960306cbbb",
     "startup-failed": "cfc303eb9253460eb4b1b41a755ed3a4",
+    "internal": "0954f1d335bb498093e246731cc6837d",
     "retry": "81349969f83648e5b78c96f76d230001",
     "stopping": "183e696cdd914a07ad5cbae8d15f59f4",
     "kexec-load": "6c21005424b54f8991ffc0531b671e4d",

@@ -70,7 +70,8 @@ def excluded_ranges(snapshot: Snapshot, layout: Layout) -> list[Range]:
     return holes
 
 
-def _image(snapshot: Snapshot) -> tuple[int, int, int] | None:
+def image_of(snapshot: Snapshot) -> tuple[int, int, int] | None:
+    """The kernel image's (paddr, vaddr, size), where the snapshot tells all three."""
     text = snapshot.boot.kernel_text
     if snapshot.kernel_code is None or text is None:
         return None
@@ -100,7 +101,7 @@ def plan(snapshot: Snapshot, layout: Layout) -> HeaderModel:
     return HeaderModel(
         cpu_notes=tuple(notes),
         vmcoreinfo=snapshot.vmcoreinfo,
-        image=_image(snapshot),
+        image=image_of(snapshot),
         ram=ram,
         page_offset=page_offset,
         align=layout.align,

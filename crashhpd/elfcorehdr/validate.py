@@ -15,6 +15,7 @@ from elftools.elf.elffile import ELFFile
 
 from ..sysview.ranges import Range
 from ..sysview.snapshot import Snapshot
+from .layout import image_of
 from .pack import EHDR_SIZE, EM_X86_64, ET_CORE, MAX_PHNUM, PF_RWX, PHDR_SIZE
 
 KERNEL_TEXT_MAP = 0xFFFFFFFF80000000  # __START_KERNEL_map: the image PT_LOAD's vaddr is above it
@@ -197,6 +198,8 @@ def _check_order(h: ParsedHeader) -> list[str]:
     if images > 1:
         p.append(f"{images} kernel-image PT_LOADs, expected at most one")
     ram = [s for s in h.segments if s.is_ram]
+    if not ram:
+        p.append("no RAM PT_LOAD: a dump would save no memory")
     for prev, cur in zip(ram, ram[1:]):
         if cur.paddr <= prev.end:
             p.append(f"RAM 0x{cur.paddr:x} overlaps or precedes RAM 0x{prev.paddr:x}-0x{prev.end:x}")
@@ -227,6 +230,8 @@ def _check_against(h: ParsedHeader, snap: Snapshot) -> list[str]:
             p.append(f"note at 0x{s.paddr:x} is neither a CPU's crash_notes nor VMCOREINFO")
     if vmcoreinfo is not None and not any((s.paddr, s.memsz) == vmcoreinfo for s in h.notes):
         p.append(f"no VMCOREINFO note at 0x{vmcoreinfo[0]:x} ({vmcoreinfo[1]} bytes)")
+    if image_of(snap) is not None and not any(s.is_image for s in h.segments):
+        p.append("no kernel-image PT_LOAD, though the system names the kernel's code and symbols")
     for s in h.segments:
         if s.is_image and snap.kernel_code is not None and s.paddr != snap.kernel_code[0]:
             p.append(f"kernel image at 0x{s.paddr:x}, but 'Kernel code' starts at 0x{snap.kernel_code[0]:x}")

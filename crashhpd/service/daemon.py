@@ -110,6 +110,7 @@ class Daemon:
         self.stopping = False
         self.signals: list[int] = []
         self.health_log = HealthLog()
+        self._tracebacks_logged: set[tuple[str, str, str]] = set()
         self._monitor_fd = -1
         self._wake_r, self._wake_w = socket.socketpair()
         self.control: Server | None = None
@@ -190,11 +191,32 @@ class Daemon:
     # --- the data path ----------------------------------------------------------------------
 
     def update(self, reason: str) -> Outcome | None:
-        """Reconcile now; any failure is logged and counted, and the loop goes on."""
-        outcome = self._update(reason)
+        """Reconcile now; any failure is logged and counted, and the loop goes on.
+
+        Even a bug (an exception crashhpd does not expect) only costs this
+        update: hotplug must still be followed afterwards.
+        """
+        try:
+            outcome = self._update(reason)
+        except Exception as err:  # the daemon outlives its own bugs, and says so
+            self._internal_error("update", err)
+            return None
         self.health_log.observe(self.backend.name, self.backend.health(self.kernel))
         self.metrics.write_textfile(self.cfg.metrics.textfile_dir, self.status())
         return outcome
+
+    def _internal_error(self, doing: str, err: Exception) -> None:
+        """Counted as `internal`; the traceback is logged the first time each kind of failure happens."""
+        self.stats.in_sync = False
+        self.stats.error("internal", f"internal error during {doing}: {type(err).__name__}: {err}")
+        where = (doing, type(err).__name__, str(err))
+        if where in self._tracebacks_logged:
+            logger.error("internal error during %s again: %s: %s", doing, type(err).__name__, err,
+                         extra=log.fields("internal", backend=self.backend.name))
+            return
+        self._tracebacks_logged.add(where)
+        logger.exception("internal error during %s; crashhpd goes on", doing,
+                         extra=log.fields("internal", backend=self.backend.name))
 
     def _update(self, reason: str) -> Outcome | None:
         started = self.clock()
@@ -262,6 +284,10 @@ class Daemon:
             new = self._build(new_cfg, self.parts)
         except CrashhpdError as err:
             logger.error("config not reloaded, keeping the running one: %s", err, extra=log.fields("config-invalid"))
+            self.notifier.ready(self.status_line())
+            return
+        except Exception as err:  # as in update(): a bug costs the reload, not the daemon
+            self._internal_error("reload", err)
             self.notifier.ready(self.status_line())
             return
         self._swap(new)

@@ -13,6 +13,9 @@ from ..errors import ParseError, SnapshotError
 
 _DIGITS = {10: re.compile(r"[0-9]+"), 16: re.compile(r"(?:0[xX])?[0-9a-fA-F]+")}
 U64_MAX = (1 << 64) - 1
+# digits of the largest 64-bit value: longer (leading zeros aside) is refused before int() sees it,
+# which raises ValueError past 4300 decimal digits and is quadratic below that
+_MAX_DIGITS = {10: len(str(U64_MAX)), 16: 16 + 2}
 
 
 def parse_int(text: str, path: str, base: int = 10, signed: bool = False) -> int:
@@ -22,7 +25,8 @@ def parse_int(text: str, path: str, base: int = 10, signed: bool = False) -> int
     """
     word = text.strip()
     digits = word[1:] if signed and word.startswith("-") else word
-    if not _DIGITS[base].fullmatch(digits) or int(digits, base) > U64_MAX:
+    if (not _DIGITS[base].fullmatch(digits) or len(digits.lstrip("0")) > _MAX_DIGITS[base]
+            or int(digits, base) > U64_MAX):
         kind = "64-bit" if signed else "unsigned, 64-bit"
         raise ParseError(path, 1, word, f"expected a number ({kind}{', in hex' if base == 16 else ''})")
     return int(word, base)

@@ -21,7 +21,8 @@ from .kernel_state import KernelState, read_kernel_state
 from .ranges import Range
 
 CPU_DIR = "sys/devices/system/cpu"
-_CPU_NAME = re.compile(r"cpu(\d+)")
+_CPU_NAME = re.compile(r"cpu(\d{1,5})")
+IOMEM_READS = 4  # reads of /proc/iomem before giving up on one that never holds still
 _GIB = 1 << 30
 
 
@@ -112,10 +113,13 @@ def _read_cpus(root: str, name: str) -> frozenset[int] | None:
 
 def _read_crash_notes(root: str) -> dict[int, CpuNote]:
     notes: dict[int, CpuNote] = {}
+    path = under(root, CPU_DIR)
     try:
-        entries = os.listdir(under(root, CPU_DIR))
-    except FileNotFoundError:
+        entries = os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
         return notes
+    except OSError as err:
+        raise SnapshotError(f"{path}: {err.strerror}") from None
     for entry in entries:
         match = _CPU_NAME.fullmatch(entry)
         if not match:
@@ -136,7 +140,24 @@ def _read_direct_map_base(root: str) -> int | None:
             loads = [seg["p_vaddr"] for seg in ELFFile(f).iter_segments() if seg["p_type"] == "PT_LOAD"]
     except (OSError, ELFError):
         return None
+    except Exception:  # pyelftools' construct raises its own family on a truncated or odd file
+        return None
     return min(loads) & ~(_GIB - 1) if loads else None
+
+
+def _read_iomem(root: str) -> str:
+    """/proc/iomem as one consistent text: the kernel prints it a page per read(), so a hot-add between
+    two pages can tear it; it is read again until two reads agree."""
+    path = under(root, "proc/iomem")
+    previous = None
+    for _ in range(IOMEM_READS):
+        text = read_text(root, "proc/iomem")
+        if text is None:
+            raise SnapshotError(f"{path}: missing; is {root!r} the root of a Linux system?")
+        if text == previous:
+            return text
+        previous = text
+    raise SnapshotError(f"{path}: changed during each of {IOMEM_READS} reads; the next event reads it again")
 
 
 def read_boot_constants(root: str = "/") -> BootConstants:
@@ -148,10 +169,13 @@ def read_boot_constants(root: str = "/") -> BootConstants:
 def read_snapshot(root: str = "/", boot: BootConstants | None = None) -> Snapshot:
     """Everything the header depends on, read now; `boot` saves re-reading kallsyms and kcore."""
     iomem_path = under(root, "proc/iomem")
-    iomem_text = read_text(root, "proc/iomem")
-    if iomem_text is None:
-        raise SnapshotError(f"{iomem_path}: missing; is {root!r} the root of a Linux system?")
-    resources = iomem.parse(iomem_text, iomem_path)
+    resources = iomem.parse(_read_iomem(root), iomem_path)
+    ram = tuple(iomem.system_ram(resources))
+    if not ram:
+        raise SnapshotError(f"{iomem_path}: no System RAM listed; a header without RAM would save nothing")
+    online = _read_cpus(root, "online")
+    if online == frozenset():
+        raise SnapshotError(f"{under(root, CPU_DIR)}/online: no CPU online; a running kernel always has one")
     code = iomem.named(resources, "Kernel code")
     bss = iomem.named(resources, "Kernel bss")
     vmcoreinfo_text = read_text(root, "sys/kernel/vmcoreinfo")
@@ -159,13 +183,13 @@ def read_snapshot(root: str = "/", boot: BootConstants | None = None) -> Snapsho
     kernel_max = read_int(root, f"{CPU_DIR}/kernel_max")
     return Snapshot(
         root=root,
-        ram=tuple(iomem.system_ram(resources)),
+        ram=ram,
         crash_kernel=tuple(iomem.named(resources, iomem.CRASH_KERNEL)),
         kernel_code=code[0] if code else None,
         kernel_bss=bss[0] if bss else None,
         cpus_possible=_read_cpus(root, "possible"),
         cpus_present=_read_cpus(root, "present"),
-        cpus_online=_read_cpus(root, "online"),
+        cpus_online=online,
         crash_notes=_read_crash_notes(root),
         vmcoreinfo=None
         if vmcoreinfo_text is None
