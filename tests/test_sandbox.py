@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 from faketree import make_tree
 
+from crashhpd.backends import create
 from crashhpd.backends.base import Applied
 from crashhpd.backends.sandbox import SEGMENT, STATE, SandboxBackend
+from crashhpd.config import validate
 from crashhpd.elfcorehdr.layout import plan, preset
 from crashhpd.elfcorehdr.pack import build, capacity
 from crashhpd.elfcorehdr.validate import check, parse
@@ -343,6 +345,19 @@ def test_a_state_dir_someone_else_controls_is_refused(tmp_path: Path, small: byt
             attempt()
         assert str(err.value) == f"{state_dir} {why}"
     assert os.listdir(state_dir) == []
+
+
+@pytest.mark.parametrize("backend", ["sandbox", "kexec"])
+@pytest.mark.parametrize("key", ["state_dir", "sandbox.state_dir"])
+def test_every_backend_keeps_its_files_in_the_state_dir(tmp_path: Path, backend: str, key: str) -> None:
+    """The top-level key and its older spelling under [sandbox] are one setting, for every backend."""
+    state_dir = tmp_path / "state"
+    table, _, name = key.rpartition(".")
+    setting = {table: {name: str(state_dir)}} if table else {name: str(state_dir)}
+    cfg = validate([("main", {"backend": backend, "sandbox": {"max_cpus": 4}}), ("drop-in", setting)])
+    created = create(cfg, read_snapshot(str(make_tree(tmp_path / "root", FIXTURE.read_text()))))
+    assert created.name == backend
+    assert state_dir.is_dir() and stat.S_IMODE(state_dir.stat().st_mode) == 0o700
 
 
 # --- a full disk: a real tmpfs --------------------------------------------------------------

@@ -216,7 +216,7 @@ class Daemon:
         self.debounce.max_delay = new.debounce.max_delay_ms / 1000
         if new.root != old.root:
             self.boot = read_boot_constants(new.root)
-        backend_keys = ("root", "backend", "sandbox", "kexec")
+        backend_keys = ("root", "backend", "state_dir", "sandbox", "kexec")
         if any(getattr(new, k) != getattr(old, k) for k in backend_keys):
             try:
                 self.backend = backends.create(new, read_snapshot(new.root, self.boot))
