@@ -14,7 +14,16 @@ import tomllib
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from .elfcorehdr.layout import KERNEL_HALF, LayoutName
@@ -25,6 +34,7 @@ DEFAULT_PATH = "/etc/crashhpd/crashhpd.toml"
 DROPIN_SUFFIX = ".d"
 ROOT_OPTION = "--root"  # names where `root` came from when the command line set it
 DEFAULT_ORIGIN = "the default"
+DEFAULT_STATE_DIR = "/var/lib/crashhpd"
 
 
 KernelCpuSet = Literal["online", "present", "possible"]
@@ -70,7 +80,7 @@ class _Section(BaseModel):
 
 
 def _cross_field(keys: tuple[str, ...], message: str) -> PydanticCustomError:
-    """An error about several keys together; `keys` lets the report name each one and its file."""
+    """An error about several keys together; `keys` (dotted, below the table) lets the report name each and its file."""
     return PydanticCustomError("cross_field", message.replace("{", "{{").replace("}", "}}"), {"keys": keys})
 
 
@@ -99,7 +109,7 @@ class DebounceConfig(_Section):
 class SandboxConfig(_Section):
     """The sandbox backend keeps its header in a file, sized like the kernel's reserved segment."""
 
-    state_dir: AbsPath = "/var/lib/crashhpd"
+    state_dir: AbsPath = DEFAULT_STATE_DIR  # the older spelling of the top-level state_dir; always equal to it
     max_cpus: int | None = Field(default=None, ge=1)
     # at least one CPU note, the VMCOREINFO note and the kernel image must fit beside the ranges
     max_memory_ranges: int = Field(default=DEFAULT_MAX_MEMORY_RANGES, ge=1, le=MAX_PHNUM - 3)
@@ -153,6 +163,7 @@ class Config(_Section):
 
     root: AbsPath = "/"
     backend: Literal["sandbox", "kexec", "kernel", "auto"] = "sandbox"
+    state_dir: AbsPath = DEFAULT_STATE_DIR  # every backend's files; [sandbox] state_dir is its older spelling
     layout: LayoutName | None = None
     cpus: KernelCpuSet = "online"
     page_offset: Annotated[int, AfterValidator(_kernel_address)] | None = None
@@ -164,6 +175,27 @@ class Config(_Section):
     log: LogConfig = Field(default_factory=LogConfig)
     kexec: KexecConfig = Field(default_factory=KexecConfig)
     _sources: tuple[str, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_state_dir(cls, data: Any, handler: ModelWrapValidatorHandler["Config"]) -> "Config":
+        """`state_dir` and `[sandbox] state_dir` are one setting: the one set wins, two that differ are an error.
+
+        Afterwards both hold the value in force, so whichever a reader (or a
+        SIGHUP's comparison) looks at, it sees the same.
+        """
+        config = handler(data)
+        top, older = config.state_dir, config.sandbox.state_dir
+        top_set, older_set = "state_dir" in config.model_fields_set, "state_dir" in config.sandbox.model_fields_set
+        if top_set and older_set and top != older:
+            raise _cross_field(("state_dir", "sandbox.state_dir"),
+                               f"state_dir ({top}) and sandbox.state_dir ({older}), its older spelling, differ; "
+                               f"set only state_dir")
+        if older_set and not top_set:
+            return config.model_copy(update={"state_dir": older})
+        if top_set and not older_set:
+            return config.model_copy(update={"sandbox": config.sandbox.model_copy(update={"state_dir": top})})
+        return config
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -243,7 +275,7 @@ def _message(error: ErrorDetails, loc: KeyPath) -> str:
 
 def _cross_problem(table: KeyPath, keys: tuple[str, ...], message: str, origins: dict[KeyPath, str]) -> str:
     """Leads with the first key a file set (the one an admin changed) and says where the others came from."""
-    paths = [table + (key,) for key in keys]
+    paths = [table + tuple(key.split(".")) for key in keys]
     lead = next((p for p in paths if origin(origins, p) != DEFAULT_ORIGIN), paths[0])
     where = origin(origins, lead)
     others = "".join(f" ({'.'.join(p)} from {origin(origins, p)})"

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 EX_CONFIG = 78  # sysexits.h: configuration error
 EX_FATAL = 1
 # what decides the backend: a change of any of these builds a new one on SIGHUP
-BACKEND_KEYS = ("root", "backend", "sandbox", "kexec")
+BACKEND_KEYS = ("root", "backend", "state_dir", "sandbox", "kexec")
 
 
 def layout_for(cfg: Config, backend: Backend) -> Layout:

@@ -1,5 +1,7 @@
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,3 +18,16 @@ def fixtures() -> Path:
 
 def needs_root() -> pytest.MarkDecorator:
     return pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+@pytest.fixture
+def deadline() -> Iterator[None]:
+    """Fails a test that blocks (on a FIFO opened for reading, say) instead of hanging the whole run."""
+    def expired(signum: int, frame: object) -> None:
+        pytest.fail("blocked for 10 s")  # a BaseException: no `except OSError` under test swallows it
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(10)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)

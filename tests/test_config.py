@@ -169,6 +169,7 @@ BAD = {
     "monitor.receive_buffer_bytes": "65535",
     "debounce.quiet_ms": "0",
     "debounce.max_delay_ms": "-1",
+    "state_dir": '"var/lib/crashhpd"',
     "sandbox.state_dir": '"var/lib/crashhpd"',
     "sandbox.max_cpus": "0",
     "sandbox.max_memory_ranges": "0",
@@ -238,6 +239,29 @@ def test_segment_too_large_for_elf_names_both_keys(main: Path):
     assert "max_memory_ranges (8192)" in problem and "sandbox.max_memory_ranges from the default" in problem
     write(main, "[sandbox]\nmax_cpus = 57340\n")
     assert load(str(main)).sandbox.max_cpus == 57340
+
+
+def test_state_dir_defaults_to_var_lib_crashhpd_in_both_spellings():
+    assert (Config().state_dir, Config().sandbox.state_dir) == ("/var/lib/crashhpd", "/var/lib/crashhpd")
+
+
+@pytest.mark.parametrize("text", [
+    'state_dir = "/srv/crashhpd"\n',
+    '[sandbox]\nstate_dir = "/srv/crashhpd"\n',  # the older spelling
+    'state_dir = "/srv/crashhpd"\n[sandbox]\nstate_dir = "/srv/crashhpd"\n',
+])
+def test_state_dir_set_in_either_spelling_is_the_one_in_force(main: Path, text: str):
+    cfg = load(str(write(main, text)))
+    assert (cfg.state_dir, cfg.sandbox.state_dir) == ("/srv/crashhpd", "/srv/crashhpd")
+
+
+@pytest.mark.parametrize("in_one_file", [False, True])
+def test_state_dir_and_its_older_spelling_differing_name_both_keys_and_their_files(main: Path, in_one_file: bool):
+    top, older = 'state_dir = "/srv/new"\n', '[sandbox]\nstate_dir = "/srv/old"\n'
+    write(main, top + older if in_one_file else top)
+    where = "" if in_one_file else f" (sandbox.state_dir from {dropin(main, '10-old.toml', older)})"
+    assert problems(main) == [f"{main}: state_dir: state_dir (/srv/new) and sandbox.state_dir (/srv/old), "
+                              f"its older spelling, differ; set only state_dir{where}"]
 
 
 def test_every_problem_in_every_file_is_reported(main: Path):

@@ -15,19 +15,21 @@ import logging
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import needs_root
 from daemonproc import DaemonProcess, can_inject, generated, inject, wait_for, write_config
 from faketree import kernel, make_tree, write
 from kexec_standin import EBUSY
 
 from crashhpd import log
 from crashhpd.backends.kernel import choose
-from crashhpd.backends.kexec import STATE_FILE, Backoff, KexecBackend
+from crashhpd.backends.kexec import HEADER_FILE, STATE_FILE, Backoff, KexecBackend
 from crashhpd.config import KexecConfig
 from crashhpd.elfcorehdr.layout import plan, preset
 from crashhpd.elfcorehdr.pack import build
@@ -42,6 +44,7 @@ KDUMP_TOOLS = "USE_KDUMP=1\nKDUMP_KERNEL=/var/lib/kdump/vmlinuz\nKDUMP_INITRD=/v
 BOOT_ID = "6f1c3f5e-1d1b-4a36-9d9b-3c8c2f6a0b11\n"
 HOT_ADD_BASE = 0x440000000
 BLOCK = 0x8000000  # 128 MiB memory blocks
+NOBODY = 65534
 
 
 @dataclass
@@ -455,6 +458,79 @@ def test_a_damaged_state_file_costs_one_reload_not_a_crash(standin, root, tmp_pa
     backend(standin, state_dir).apply(model(root), kernel(root))
     (state_dir / STATE_FILE).write_text("{not json")
     assert backend(standin, state_dir).loaded(kernel(root)) is None
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def to_dev_zero(path: Path) -> None:
+    path.symlink_to("/dev/zero")  # read to its end, it never ends
+
+
+def oversized(path: Path) -> None:
+    path.write_bytes(bytes(64 * 1024 + 1))
+
+
+@pytest.mark.parametrize(("name", "plant", "why"), [
+    (STATE_FILE, os.mkfifo, "is not a regular file; crashhpd refuses to read it"),  # opened, it would block
+    (HEADER_FILE, to_dev_zero, "is a symlink; crashhpd refuses to follow it"),
+    (STATE_FILE, oversized, "is larger than 65536 bytes; crashhpd refuses to read it"),
+])
+def test_a_planted_state_file_costs_one_reload_and_is_never_read(standin, root, tmp_path, caplog, deadline, name,
+                                                                 plant, why):
+    # stand-in: a real load needs a kernel with kexec_load
+    state_dir = tmp_path / "state"
+    backend(standin, state_dir).apply(model(root), kernel(root))
+    (state_dir / name).unlink()
+    plant(state_dir / name)
+    with caplog.at_level(logging.WARNING, logger="crashhpd"):
+        again = backend(standin, state_dir)
+    assert again.loaded(kernel(root)) is None
+    assert warnings_of(caplog) == [f"{state_dir / name} {why}; the next burst reloads"]
+
+
+def test_what_is_planted_at_a_fixed_temporary_name_does_not_matter(standin, root, tmp_path, deadline):
+    # stand-in: a real load needs a kernel with kexec_load
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700)
+    outside = write(tmp_path, "outside", "precious")
+    os.mkfifo(state_dir / f"{STATE_FILE}.tmp")  # opened for writing, it blocks until someone reads it
+    (state_dir / f"{HEADER_FILE}.tmp").symlink_to(outside)
+    header = model(root)
+    backend(standin, state_dir).apply(header, kernel(root))
+    assert backend(standin, state_dir).loaded(kernel(root)) == header
+    assert outside.read_text() == "precious"
+
+
+def test_the_model_header_and_its_record_are_0600_in_a_0700_dir(standin, root, tmp_path):
+    # stand-in: a real load needs a kernel with kexec_load
+    state_dir = tmp_path / "state"
+    old = os.umask(0)  # not even an empty umask widens them
+    try:
+        backend(standin, state_dir).apply(model(root), kernel(root))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
+    assert sorted(os.listdir(state_dir)) == [HEADER_FILE, STATE_FILE]
+    assert all(stat.S_IMODE((state_dir / name).stat().st_mode) == 0o600 for name in (HEADER_FILE, STATE_FILE))
+
+
+@needs_root()
+def test_a_state_dir_of_another_owner_is_never_read_nor_written(standin, root, tmp_path, caplog):
+    # stand-in: a real load needs a kernel with kexec_load
+    state_dir = tmp_path / "state"
+    backend(standin, state_dir).apply(model(root), kernel(root))
+    saved = {name: (state_dir / name).read_bytes() for name in (HEADER_FILE, STATE_FILE)}
+    os.chown(state_dir, NOBODY, -1)
+    refusal = f"{state_dir} is owned by uid {NOBODY}, not 0; crashhpd refuses a directory another user controls"
+    with caplog.at_level(logging.WARNING, logger="crashhpd"):
+        again = backend(standin, state_dir)
+        assert again.loaded(kernel(root)) is None
+        assert again.apply(model(root), kernel(root)).generation == 1  # the reload it costs
+    assert warnings_of(caplog) == [f"{refusal}; the next burst reloads",
+                                   f"cannot save the kexec state: {refusal}; a restart will reload once"]
+    assert {name: (state_dir / name).read_bytes() for name in saved} == saved
 
 
 def test_health_reports_every_documented_key(standin, root, tmp_path):

@@ -1,9 +1,11 @@
 """Prometheus metrics: the exposition a real daemon serves, its histograms after real uevents, the textfile."""
 
+import logging
 import os
 import stat
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from daemonproc import generated, generation, inject, wait_for
@@ -11,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from test_control import ask, env, iomem, result, segment_header, set_iomem  # noqa: F401
 
-from crashhpd.service.metrics import ERROR_KINDS, TEXTFILE, families, write_atomically
+from crashhpd.service.metrics import ERROR_KINDS, TEXTFILE, Metrics, families
 from crashhpd.service.status import Status
 
 
@@ -126,20 +128,73 @@ def test_a_textfile_dir_that_does_not_exist_is_one_warning_and_nothing_else(env,
     assert d.proc.poll() is None
 
 
-def test_write_atomically_replaces_the_file_whole(tmp_path):
-    target = tmp_path / "x.prom"
+def textfile_problem(directory: Path, why: str) -> str:
+    return f"{directory}/{TEXTFILE}: metrics textfile not written: {why}"
+
+
+def write_textfile(directory: Path, caplog: pytest.LogCaptureFixture, times: int = 1) -> list[str]:
+    """The warnings of `times` writes of a status's textfile into `directory`."""
+    metrics = Metrics(lambda: 1010.0)
+    with caplog.at_level(logging.WARNING, logger="crashhpd"):
+        for _ in range(times):
+            metrics.write_textfile(str(directory), status())
+    return [r.getMessage() for r in caplog.records]
+
+
+def test_write_textfile_replaces_the_file_whole_0644_whatever_the_umask(tmp_path, caplog):
+    target = tmp_path / TEXTFILE
     target.write_text("old\n")
     os.chmod(target, 0o600)
-    write_atomically(str(target), b"new\n")
-    assert target.read_bytes() == b"new\n" and stat.S_IMODE(target.stat().st_mode) == 0o644
-    assert [p.name for p in tmp_path.iterdir()] == ["x.prom"]
+    old = os.umask(0o077)
+    try:
+        assert write_textfile(tmp_path, caplog) == []
+    finally:
+        os.umask(old)
+    assert value(target.read_text(), "crashhpd_generation") == 3
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == [TEXTFILE]
 
 
-def test_write_atomically_leaves_nothing_when_it_fails(tmp_path):
-    (tmp_path / "x.prom").mkdir()  # rename of a file over a directory fails
-    with pytest.raises(IsADirectoryError):
-        write_atomically(str(tmp_path / "x.prom"), b"new\n")
-    assert [p.name for p in tmp_path.iterdir()] == ["x.prom"]
+def test_write_textfile_leaves_everything_as_it_was_when_it_fails_and_says_so_once(tmp_path, caplog):
+    (tmp_path / TEXTFILE).mkdir()  # never replaced, nor written into
+    assert write_textfile(tmp_path, caplog, times=2) == [textfile_problem(
+        tmp_path, f"{tmp_path}/{TEXTFILE} is not a regular file; crashhpd refuses to replace it")]
+    assert [p.name for p in tmp_path.iterdir()] == [TEXTFILE] and not os.listdir(tmp_path / TEXTFILE)
+
+
+def test_write_textfile_never_creates_the_directory(tmp_path, caplog):
+    assert write_textfile(tmp_path / "gone", caplog) == [
+        textfile_problem(tmp_path / "gone", f"{tmp_path}/gone: No such file or directory")]
+    assert not (tmp_path / "gone").exists()
+
+
+def test_write_textfile_refuses_a_symlinked_directory(tmp_path, caplog):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert write_textfile(tmp_path / "link", caplog) == [
+        textfile_problem(tmp_path / "link", f"{tmp_path}/link is a symlink; crashhpd refuses to follow it")]
+    assert not os.listdir(tmp_path / "real")
+
+
+def test_write_textfile_refuses_a_directory_anyone_may_replace_files_in(tmp_path, caplog):
+    shared = tmp_path / "prom"
+    shared.mkdir()
+    shared.chmod(0o777)
+    why = "is writable by everyone without the sticky bit (mode 0777); crashhpd refuses to write there"
+    assert write_textfile(shared, caplog) == [textfile_problem(shared, f"{shared} {why}")]
+    assert not os.listdir(shared)
+
+
+@pytest.mark.parametrize(("mode", "owner"), [(0o1777, 0), (0o775, 65534)])
+def test_write_textfile_writes_into_node_exporters_directory_whoever_owns_it(tmp_path, caplog, mode, owner):
+    if owner != os.geteuid() and os.geteuid() != 0:
+        pytest.skip("another owner needs root")
+    shared = tmp_path / "prom"
+    shared.mkdir()
+    os.chown(shared, owner, owner)
+    shared.chmod(mode)
+    assert write_textfile(shared, caplog) == []
+    assert stat.S_IMODE((shared / TEXTFILE).stat().st_mode) == 0o644
 
 
 # --- families: pure ------------------------------------------------------------------------------------

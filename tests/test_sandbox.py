@@ -15,12 +15,15 @@ from pathlib import Path
 import pytest
 from faketree import NO_KEXEC, make_tree
 
+from crashhpd.backends import create
 from crashhpd.backends.base import Applied
-from crashhpd.backends.sandbox import SEGMENT, STATE, TMP_PREFIX, SandboxBackend
+from crashhpd.backends.sandbox import SEGMENT, STATE, SandboxBackend
+from crashhpd.config import validate
 from crashhpd.elfcorehdr.layout import plan, preset
 from crashhpd.elfcorehdr.pack import build, capacity
 from crashhpd.elfcorehdr.validate import check, parse
 from crashhpd.errors import BackendError
+from crashhpd.safefile import TMP_PREFIX
 from crashhpd.sysview.snapshot import read_snapshot
 
 FIXTURE = Path(__file__).parent / "fixtures" / "iomem" / "qemu-kvm-crashkernel.txt"
@@ -30,6 +33,7 @@ SMALL_CPUS, SMALL_RANGES = 4, 100
 SMALL = capacity(SMALL_CPUS, SMALL_RANGES)  # 6000: holds the small header, not the large one
 HOTPLUG_BASE = 0x440000000
 BLOCK = 0x8000000  # 128 MiB, one memory block
+NOBODY = 65534
 
 
 def hot_added(blocks: int) -> str:
@@ -67,7 +71,7 @@ def large(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 @pytest.fixture
 def strict_umask() -> Iterator[None]:
-    """The daemon may run under umask 077; the files must still be readable by everyone."""
+    """The daemon may run under umask 077; the modes must not depend on it."""
     old = os.umask(0o077)
     yield
     os.umask(old)
@@ -101,7 +105,7 @@ def snapshot_files(state_dir: Path) -> dict[str, bytes]:
 def test_nothing_is_loaded_before_the_first_apply(tmp_path: Path, strict_umask: None) -> None:
     state_dir = tmp_path / "a" / "state"
     backend = SandboxBackend(str(state_dir), CPUS)
-    assert stat.S_IMODE(state_dir.stat().st_mode) == 0o755
+    assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
     assert os.listdir(state_dir) == []
     assert backend.loaded(NO_KEXEC) is None
     assert backend.state() is None
@@ -133,7 +137,7 @@ def test_load_writes_a_full_zero_padded_segment_and_its_state(tmp_path: Path, sm
     assert backend.state() == applied
     assert backend.loaded(NO_KEXEC) == small
     for name in (SEGMENT, STATE):
-        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
     assert temporaries(tmp_path) == []
 
 
@@ -315,6 +319,45 @@ def test_a_directory_in_place_of_the_segment_is_refused(tmp_path: Path) -> None:
     (tmp_path / SEGMENT).mkdir()
     with pytest.raises(BackendError, match="not a regular file"):
         SandboxBackend(str(tmp_path), CPUS)
+
+
+def test_a_fifo_in_place_of_the_state_is_refused_without_blocking(tmp_path: Path, deadline: None) -> None:
+    os.mkfifo(tmp_path / STATE)
+    with pytest.raises(BackendError, match=f"^{tmp_path / STATE} is not a regular file; crashhpd refuses to read it$"):
+        SandboxBackend(str(tmp_path), CPUS)
+
+
+@pytest.mark.parametrize(("mode", "owner", "why"), [
+    (0o700, NOBODY, f"is owned by uid {NOBODY}, not 0; crashhpd refuses a directory another user controls"),
+    (0o770, 0, "is writable by group or others (mode 0770); crashhpd refuses it"),
+    (0o757, 0, "is writable by group or others (mode 0757); crashhpd refuses it"),
+])
+def test_a_state_dir_someone_else_controls_is_refused(tmp_path: Path, small: bytes, mode: int, owner: int,
+                                                      why: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("another owner needs root")
+    state_dir = tmp_path / "state"
+    backend = SandboxBackend(str(state_dir), CPUS)
+    os.chown(state_dir, owner, -1)
+    os.chmod(state_dir, mode)
+    for attempt in (lambda: backend.apply(small, NO_KEXEC), lambda: SandboxBackend(str(state_dir), CPUS)):
+        with pytest.raises(BackendError) as err:
+            attempt()
+        assert str(err.value) == f"{state_dir} {why}"
+    assert os.listdir(state_dir) == []
+
+
+@pytest.mark.parametrize("backend", ["sandbox", "kexec"])
+@pytest.mark.parametrize("key", ["state_dir", "sandbox.state_dir"])
+def test_every_backend_keeps_its_files_in_the_state_dir(tmp_path: Path, backend: str, key: str) -> None:
+    """The top-level key and its older spelling under [sandbox] are one setting, for every backend."""
+    state_dir = tmp_path / "state"
+    table, _, name = key.rpartition(".")
+    setting = {table: {name: str(state_dir)}} if table else {name: str(state_dir)}
+    cfg = validate([("main", {"backend": backend, "sandbox": {"max_cpus": 4}}), ("drop-in", setting)])
+    created = create(cfg, read_snapshot(str(make_tree(tmp_path / "root", FIXTURE.read_text()))))
+    assert created.name == backend
+    assert state_dir.is_dir() and stat.S_IMODE(state_dir.stat().st_mode) == 0o700
 
 
 # --- a full disk: a real tmpfs --------------------------------------------------------------

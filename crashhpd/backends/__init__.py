@@ -31,11 +31,11 @@ def create(config: Config, snapshot: Snapshot) -> Backend:
     if name == "sandbox":
         from .sandbox import SandboxBackend
 
-        return SandboxBackend(config.sandbox.state_dir, max_cpus(config, snapshot), config.sandbox.max_memory_ranges)
+        return SandboxBackend(config.state_dir, max_cpus(config, snapshot), config.sandbox.max_memory_ranges)
     if name == "kexec":
         from .kexec import KexecBackend
 
-        return KexecBackend(config.kexec, config.root, config.sandbox.state_dir, snapshot.kernel)
+        return KexecBackend(config.kexec, config.root, config.state_dir, snapshot.kernel)
     from .kernel import KernelBackend
 
     return KernelBackend()

@@ -38,7 +38,9 @@ from typing import NoReturn
 from .. import log
 from ..config import KexecConfig
 from ..elfcorehdr.layout import LayoutName
+from ..elfcorehdr.pack import MAX_HEADER_SIZE
 from ..errors import BackendError
+from ..safefile import SafeDir, describe
 from ..sysview.files import under
 from ..sysview.kernel_state import CRASH_LOADED, LOAD_LIMIT, KernelState, read_kernel_state
 from .base import Applied, Health
@@ -52,6 +54,9 @@ BACKOFF_MAX_S = 60.0
 EBUSY_TEXT = "Device or resource busy"  # kexec_load's EBUSY: another loader holds the kexec lock
 STATE_FILE = "kexec-state.json"  # names distinct from the sandbox backend's, which shares state_dir
 HEADER_FILE = "kexec-elfcorehdr"
+DIR_MODE = 0o700
+FILE_MODE = 0o600  # the model header is as secret as /proc/kallsyms and /proc/iomem
+STATE_LIMIT = 64 * 1024  # the record is a few hundred bytes; its argv is one command line
 STDERR_CHARS = 240  # enough of kexec's complaint for one readable line
 
 
@@ -207,7 +212,14 @@ def probe(binary: str | None, timeout_s: float) -> Tool:
 
 
 class StateStore:
-    """The last successful load's model header and record, replaced atomically (header first, then record)."""
+    """The last successful load's model header and record, each replaced whole (header first, then record).
+
+    Both go through crashhpd.safefile: 0600 in a directory that must be
+    root's and writable by nobody else (the header holds the KASLR'd kernel
+    address and the RAM map). Whatever goes wrong with them only costs one
+    reload, so nothing here raises: a refusal (a symlink, a FIFO, a file too
+    large, a directory someone else controls) is logged and means no state.
+    """
 
     def __init__(self, state_dir: str) -> None:
         self.state_path = os.path.join(state_dir, STATE_FILE)
@@ -217,14 +229,19 @@ class StateStore:
     def load(self) -> tuple[Record, bytes] | None:
         """The persisted load, or None when there is none or it does not hold together."""
         try:
-            with open(self.state_path, encoding="utf-8") as f:
-                raw = json.load(f)
-            with open(self.header_path, "rb") as f:
-                header = f.read()
-            record = Record(**{**raw, "argv": tuple(raw["argv"])})
-        except FileNotFoundError:
+            with SafeDir(self._dir, DIR_MODE) as d:
+                d.remove_temporaries((STATE_FILE, HEADER_FILE))  # of a save that was killed
+                state = d.read(STATE_FILE, STATE_LIMIT)
+                header = d.read(HEADER_FILE, MAX_HEADER_SIZE)
+        except OSError as err:
+            logger.warning("%s; the next burst reloads", describe(err, self._dir), extra=log.fields("kexec-load"))
             return None
-        except (OSError, ValueError, TypeError, KeyError) as err:
+        if state is None or header is None:
+            return None
+        try:
+            raw = json.loads(state)
+            record = Record(**{**raw, "argv": tuple(raw["argv"])})
+        except (ValueError, TypeError, KeyError) as err:
             logger.warning("%s: unreadable (%s); the next burst reloads", self.state_path, err,
                            extra=log.fields("kexec-load"))
             return None
@@ -237,30 +254,12 @@ class StateStore:
     def save(self, record: Record, header: bytes) -> None:
         """Persist; a failure only costs one needless reload after a restart, so it is logged, not raised."""
         try:
-            os.makedirs(self._dir, mode=0o755, exist_ok=True)
-            self._replace(self.header_path, header)
-            self._replace(self.state_path, json.dumps(asdict(record)).encode())
+            with SafeDir(self._dir, DIR_MODE) as d:
+                d.write(HEADER_FILE, header, FILE_MODE)
+                d.write(STATE_FILE, json.dumps(asdict(record)).encode(), FILE_MODE)
         except OSError as err:
-            logger.warning("cannot save the kexec state in %s: %s; a restart will reload once", self._dir,
-                           err.strerror, extra=log.fields("kexec-load"))
-
-    def _replace(self, path: str, data: bytes) -> None:
-        tmp = f"{path}.tmp"
-        try:
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644), "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            logger.warning("cannot save the kexec state: %s; a restart will reload once", describe(err, self._dir),
+                           extra=log.fields("kexec-load"))
 
 
 # --- the backend --------------------------------------------------------------------------------

@@ -14,11 +14,16 @@ The segment is the truth. A crash between the two renames leaves state.json
 one generation behind; start-up notices (its sha256 no longer describes the
 segment) and rebuilds it from the segment itself.
 
-Every file is opened relative to a descriptor of the state directory, under
-fixed names, with O_NOFOLLOW: nothing read or written can lie outside that
-directory, and a symlink in place of the directory, the segment or
-state.json is refused rather than followed. Only the directory's ancestors
-may be symlinks (Debian's /var/run -> /run).
+Every file is read and written through crashhpd.safefile: relative to a
+descriptor of the state directory, under fixed names, with O_NOFOLLOW, so
+nothing read or written can lie outside that directory, and a symlink in
+place of the directory, the segment or state.json is refused rather than
+followed. Only the directory's ancestors may be symlinks (Debian's
+/var/run -> /run). The directory must be root's (the daemon's euid) and
+writable by nobody else; it is created 0700, and both files are 0600: the
+header holds the KASLR'd kernel address, the direct-map base and the RAM
+map, which the kernel hides from other users (/proc/kallsyms, /proc/iomem).
+`crashhpctl header` serves it to the control socket's group.
 
 A different capacity (another max_cpus or max_memory_ranges) is a full
 reload, as it is with kexec: the next apply writes a segment of the new size.
@@ -28,21 +33,21 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import stat
 import time
 
 from ..elfcorehdr import pack
 from ..elfcorehdr.layout import LayoutName, preset
 from ..errors import BackendError
+from ..safefile import SafeDir, Staged, UnsafeFileError
 from ..sysview.kernel_state import KernelState
 from .base import Applied, Health
 
 SEGMENT = "elfcorehdr"
 STATE = "state.json"
-TMP_PREFIX = ".tmp-"  # temporaries are .tmp-<name>-<random>; start-up removes leftovers
-DIR_MODE = 0o755
-FILE_MODE = 0o644
+DIR_MODE = 0o700
+FILE_MODE = 0o600  # the header is as secret as /proc/kallsyms and /proc/iomem
+STATE_LIMIT = 64 * 1024  # a few hundred bytes in practice
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +62,12 @@ class SandboxBackend:
                  max_memory_ranges: int = pack.DEFAULT_MAX_MEMORY_RANGES) -> None:
         self._dir = os.path.abspath(state_dir)
         self._capacity = pack.capacity(max_cpus, max_memory_ranges)
-        _make_dir(self._dir)
-        dir_fd = self._open_dir()
-        try:
-            _remove_temporaries(dir_fd)
-            self._applied, self._header, self._generation = self._recover(dir_fd)
-        finally:
-            os.close(dir_fd)
+        with self._open_dir() as d:
+            try:
+                d.remove_temporaries((SEGMENT, STATE))  # an apply that was killed: never seen by a reader
+            except OSError as err:
+                raise _failure(err, self._dir, "cannot remove old temporaries") from None
+            self._applied, self._header, self._generation = self._recover(d)
 
     # --- the Backend protocol -------------------------------------------------------
 
@@ -86,11 +90,8 @@ class SandboxBackend:
                 f"(elfsz > memsz); raise max_cpus or max_memory_ranges to reload with a larger one"
             )
         applied = _describe(header, self._generation + 1, self._capacity, time.time())
-        dir_fd = self._open_dir()
-        try:
-            self._install(dir_fd, header, applied)
-        finally:
-            os.close(dir_fd)
+        with self._open_dir() as d:
+            self._install(d, header, applied)
         return applied
 
     def health(self, kernel: KernelState) -> Health:
@@ -113,62 +114,68 @@ class SandboxBackend:
     def _path(self, name: str) -> str:
         return os.path.join(self._dir, name)
 
-    def _open_dir(self) -> int:
+    def _open_dir(self) -> SafeDir:
         try:
-            return os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            return SafeDir(self._dir, DIR_MODE)
         except OSError as err:
-            raise _refusal(self._dir, err, "cannot open the state directory") from None
+            raise _failure(err, self._dir, "cannot open the state directory") from None
 
-    def _recover(self, dir_fd: int) -> tuple[Applied | None, bytes | None, int]:
+    def _read(self, d: SafeDir, name: str, limit: int) -> bytes | None:
+        try:
+            return d.read(name, limit)
+        except OSError as err:
+            raise _failure(err, self._path(name), "cannot read") from None
+
+    def _recover(self, d: SafeDir) -> tuple[Applied | None, bytes | None, int]:
         """What is loaded, from the files a previous run left; repairs state.json from the segment."""
-        state_data = _read(dir_fd, STATE, self._path(STATE))
+        state_data = self._read(d, STATE, STATE_LIMIT)
         recorded = None if state_data is None else _parse_state(state_data, self._path(STATE))
         last = recorded.generation if recorded else 0
-        segment = _read(dir_fd, SEGMENT, self._path(SEGMENT))
+        segment = self._read(d, SEGMENT, pack.MAX_HEADER_SIZE)
         if segment is None:
             return None, None, last
         if recorded is not None and _describes(recorded, segment):
             return recorded, segment[:recorded.header_size], last
-        applied, header = self._repair(dir_fd, segment, last + 1)
+        applied, header = self._repair(d, segment, last + 1)
         return applied, header, applied.generation
 
-    def _repair(self, dir_fd: int, segment: bytes, generation: int) -> tuple[Applied, bytes]:
+    def _repair(self, d: SafeDir, segment: bytes, generation: int) -> tuple[Applied, bytes]:
         """Rewrite state.json from the segment, which a crash between the two renames left newer."""
         size = _header_length(segment, preset(self.layout).align)
         if size is None:
             raise BackendError(f"{self._path(SEGMENT)}: not one complete ELF core header with zero padding; "
                                f"remove it to load a new one")
         header = segment[:size]
-        mtime = os.stat(SEGMENT, dir_fd=dir_fd, follow_symlinks=False).st_mtime
+        mtime = os.stat(SEGMENT, dir_fd=d.fd, follow_symlinks=False).st_mtime
         applied = _describe(header, generation, len(segment), mtime)
         try:
-            _replace(dir_fd, _stage(dir_fd, STATE, _state_bytes(applied)), STATE)
+            d.write(STATE, _state_bytes(applied), FILE_MODE)
         except OSError as err:
-            raise BackendError(f"{self._path(STATE)}: cannot repair: {err.strerror}") from None
+            raise _failure(err, self._path(STATE), "cannot repair") from None
         logger.warning("%s did not describe %s (a crash between two renames); rebuilt it: generation %d",
                        self._path(STATE), self._path(SEGMENT), applied.generation)
         return applied, header
 
-    def _install(self, dir_fd: int, header: bytes, applied: Applied) -> None:
+    def _install(self, d: SafeDir, header: bytes, applied: Applied) -> None:
         """Stage both files first, so a full disk fails before anything is replaced."""
-        staged: list[str] = []
+        staged: list[Staged] = []
         try:
             for name in (SEGMENT, STATE):
-                _check_target(dir_fd, name, self._path(name))
-            staged.append(_stage(dir_fd, SEGMENT, header.ljust(self._capacity, b"\0")))
-            staged.append(_stage(dir_fd, STATE, _state_bytes(applied)))
-            os.rename(staged[0], SEGMENT, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                d.check_target(name)
+            staged.append(d.stage(SEGMENT, header.ljust(self._capacity, b"\0"), FILE_MODE))
+            staged.append(d.stage(STATE, _state_bytes(applied), FILE_MODE))
+            d.commit(staged[0], sync=False)
         except OSError as err:
-            _discard(dir_fd, staged)
-            raise BackendError(f"{self._path(SEGMENT)}: cannot apply generation {applied.generation}: "
-                               f"{err.strerror}; generation {self._generation} stays loaded") from None
+            d.discard(*staged)
+            raise _failure(err, self._path(SEGMENT), f"cannot apply generation {applied.generation}",
+                           f"; generation {self._generation} stays loaded") from None
         # From here every reader sees the new header: it is applied, whatever happens to state.json.
         self._applied, self._header, self._generation = applied, header, applied.generation
         try:
-            os.fsync(dir_fd)
-            _replace(dir_fd, staged[1], STATE)
+            d.sync()
+            d.commit(staged[1])
         except OSError as err:
-            _discard(dir_fd, staged[1:])
+            d.discard(staged[1])
             logger.warning("%s: generation %d applied but not recorded (%s); the next start rebuilds it",
                            self._path(STATE), applied.generation, err.strerror)
 
@@ -248,93 +255,8 @@ def _usage(applied: Applied, configured: int) -> str:
     return detail
 
 
-# --- file operations, all relative to the state directory's descriptor -------------------
-
-
-def _make_dir(path: str) -> None:
-    try:
-        os.makedirs(path, mode=DIR_MODE)
-    except FileExistsError:
-        return
-    except OSError as err:
-        raise BackendError(f"{path}: cannot create the state directory: {err.strerror}") from None
-    os.chmod(path, DIR_MODE)  # the umask must not narrow it: readers of the segment are not root
-
-
-def _refusal(path: str, err: OSError, doing: str) -> BackendError:
-    if os.path.islink(path):
-        return BackendError(f"{path} is a symlink; the sandbox backend refuses to follow it")
-    return BackendError(f"{path}: {doing}: {err.strerror}")
-
-
-def _check_target(dir_fd: int, name: str, path: str) -> None:
-    """Refuse to replace a symlink or anything that is not a plain file."""
-    try:
-        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
-    except FileNotFoundError:
-        return
-    if stat.S_ISLNK(mode):
-        raise BackendError(f"{path} is a symlink; the sandbox backend refuses to follow it")
-    if not stat.S_ISREG(mode):
-        raise BackendError(f"{path} is not a regular file; the sandbox backend refuses to replace it")
-
-
-def _read(dir_fd: int, name: str, path: str) -> bytes | None:
-    _check_target(dir_fd, name, path)
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        raise _refusal(path, err, "cannot read") from None
-    with open(fd, "rb") as f:
-        return f.read()
-
-
-def _temp_prefix(name: str) -> str:
-    return f"{TMP_PREFIX}{name}-"
-
-
-def _stage(dir_fd: int, name: str, data: bytes) -> str:
-    """Write `data` to a new temporary next to `name` and fsync it; on failure nothing is left."""
-    temp = _temp_prefix(name) + secrets.token_hex(6)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE,
-                 dir_fd=dir_fd)
-    try:
-        os.fchmod(fd, FILE_MODE)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        _discard(dir_fd, [temp])
-        raise
-    finally:
-        os.close(fd)
-    return temp
-
-
-def _replace(dir_fd: int, temp: str, name: str) -> None:
-    try:
-        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except OSError:
-        _discard(dir_fd, [temp])
-        raise
-    os.fsync(dir_fd)
-
-
-def _discard(dir_fd: int, temps: list[str]) -> None:
-    for temp in temps:
-        try:
-            os.unlink(temp, dir_fd=dir_fd)
-        except FileNotFoundError:
-            pass
-
-
-def _remove_temporaries(dir_fd: int) -> None:
-    """Temporaries of an apply that was killed: never renamed, so never seen by a reader.
-
-    Only this backend's own: the kexec backend keeps its files in the same directory.
-    """
-    ours = (_temp_prefix(SEGMENT), _temp_prefix(STATE))
-    _discard(dir_fd, [entry for entry in os.listdir(dir_fd) if entry.startswith(ours)])
+def _failure(err: OSError, path: str, doing: str, then: str = "") -> BackendError:
+    """A refusal is its own line (it names the path); any other error says what was being done."""
+    if isinstance(err, UnsafeFileError):
+        return BackendError(str(err))
+    return BackendError(f"{path}: {doing}: {err.strerror}{then}")

@@ -35,6 +35,9 @@ def header_size(phnum: int, align: int) -> int:
     return align_up(EHDR_SIZE + PHDR_SIZE * phnum, align)
 
 
+MAX_HEADER_SIZE = header_size(MAX_PHNUM, 4096)  # the largest header or segment: no layout rounds past a page
+
+
 def capacity(max_cpus: int, max_memory_ranges: int = DEFAULT_MAX_MEMORY_RANGES) -> int:
     """Bytes the seed patch reserves for the segment: room for every CPU and range there can be."""
     pnum = 2 + max_cpus + max_memory_ranges

@@ -11,19 +11,21 @@ or a textfile): it costs the daemon 3 MiB of memory it does not otherwise
 need, so the histograms count into plain buckets until then.
 
 The textfile is how the metrics leave the host without opening a port. It
-is replaced by rename after an fsync, so node_exporter never reads half of
-it, and only its temporary, whose name does not end in `.prom`, can be torn.
+is replaced through crashhpd.safefile (a temporary, fsync, rename), so
+node_exporter never reads half of it, and only the temporary, whose name
+does not end in `.prom`, can be torn. The directory is node_exporter's, so
+it is never created and may be anyone's (see SafeDir's `shared`); the file
+is 0644, since node_exporter rarely runs as root.
 """
 
 import bisect
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..safefile import SafeDir, describe
 from .status import Status
 
 if TYPE_CHECKING:
@@ -151,9 +153,10 @@ class Metrics:
         if directory is None:
             return
         try:
-            write_atomically(os.path.join(directory, TEXTFILE), self._exposition(status))
+            with SafeDir(directory, shared=True) as d:
+                d.write(TEXTFILE, self._exposition(status), TEXTFILE_MODE)
         except OSError as err:
-            problem = f"{directory}/{TEXTFILE}: metrics textfile not written: {err.strerror or err}"
+            problem = f"{directory}/{TEXTFILE}: metrics textfile not written: {describe(err, directory)}"
             if problem != self._textfile_error:
                 logger.warning("%s", problem)
             self._textfile_error = problem
@@ -170,26 +173,3 @@ class _Fixed:
     def collect(self) -> list["Metric"]:
         return self._collected
 
-
-def write_atomically(path: str, data: bytes) -> None:
-    """Temp file in the same directory, fsync, rename, fsync the directory: whole or not at all."""
-    directory = os.path.dirname(path)
-    fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), TEXTFILE_MODE)
-            os.fsync(f.fileno())
-        os.rename(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
