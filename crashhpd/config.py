@@ -22,15 +22,20 @@ from pydantic import (
     ModelWrapValidatorHandler,
     PrivateAttr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from .elfcorehdr.layout import KERNEL_HALF, LayoutName
 from .elfcorehdr.pack import DEFAULT_MAX_MEMORY_RANGES, MAX_PHNUM
-from .errors import ConfigError
+from .errors import ConfigError, quoted
+from .safefile import describe, read_file
 
 DEFAULT_PATH = "/etc/crashhpd/crashhpd.toml"
+MAX_FILE_BYTES = 1 << 20  # a configuration file is a few KiB; a larger one is refused unread
+MAX_DELAY_MS = 600_000  # ten minutes: any debounce or client deadline beyond that is a typo, not a policy
+MAX_KEXEC_TIMEOUT_S = 600.0  # kexec -p takes seconds; a load may not keep the daemon from stopping longer
 DROPIN_SUFFIX = ".d"
 ROOT_OPTION = "--root"  # names where `root` came from when the command line set it
 DEFAULT_ORIGIN = "the default"
@@ -78,6 +83,14 @@ class _Section(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: object) -> object:
+        """TOML allows \\u0000 in a string; no path, name or command line handed to the system may hold one."""
+        if isinstance(value, str) and "\0" in value:
+            raise ValueError("must not contain a NUL character")
+        return value
+
 
 def _cross_field(keys: tuple[str, ...], message: str) -> PydanticCustomError:
     """An error about several keys together; `keys` (dotted, below the table) lets the report name each and its file."""
@@ -95,8 +108,8 @@ class MonitorConfig(_Section):
 class DebounceConfig(_Section):
     """Turns a burst of events into one update, without starving a storm that never pauses."""
 
-    quiet_ms: int = Field(default=200, gt=0)
-    max_delay_ms: int = Field(default=2000, gt=0)
+    quiet_ms: int = Field(default=200, gt=0, le=MAX_DELAY_MS)
+    max_delay_ms: int = Field(default=2000, gt=0, le=MAX_DELAY_MS)
 
     @model_validator(mode="after")
     def _delay_covers_quiet(self) -> "DebounceConfig":
@@ -128,8 +141,8 @@ class ControlConfig(_Section):
 
     socket: AbsPath = "/run/crashhpd/control.sock"
     group: Annotated[str, AfterValidator(_group_name)] = "root"
-    timeout_ms: int = Field(default=2000, gt=0)
-    max_request_bytes: int = Field(default=65536, gt=0)
+    timeout_ms: int = Field(default=2000, gt=0, le=MAX_DELAY_MS)
+    max_request_bytes: int = Field(default=65536, gt=0, le=16 * 1024 * 1024)
 
 
 class MetricsConfig(_Section):
@@ -153,7 +166,7 @@ class KexecConfig(_Section):
     cmdline: str | None = None
     append: str | None = None
     file_load: bool = False
-    timeout_s: float = Field(default=60.0, gt=0)
+    timeout_s: float = Field(default=60.0, gt=0, le=MAX_KEXEC_TIMEOUT_S)
     dry_run: bool = False
     hotplug: bool = False
 
@@ -216,12 +229,18 @@ def merge(layers: Iterable[tuple[str, Table]]) -> tuple[Table, dict[KeyPath, str
 
 
 def _overlay(into: Table, origins: dict[KeyPath, str], table: Table, source: str, prefix: KeyPath) -> None:
-    """Tables merge key by key; a value that replaces a table (or a table a value) also drops who set what under it."""
+    """Tables merge key by key; a value that replaces a table also drops who set what under it.
+
+    Linear in the keys: only replacing a whole table looks through the origins.
+    """
     for key, value in table.items():
         path = prefix + (key,)
-        if not (isinstance(value, dict) and isinstance(into.get(key), dict)):
-            for stale in [p for p in origins if p[: len(path)] == path]:
-                del origins[stale]
+        previous = into.get(key)
+        if not (isinstance(value, dict) and isinstance(previous, dict)):
+            if isinstance(previous, dict):
+                for stale in [p for p in origins if p[: len(path)] == path]:
+                    del origins[stale]
+            origins.pop(path, None)
             into[key] = {} if isinstance(value, dict) else value
         if isinstance(value, dict):
             _overlay(into[key], origins, value, source, path)
@@ -268,9 +287,9 @@ def _message(error: ErrorDetails, loc: KeyPath) -> str:
     if kind == "extra_forbidden":
         return "unknown key" + _suggestion(loc)
     if kind == "model_type":
-        return f"must be a table (got {error['input']!r})"
+        return f"must be a table (got {quoted(repr(error['input']))})"
     text = str(error["ctx"]["error"]) if kind == "value_error" else error["msg"]
-    return f"{text} (got {error['input']!r})"
+    return f"{text} (got {quoted(repr(error['input']))})"
 
 
 def _cross_problem(table: KeyPath, keys: tuple[str, ...], message: str, origins: dict[KeyPath, str]) -> str:
@@ -312,18 +331,19 @@ def dropins(main: str) -> list[str]:
 def read_toml(path: str, required: bool = True) -> Table | None:
     """One file's table, or None when an optional file is absent."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_file(path, MAX_FILE_BYTES)
     except OSError as err:
         if isinstance(err, FileNotFoundError) and not required:
             return None
-        raise ConfigError([f"{path}: {err.strerror}"]) from None
+        raise ConfigError([describe(err, path)]) from None
     try:
         return tomllib.loads(data.decode())
     except UnicodeDecodeError as err:
         raise ConfigError([f"{path}: not UTF-8 text (byte {err.start})"]) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError([f"{path}: {err}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: arrays or tables nested too deeply"]) from None
 
 
 def read_layers(main: str, required: bool) -> tuple[list[tuple[str, Table]], list[str]]:

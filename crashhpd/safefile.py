@@ -255,6 +255,22 @@ def _naming(path: str) -> Iterator[None]:
         raise OSError(err.errno, err.strerror, path) from None  # the same subclass: FileNotFoundError, ...
 
 
+def read_file(path: str, limit: int) -> bytes:
+    """A regular file by path (symlinks followed: an admin's file may be one), capped at `limit` bytes.
+
+    For a file that is not in a directory of crashhpd's own, such as its
+    configuration: a FIFO or device there is refused instead of blocking the
+    daemon or filling its memory.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        return _read_regular(fd, path, limit)
+    finally:
+        os.close(fd)
+
+
 def _read_regular(fd: int, path: str, limit: int) -> bytes:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):  # swapped in after the check by name
