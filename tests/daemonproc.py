@@ -144,6 +144,11 @@ def generation(state_dir: Path) -> int:
         return 0
 
 
+def segment_header(state_dir: Path) -> bytes:
+    """The header in the sandbox segment, without the zero padding after it: what the daemon applied last."""
+    return (state_dir / "elfcorehdr").read_bytes()[: state(state_dir)["header_size"]]
+
+
 def generated(root: Path, layout: str = "kernel") -> bytes:
     """What `crashhpd generate` builds for the tree now: the reference the daemon must match."""
     return subprocess.run([CRASHHPD, "generate", "--root", str(root), "--layout", layout],

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from daemonproc import generated, generation, inject, wait_for
+from daemonproc import generated, generation, inject, segment_header, wait_for
+from faketree import replace_iomem
 from prometheus_client.parser import text_string_to_metric_families
-from test_control import HOT_ADDED, NOGROUP, STATUS_KEYS, env, iomem, run_as_nobody, segment_header, set_iomem  # noqa: F401
+from test_control import HOT_ADDED, NOGROUP, STATUS_KEYS, env, iomem, run_as_nobody  # noqa: F401
 
 from crashhpd.control.render import age, aligned, duration
 
@@ -77,7 +78,7 @@ def test_verify_exits_1_on_drift_and_reconcile_repairs_it(running):
     env, sock = running
     proc = ctl(*sock, "verify")
     assert proc.returncode == 0 and proc.stdout.startswith("in sync: generation 1")
-    set_iomem(env.root, iomem(hot_added=1))  # no event: only verify can tell
+    replace_iomem(env.root, iomem(hot_added=1))  # no event: only verify can tell
     proc = ctl(*sock, "verify")
     assert proc.returncode == 1
     assert proc.stdout.startswith("DIFFERS: generation 1") and f"  {HOT_ADDED}" in proc.stdout
@@ -95,7 +96,7 @@ def test_verify_exits_1_on_drift_and_reconcile_repairs_it(running):
 
 def test_reconcile_json_takes_over_pending_events(running):
     env, sock = running
-    set_iomem(env.root, iomem(hot_added=1))
+    replace_iomem(env.root, iomem(hot_added=1))
     inject("online")
     wait_for(lambda: ctl_json(*sock, "status")[1]["pending_events"] >= 1, 5, "a pending event")
     code, done = ctl_json(*sock, "reconcile")
@@ -162,7 +163,7 @@ def test_an_invalid_config_exits_2_naming_it(tmp_path):
 
 def test_an_error_reply_exits_1_in_both_forms(running):
     env, sock = running
-    set_iomem(env.root, "garbage\n")
+    replace_iomem(env.root, "garbage\n")
     proc = ctl(*sock, "reconcile")
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.startswith("crashhpctl: reconcile: ") and proc.stderr.rstrip().endswith("(failed)")

@@ -10,28 +10,31 @@ import time
 from pathlib import Path
 
 import pytest
-from daemonproc import DaemonProcess, can_inject, generated, generation, inject, state, wait_for, write_config
-from faketree import make_tree
+from daemonproc import (
+    DaemonProcess,
+    can_inject,
+    generated,
+    generation,
+    inject,
+    segment_header,
+    wait_for,
+    write_config,
+)
+from faketree import VIRTIO_MEM, make_tree, replace_iomem, virtio_mem_plugged
 
 pytestmark = pytest.mark.skipif(can_inject() is not None, reason=can_inject() or "")
 
-FIXTURE = (Path(__file__).parent / "fixtures/iomem/virtio-mem.txt").read_text()
-HOT_ADDED = "  350000000-357ffffff : System RAM (virtio_mem)\n"
 QUIET_MS = 150
 
 
 def tree_with(root: Path, extra_blocks: int) -> None:
     """The virtio-mem fixture plus `extra_blocks` hot-added 128 MiB blocks under virtio1."""
-    lines = "".join(f"  {0x350000000 + i * 0x8000000:x}-{0x350000000 + (i + 1) * 0x8000000 - 1:x} : "
-                    "System RAM (virtio_mem)\n" for i in range(extra_blocks))
-    tmp = root / "proc/.iomem.new"
-    tmp.write_text(FIXTURE + lines)
-    tmp.replace(root / "proc/iomem")  # the kernel's /proc/iomem is never seen half-written either
+    replace_iomem(root, virtio_mem_plugged(extra_blocks))
 
 
 @pytest.fixture
 def env(tmp_path: Path):
-    root = make_tree(tmp_path / "root", FIXTURE)
+    root = make_tree(tmp_path / "root", VIRTIO_MEM)
     state_dir = tmp_path / "state"
     config = write_config(tmp_path / "crashhpd.toml", {
         "root": str(root),
@@ -52,11 +55,6 @@ def env(tmp_path: Path):
     yield root, state_dir, config, start
     for d in daemons:
         d.stop()
-
-
-def segment_header(state_dir: Path) -> bytes:
-    st = state(state_dir)
-    return (state_dir / "elfcorehdr").read_bytes()[: st["header_size"]]
 
 
 def test_startup_applies_the_first_header_before_ready(env):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from daemonproc import DaemonProcess, can_inject, generated, inject, wait_for, write_config
-from faketree import kernel, make_tree, write
+from faketree import QEMU_GUEST, QEMU_HOT_ADD_BASE, hot_added, kernel, make_tree, replace_iomem, write
 from kexec_standin import EBUSY
 
 from crashhpd import log
@@ -35,13 +35,10 @@ from crashhpd.errors import BackendError
 from crashhpd.sysview.snapshot import read_snapshot
 
 STANDIN = Path(__file__).parent / "kexec_standin.py"
-FIXTURES = Path(__file__).parent / "fixtures"
 CMDLINE = "BOOT_IMAGE=/boot/vmlinuz-6.1.0-18-amd64 root=UUID=0b4e ro quiet crashkernel=512M-:192M\n"
 KDUMP_TOOLS = "USE_KDUMP=1\nKDUMP_KERNEL=/var/lib/kdump/vmlinuz\nKDUMP_INITRD=/var/lib/kdump/initrd.img\n" \
               'KDUMP_CMDLINE_APPEND="nr_cpus=1 irqpoll"\n'
 BOOT_ID = "6f1c3f5e-1d1b-4a36-9d9b-3c8c2f6a0b11\n"
-HOT_ADD_BASE = 0x440000000
-BLOCK = 0x8000000  # 128 MiB memory blocks
 
 
 @dataclass
@@ -69,26 +66,15 @@ class Standin:
         return [c for c in self.calls() if "-p" in c["argv"]]
 
 
-def iomem(hot_added_blocks: int = 0) -> str:
-    """The QEMU guest's /proc/iomem with hot-added 128 MiB blocks of System RAM above it."""
-    text = (FIXTURES / "iomem/qemu-kvm-crashkernel.txt").read_text()
-    for n in range(hot_added_blocks):
-        start = HOT_ADD_BASE + n * BLOCK
-        text += f"{start:x}-{start + BLOCK - 1:x} : System RAM\n"
-    return text
-
-
 def hot_add(root: Path, blocks: int) -> None:
-    """Replace the tree's /proc/iomem at once: the kernel's is never seen half-written either."""
-    tmp = root / "proc/.iomem.new"
-    tmp.write_text(iomem(blocks))
-    tmp.replace(root / "proc/iomem")
+    """The QEMU guest with `blocks` hot-added 128 MiB blocks of System RAM above its own."""
+    replace_iomem(root, hot_added(QEMU_GUEST, blocks, QEMU_HOT_ADD_BASE))
 
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     """A Debian host with kdump-tools set up and a crash kernel loaded at boot."""
-    tree = make_tree(tmp_path / "root", iomem(), possible="0-3", memory_blocks=4, extra={
+    tree = make_tree(tmp_path / "root", QEMU_GUEST, possible="0-3", memory_blocks=4, extra={
         "sys/kernel/kexec_crash_loaded": "1\n",
         "proc/cmdline": CMDLINE,
         "proc/sys/kernel/random/boot_id": BOOT_ID,

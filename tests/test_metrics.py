@@ -6,10 +6,11 @@ import threading
 import time
 
 import pytest
-from daemonproc import generated, generation, inject, wait_for
+from daemonproc import generated, generation, inject, segment_header, wait_for
+from faketree import replace_iomem
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from test_control import ask, env, iomem, result, segment_header, set_iomem  # noqa: F401
+from test_control import ask, env, iomem, result  # noqa: F401
 
 from crashhpd.service.metrics import ERROR_KINDS, TEXTFILE, families, write_atomically
 from crashhpd.service.status import Status
@@ -47,7 +48,7 @@ def test_the_exposition_parses_and_agrees_with_status(env):
 
 def test_a_hot_add_lands_in_both_histograms(env):
     env.start(debounce={"quiet_ms": 100, "max_delay_ms": 1000})
-    set_iomem(env.root, iomem(hot_added=1))
+    replace_iomem(env.root, iomem(hot_added=1))
     inject("online")
     wait_for(lambda: segment_header(env.state_dir) == generated(env.root), 10, "the apply")
     text = result(env.socket, "metrics")["text"]
@@ -61,7 +62,7 @@ def test_a_hot_add_lands_in_both_histograms(env):
 
 def test_errors_are_counted_by_kind(env):
     env.start()
-    set_iomem(env.root, "garbage\n")
+    replace_iomem(env.root, "garbage\n")
     assert ask(env.socket, "reconcile")["ok"] is False
     text = result(env.socket, "metrics")["text"]
     assert value(text, "crashhpd_errors_total", kind="snapshot-failed") == 1
@@ -100,7 +101,7 @@ def test_the_textfile_is_never_seen_half_written(env, tmp_path):
     try:
         for i in range(30):
             before = generation(env.state_dir)
-            set_iomem(env.root, iomem(hot_added=(i + 1) % 2))
+            replace_iomem(env.root, iomem(hot_added=(i + 1) % 2))
             inject("online")
             wait_for(lambda: generation(env.state_dir) > before, 10, f"apply {i + 1}")
     finally:
@@ -118,7 +119,7 @@ def test_a_textfile_dir_that_does_not_exist_is_one_warning_and_nothing_else(env,
     d = env.start(debounce={"quiet_ms": 10, "max_delay_ms": 50}, metrics={"textfile_dir": str(tmp_path / "gone")})
     for hot_added in (1, 0):
         before = generation(env.state_dir)
-        set_iomem(env.root, iomem(hot_added=hot_added))
+        replace_iomem(env.root, iomem(hot_added=hot_added))
         inject("online")
         wait_for(lambda: generation(env.state_dir) > before, 10, "an apply")
     assert d.stderr().count("metrics textfile not written") == 1

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faketree import NO_KEXEC, make_tree
+from faketree import BLOCK, NO_KEXEC, QEMU_GUEST, QEMU_HOT_ADD_BASE, hot_added, make_tree
 
 from crashhpd.backends.base import Applied
 from crashhpd.backends.sandbox import SEGMENT, STATE, TMP_PREFIX, SandboxBackend
@@ -23,21 +23,10 @@ from crashhpd.elfcorehdr.validate import check, parse
 from crashhpd.errors import BackendError
 from crashhpd.sysview.snapshot import read_snapshot
 
-FIXTURE = Path(__file__).parent / "fixtures" / "iomem" / "qemu-kvm-crashkernel.txt"
 CPUS = 64
 CAPACITY = capacity(CPUS)  # 462512: NR_CPUS 64 + 8192 ranges, the seed patch's default
 SMALL_CPUS, SMALL_RANGES = 4, 100
 SMALL = capacity(SMALL_CPUS, SMALL_RANGES)  # 6000: holds the small header, not the large one
-HOTPLUG_BASE = 0x440000000
-BLOCK = 0x8000000  # 128 MiB, one memory block
-
-
-def hot_added(blocks: int) -> str:
-    """Top-level System RAM lines above the fixture's RAM, one per block, with a hole between them."""
-    return "".join(
-        f"{HOTPLUG_BASE + 2 * k * BLOCK:x}-{HOTPLUG_BASE + (2 * k + 1) * BLOCK - 1:x} : System RAM\n"
-        for k in range(blocks)
-    )
 
 
 def header_for(root: Path, iomem: str) -> bytes:
@@ -51,7 +40,7 @@ def header_for(root: Path, iomem: str) -> bytes:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """The fixture guest as booted: 4 CPUs, 3 RAM ranges, one page."""
-    return header_for(tmp_path_factory.mktemp("small"), FIXTURE.read_text())
+    return header_for(tmp_path_factory.mktemp("small"), QEMU_GUEST)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +51,9 @@ def large(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     written in place (several page copies, interruptible by SIGKILL) would be
     seen half old, half new.
     """
-    return header_for(tmp_path_factory.mktemp("large"), FIXTURE.read_text() + hot_added(8000))
+    # top-level System RAM above the fixture's, one range per block with a hole between them
+    iomem = hot_added(QEMU_GUEST, 8000, QEMU_HOT_ADD_BASE, stride=2 * BLOCK)
+    return header_for(tmp_path_factory.mktemp("large"), iomem)
 
 
 @pytest.fixture

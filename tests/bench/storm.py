@@ -32,8 +32,8 @@ import pyudev
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daemonproc import DaemonProcess, generation, inject, state, wait_for, write_config
-from faketree import make_tree
+from daemonproc import DaemonProcess, generation, inject, segment_header, wait_for, write_config
+from faketree import VIRTIO_MEM, make_tree, replace_iomem, virtio_mem_plugged
 
 from crashhpd.backends.sandbox import SandboxBackend
 from crashhpd.elfcorehdr.layout import plan, preset
@@ -41,22 +41,16 @@ from crashhpd.elfcorehdr.pack import build
 from crashhpd.sysview.snapshot import read_boot_constants, read_snapshot
 
 # the virtio-mem fixture with its second device widened to 240 GiB, room for every block a storm adds
-FIXTURE = (Path(__file__).resolve().parents[1] / "fixtures/iomem/virtio-mem.txt").read_text().replace(
-    "334000000-533ffffff : virtio1", "334000000-3fffffffff : virtio1")
+FIXTURE = VIRTIO_MEM.replace("334000000-533ffffff : virtio1", "334000000-3fffffffff : virtio1")
 EVENTS_PER_BLOCK = 8
-BLOCK = 0x8000000
 
 
 def iomem(blocks: int) -> str:
-    return FIXTURE + "".join(
-        f"  {0x350000000 + i * BLOCK:x}-{0x350000000 + (i + 1) * BLOCK - 1:x} : System RAM (virtio_mem)\n"
-        for i in range(blocks))
+    return virtio_mem_plugged(blocks, FIXTURE)
 
 
 def set_blocks(root: Path, blocks: int) -> None:
-    tmp = root / "proc/.iomem.new"
-    tmp.write_text(iomem(blocks))
-    tmp.replace(root / "proc/iomem")
+    replace_iomem(root, iomem(blocks))
 
 
 def storm(root: Path, count: int) -> float:
@@ -99,8 +93,7 @@ def run_crashhpd(work: Path, count: int) -> dict[str, float]:
         want = expected(root)
 
         def correct() -> bool:
-            st = state(state_dir)
-            return (state_dir / "elfcorehdr").read_bytes()[: st["header_size"]] == want
+            return segment_header(state_dir) == want
 
         wait_for(correct, 60, "the daemon's final header")
         latency = time.monotonic() - last
