@@ -554,7 +554,7 @@ def test_daemon_storm_during_failing_reloads_ends_in_one_load_of_the_newest_head
         inject("online", 1)  # a late event (the retry timer may be up to a minute away by now)
         wait_for(lambda: (state_dir / STATE_FILE).exists()
                  and json.loads((state_dir / STATE_FILE).read_text())["generation"] == 2, 15, "generation 2")
-        time.sleep(0.5)  # longer than the quiet window: nothing else may follow
+        daemon.wait_idle()  # the daemon's own word that nothing else is due
     finally:
         daemon.stop()
     loads = standin.loads()

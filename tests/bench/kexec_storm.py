@@ -126,7 +126,7 @@ def run_crashhpd(work: Path, events: int, rate: float, cost: float) -> Result:
         except AssertionError as err:
             sys.exit(f"kexec_storm.py: {err}; the daemon said:\n{daemon.stderr()[-3000:]}")
         done = time.monotonic()
-        time.sleep((MAX_DELAY_MS / 1000) + cost)  # any later reload would be counted
+        daemon.wait_idle(60)  # until the daemon says nothing more is due: any later reload would be counted
         return Result(loads(work) - at_start, done - started, done - last)
     finally:
         daemon.stop()
