@@ -29,8 +29,8 @@ from crashhpd import log
 from crashhpd.backends.kernel import choose
 from crashhpd.backends.kexec import STATE_FILE, Backoff, KexecBackend
 from crashhpd.config import KexecConfig
-from crashhpd.elfcorehdr.layout import plan, preset
-from crashhpd.elfcorehdr.pack import build
+from crashhpd.elfcorehdr.build import build_valid
+from crashhpd.elfcorehdr.layout import preset
 from crashhpd.errors import BackendError
 from crashhpd.sysview.snapshot import read_snapshot
 
@@ -105,7 +105,7 @@ def backend(standin: Standin, state_dir: Path, **cfg: object) -> KexecBackend:
 
 def model(root: Path) -> bytes:
     """The header kexec-tools would build for this tree: what the daemon compares with loaded()."""
-    return build(plan(read_snapshot(str(root)), preset("kexec-tools")))
+    return build_valid(read_snapshot(str(root)), preset("kexec-tools")).data
 
 
 def kind_of(record: logging.LogRecord) -> str | None:
@@ -393,14 +393,14 @@ def test_online_offline_bursts_leave_the_kexec_tools_model_unchanged(standin, ro
     # stand-in: counts the reloads a real kexec would have done
     b = backend(standin, tmp_path / "state")
     before = model(root)
-    kernel_before = build(plan(read_snapshot(str(root)), preset("kernel")))
+    kernel_before = build_valid(read_snapshot(str(root)), preset("kernel")).data
     b.apply(before, kernel(root))
     write(root, "sys/devices/system/cpu/online", "0,2\n")  # CPUs 1 and 3 offline, still present
     write(root, "sys/devices/system/memory/memory2/state", "offline\n")  # the block stays in /proc/iomem
     write(root, "sys/devices/system/memory/memory3/state", "offline\n")
     after = model(root)
     assert after == before == b.loaded(kernel(root))  # the daemon calls apply only when these differ: no reload
-    assert build(plan(read_snapshot(str(root)), preset("kernel"))) != kernel_before  # the kernel's layout moves
+    assert build_valid(read_snapshot(str(root)), preset("kernel")).data != kernel_before  # the kernel's layout moves
     hot_add(root, 1)
     assert model(root) != b.loaded(kernel(root))  # a hot-add does change what kexec-tools builds
     assert len(standin.loads()) == 1

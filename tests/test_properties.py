@@ -124,6 +124,8 @@ def test_random_nested_layout_gives_a_valid_header_covering_exactly_the_dumpable
     with tempfile.TemporaryDirectory() as tmp:
         root = make_tree(Path(tmp), iomem, possible=f"0-{ncpus - 1}", extra=extra)
         snapshot = read_snapshot(str(root))
+    # plan and build apart, not build_valid: the model is compared with the bytes below, and the checks
+    # run on their own so that a failure names the rule, not only build_valid's refusal
     model = plan(snapshot, preset(layout))
     data = build(model)
 

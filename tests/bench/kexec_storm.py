@@ -43,8 +43,8 @@ from faketree import QEMU_GUEST, QEMU_HOT_ADD_BASE, hot_added, make_tree, replac
 
 from crashhpd.backends.kexec import STATE_FILE, KexecBackend  # noqa: E402
 from crashhpd.config import KexecConfig  # noqa: E402
-from crashhpd.elfcorehdr.layout import plan, preset  # noqa: E402
-from crashhpd.elfcorehdr.pack import build  # noqa: E402
+from crashhpd.elfcorehdr.build import build_valid  # noqa: E402
+from crashhpd.elfcorehdr.layout import preset  # noqa: E402
 from crashhpd.sysview.snapshot import read_boot_constants, read_snapshot  # noqa: E402
 
 STANDIN = TESTS / "kexec_standin.py"
@@ -146,7 +146,7 @@ def run_per_event(work: Path, events: int, rate: float, cost: float) -> tuple[Re
         set_blocks(root, i + 1)
         inject("online")
         snapshot = read_snapshot(str(root), boot)
-        header = build(plan(snapshot, preset("kexec-tools")))
+        header = build_valid(snapshot, preset("kexec-tools")).data
         t = time.monotonic()
         backend.apply(header, snapshot.kernel)
         durations.append(time.monotonic() - t)

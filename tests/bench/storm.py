@@ -36,8 +36,8 @@ from daemonproc import DaemonProcess, generation, inject, segment_header, wait_f
 from faketree import VIRTIO_MEM, make_tree, replace_iomem, virtio_mem_plugged
 
 from crashhpd.backends.sandbox import SandboxBackend
-from crashhpd.elfcorehdr.layout import plan, preset
-from crashhpd.elfcorehdr.pack import build
+from crashhpd.elfcorehdr.build import build_valid
+from crashhpd.elfcorehdr.layout import preset
 from crashhpd.sysview.snapshot import read_boot_constants, read_snapshot
 
 # the virtio-mem fixture with its second device widened to 240 GiB, room for every block a storm adds
@@ -63,7 +63,7 @@ def storm(root: Path, count: int) -> float:
 
 
 def expected(root: Path) -> bytes:
-    return build(plan(read_snapshot(str(root)), preset("kernel")))
+    return build_valid(read_snapshot(str(root)), preset("kernel")).data
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -123,7 +123,7 @@ def run_baseline(work: Path, count: int) -> dict[str, float]:
         shutil.rmtree(state_dir, ignore_errors=True)  # kexec -p -u: no crash kernel from here on
         backend = SandboxBackend(str(state_dir), 64)  # a full load: fresh segment, fresh snapshot
         snapshot = read_snapshot(str(root), boot)
-        backend.apply(build(plan(snapshot, preset("kernel"))), snapshot.kernel)
+        backend.apply(build_valid(snapshot, preset("kernel")).data, snapshot.kernel)
         applies += 1
     latency = time.monotonic() - last
     assert backend.loaded(snapshot.kernel) == expected(root)
