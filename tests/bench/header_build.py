@@ -20,6 +20,7 @@ from elftools.elf.structs import ELFStructs
 
 from crashhpd.elfcorehdr.layout import HeaderModel, plan, preset
 from crashhpd.elfcorehdr.pack import EHDR_SIZE, PHDR_SIZE, build, header_size
+from crashhpd.sysview.kernel_state import KernelState
 from crashhpd.sysview.snapshot import BootConstants, CpuNote, Snapshot
 
 GIB = 1 << 30
@@ -36,6 +37,7 @@ def snapshot(cpus: int, ranges: int) -> Snapshot:
         cpus_possible=every, cpus_present=every, cpus_online=every,
         crash_notes={c: CpuNote(0x13FC17000 + c * 0x1000, 368) for c in range(cpus)},
         vmcoreinfo=(0x100C66000, 0x1024), boot=BootConstants(0xFFFFFFFF81000000, 0xFFFFFFFF84A00000, None),
+        kernel=KernelState(None, None, None, None, None, None, None, None),  # no kexec: the header is all we build
     )
 
 
