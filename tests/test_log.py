@@ -38,7 +38,8 @@ logger = logging.getLogger("crashhpd.child")
 
 
 def apply_burst():
-    logger.info("applied generation 12", extra=log.fields("applied", generation=12, ranges=41, cpus=3, backend="sandbox", events=7680, duration_us=1534))  # APPLY
+    fields = log.fields("applied", generation=12, ranges=41, cpus=3, backend="sandbox", events=7680, duration_us=1534)
+    logger.info("applied generation 12", extra=fields)  # APPLY
 
 
 apply_burst()

@@ -103,7 +103,7 @@ def test_the_textfile_is_never_seen_half_written(env, tmp_path):
             before = generation(env.state_dir)
             replace_iomem(env.root, iomem(hot_added=(i + 1) % 2))
             inject("online")
-            wait_for(lambda: generation(env.state_dir) > before, 10, f"apply {i + 1}")
+            wait_for(lambda before=before: generation(env.state_dir) > before, 10, f"apply {i + 1}")
     finally:
         stop.set()
         reader.join()
@@ -121,7 +121,7 @@ def test_a_textfile_dir_that_does_not_exist_is_one_warning_and_nothing_else(env,
         before = generation(env.state_dir)
         replace_iomem(env.root, iomem(hot_added=hot_added))
         inject("online")
-        wait_for(lambda: generation(env.state_dir) > before, 10, "an apply")
+        wait_for(lambda before=before: generation(env.state_dir) > before, 10, "an apply")
     assert d.stderr().count("metrics textfile not written") == 1
     assert f"{tmp_path}/gone/{TEXTFILE}" in d.stderr()
     assert d.proc.poll() is None
