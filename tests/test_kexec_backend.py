@@ -524,6 +524,7 @@ def test_real_kexec_failure_is_one_clear_backend_error(root, tmp_path):
 # --- the same storm through the real daemon -----------------------------------------------------------
 
 
+@pytest.mark.root
 @pytest.mark.skipif(can_inject() is not None, reason=can_inject() or "")
 def test_daemon_storm_during_failing_reloads_ends_in_one_load_of_the_newest_header(standin, root, tmp_path):
     # stand-in: the reloads fail on cue (the kexec lock held elsewhere) until the test lets them succeed;

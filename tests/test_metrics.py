@@ -29,6 +29,7 @@ def value(text: str, name: str, **labels: str) -> float:
 # --- what a real daemon serves ----------------------------------------------------------------------
 
 
+@pytest.mark.root
 def test_the_exposition_parses_and_agrees_with_status(env):
     env.start()
     text = result(env.socket, "metrics")["text"]
@@ -46,6 +47,7 @@ def test_the_exposition_parses_and_agrees_with_status(env):
     assert value(text, "crashhpd_event_to_apply_seconds_count") == 0  # no event started it
 
 
+@pytest.mark.root
 def test_a_hot_add_lands_in_both_histograms(env):
     env.start(debounce={"quiet_ms": 100, "max_delay_ms": 1000})
     replace_iomem(env.root, iomem(hot_added=1))
@@ -60,6 +62,7 @@ def test_a_hot_add_lands_in_both_histograms(env):
     assert value(text, "crashhpd_uevents_total") >= 1
 
 
+@pytest.mark.root
 def test_errors_are_counted_by_kind(env):
     env.start()
     replace_iomem(env.root, "garbage\n")
@@ -72,6 +75,7 @@ def test_errors_are_counted_by_kind(env):
 # --- the textfile ------------------------------------------------------------------------------------
 
 
+@pytest.mark.root
 def test_the_textfile_is_never_seen_half_written(env, tmp_path):
     prom_dir = tmp_path / "prom"
     prom_dir.mkdir()
@@ -115,6 +119,7 @@ def test_the_textfile_is_never_seen_half_written(env, tmp_path):
     assert sorted(p.name for p in prom_dir.iterdir()) == [TEXTFILE], "no temporary left behind"
 
 
+@pytest.mark.root
 def test_a_textfile_dir_that_does_not_exist_is_one_warning_and_nothing_else(env, tmp_path):
     d = env.start(debounce={"quiet_ms": 10, "max_delay_ms": 50}, metrics={"textfile_dir": str(tmp_path / "gone")})
     for hot_added in (1, 0):

@@ -332,6 +332,7 @@ def fill(fs: Path, leave: int) -> None:
     assert os.statvfs(fs).f_bavail * os.statvfs(fs).f_frsize == leave
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("room", ["none", "segment-only"])
 def test_a_full_disk_is_an_error_and_the_old_header_stays(tiny_fs: Path, small: bytes, large: bytes,
                                                           room: str) -> None:
