@@ -13,6 +13,8 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from crashhpd.control.client import request
 
 CRASHHPD = str(Path(sys.executable).with_name("crashhpd"))
@@ -32,6 +34,10 @@ def can_inject() -> str | None:
     if not uevent_blocks():
         return "no /sys/devices/system/memory blocks on this kernel"
     return None
+
+
+# the marks of a module whose tests inject real uevents: `pytestmark = UEVENTS`
+UEVENTS = [pytest.mark.root, pytest.mark.skipif(can_inject() is not None, reason=can_inject() or "")]
 
 
 def inject(action: str, count: int = 1) -> None:

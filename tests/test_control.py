@@ -29,8 +29,8 @@ import faketree
 import pytest
 from daemonproc import (
     CRASHHPD,
+    UEVENTS,
     DaemonProcess,
-    can_inject,
     generated,
     generation,
     inject,
@@ -45,7 +45,7 @@ from crashhpd.control import protocol
 from crashhpd.control.server import MAX_CLIENTS
 from crashhpd.elfcorehdr.validate import parse
 
-pytestmark = [pytest.mark.root, pytest.mark.skipif(can_inject() is not None, reason=can_inject() or "")]
+pytestmark = UEVENTS
 
 HOT_ADDED = "+ RAM 0x350000000-0x357ffffff (128 MiB)"
 NEVER_MS = 600_000  # a debounce no stray uevent from another process ends during a test

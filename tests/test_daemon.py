@@ -10,19 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from daemonproc import (
-    DaemonProcess,
-    can_inject,
-    generated,
-    generation,
-    inject,
-    segment_header,
-    wait_for,
-    write_config,
-)
+from daemonproc import UEVENTS, DaemonProcess, generated, generation, inject, segment_header, wait_for, write_config
 from faketree import VIRTIO_MEM, make_tree, replace_iomem, virtio_mem_plugged
 
-pytestmark = [pytest.mark.root, pytest.mark.skipif(can_inject() is not None, reason=can_inject() or "")]
+pytestmark = UEVENTS
 
 QUIET_MS = 150
 
