@@ -9,8 +9,13 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
+
+from crashhpd.control.client import request
 
 CRASHHPD = str(Path(sys.executable).with_name("crashhpd"))
 MEMORY = Path("/sys/devices/system/memory")
@@ -29,6 +34,10 @@ def can_inject() -> str | None:
     if not uevent_blocks():
         return "no /sys/devices/system/memory blocks on this kernel"
     return None
+
+
+# the marks of a module whose tests inject real uevents: `pytestmark = UEVENTS`
+UEVENTS = [pytest.mark.root, pytest.mark.skipif(can_inject() is not None, reason=can_inject() or "")]
 
 
 def inject(action: str, count: int = 1) -> None:
@@ -98,10 +107,17 @@ class DaemonProcess:
         full_env.pop("JOURNAL_STREAM", None)
         self.proc = subprocess.Popen(wrap([CRASHHPD, "run", "--config", str(config)]), stdout=subprocess.DEVNULL,
                                      stderr=self._stderr, env=full_env)
+        # as configured at start: never the default path, which may be a real daemon's
+        self.control_socket: str | None = tomllib.loads(config.read_text()).get("control", {}).get("socket")
 
     def wait_ready(self, timeout: float = 20) -> None:
         wait_for(lambda: self.notify.seen("READY=1") or self.proc.poll() is not None, timeout, "READY=1")
         assert self.proc.poll() is None, f"daemon exited {self.proc.returncode}: {self.stderr()}"
+
+    def wait_idle(self, timeout: float = 10) -> dict:
+        """Until the daemon itself reports nothing more to do (see wait_idle below); its last status."""
+        assert self.control_socket, "the daemon's config names no control.socket to ask"
+        return wait_idle(self.control_socket, timeout)
 
     def stderr(self) -> str:
         self._stderr.flush()
@@ -134,6 +150,37 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def daemon_status(socket_path: Path | str, timeout: float = 5) -> dict:
+    """The daemon's own `status` report, asked over its control socket as crashhpctl asks."""
+    reply = request(str(socket_path), "status", timeout)
+    assert reply.ok and reply.result is not None, reply
+    return reply.result
+
+
+IDLE_POLL_S = 0.05  # longer than the loop's BATCH_S (10 ms), for which read uevents may wait unread
+
+
+def wait_idle(socket_path: Path | str, timeout: float = 10) -> dict:
+    """Until the daemon reports nothing left to do: no pending event, no update or retry due; its last status.
+
+    During a burst the loop leaves its uevent socket unread for up to BATCH_S
+    between drains, so one idle report may still have events waiting behind
+    it: the daemon counts as idle once two reports IDLE_POLL_S apart are idle
+    and no event was received between them.
+    """
+    deadline = time.monotonic() + timeout
+    previous: dict | None = None
+    while True:
+        now = daemon_status(socket_path)
+        idle = now["pending_events"] == 0 and now["next_update_in_s"] is None
+        if idle and previous is not None and previous["events_received"] == now["events_received"]:
+            return now
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for the daemon to be idle: {now}")
+        previous = now if idle else None
+        time.sleep(IDLE_POLL_S)
+
+
 def state(state_dir: Path) -> dict:
     return json.loads((state_dir / "state.json").read_text())
 
@@ -143,6 +190,11 @@ def generation(state_dir: Path) -> int:
         return state(state_dir)["generation"]
     except FileNotFoundError:
         return 0
+
+
+def segment_header(state_dir: Path) -> bytes:
+    """The header in the sandbox segment, without the zero padding after it: what the daemon applied last."""
+    return (state_dir / "elfcorehdr").read_bytes()[: state(state_dir)["header_size"]]
 
 
 def generated(root: Path, layout: str = "kernel") -> bytes:

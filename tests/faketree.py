@@ -15,6 +15,12 @@ DEFAULT_KALLSYMS = (
     "ffffffff82209988 T _etext\n"
     "ffffffff84a00000 B _end\n"
 )
+BLOCK = 0x8000000  # 128 MiB: one x86_64 memory block, the unit of a hot-add
+IOMEM_FIXTURES = Path(__file__).parent / "fixtures" / "iomem"
+VIRTIO_MEM = (IOMEM_FIXTURES / "virtio-mem.txt").read_text()
+VIRTIO_MEM_NEXT = 0x350000000  # virtio1's next block after the last one the virtio-mem fixture has plugged
+QEMU_GUEST = (IOMEM_FIXTURES / "qemu-kvm-crashkernel.txt").read_text()
+QEMU_HOT_ADD_BASE = 0x440000000  # just above the QEMU guest fixture's last System RAM
 NOTES_BASE = 0x13FC17000  # where CPU 0's crash_notes live in the fake trees
 NOTES_STRIDE = 0x1000
 
@@ -30,6 +36,29 @@ def write(root: Path, rel: str, text: str) -> Path:
     return path
 
 
+def hot_added(fixture: str, blocks: int, base: int, *, stride: int = BLOCK, indent: str = "",
+              name: str = "System RAM") -> str:
+    """`fixture` (a /proc/iomem text) and `blocks` hot-added 128 MiB ranges after it, from `base` on, `stride` apart.
+
+    `indent` nests them under the fixture's last top-level resource (a
+    virtio-mem device holds its blocks as children), as /proc/iomem does.
+    """
+    return fixture + "".join(f"{indent}{base + i * stride:x}-{base + i * stride + BLOCK - 1:x} : {name}\n"
+                             for i in range(blocks))
+
+
+def virtio_mem_plugged(blocks: int, fixture: str = VIRTIO_MEM) -> str:
+    """The virtio-mem guest with `blocks` more blocks plugged into virtio1 after the ones it booted with."""
+    return hot_added(fixture, blocks, VIRTIO_MEM_NEXT, indent="  ", name="System RAM (virtio_mem)")
+
+
+def replace_iomem(root: Path, text: str) -> None:
+    """A new /proc/iomem for the tree in one rename: the kernel's is never seen half-written either."""
+    temp = root / "proc/.iomem.new"
+    temp.write_text(text)
+    temp.replace(root / "proc/iomem")
+
+
 def make_tree(
     root: Path,
     iomem: str,
@@ -42,7 +71,7 @@ def make_tree(
     kallsyms: str | None = DEFAULT_KALLSYMS,
     kernel_max: int = 63,
     memory_blocks: int = 0,
-    block_size: int = 0x8000000,
+    block_size: int = BLOCK,
     extra: dict[str, str] | None = None,
 ) -> Path:
     """A root whose proc/ and sys/ hold what crashhpd reads.

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import needs_root
+from daemonproc import write_config
 from faketree import make_tree
 from test_fixture_layouts import FIXTURES, NOTES_0_3, VMCOREINFO, fixture_tree, image, note, program_headers, ram
 
@@ -241,7 +241,7 @@ def test_generate_all_zero_iomem_is_refused_as_a_non_root_view(tmp_path):
     assert_one_line_error(crashhpd("generate", "--root", str(root)), 2, "every address reads 0", "run as root")
 
 
-@needs_root()
+@pytest.mark.root
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux) to drop to nobody")
 def test_generate_as_nobody_on_the_real_proc_is_refused():
     """The kernel shows every /proc/iomem address as 0 to a reader without CAP_SYS_ADMIN."""
@@ -292,3 +292,11 @@ def test_a_reader_that_leaves_early_costs_no_message(tmp_path):
     reader.wait()
     assert result.returncode == 2
     assert result.stderr == b"", result.stderr.decode()
+
+
+def test_invalid_config_exits_78_naming_the_key(tmp_path):
+    bad = write_config(tmp_path / "bad.toml", {"debounce": {"max_delay_ms": "soon"}, "bogus": 1})
+    proc = subprocess.run([CRASHHPD, "run", "--config", str(bad)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 78
+    assert "debounce.max_delay_ms" in proc.stderr and "bogus" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -25,17 +25,28 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import faketree
 import pytest
-from daemonproc import CRASHHPD, DaemonProcess, can_inject, generated, generation, inject, state, wait_for, write_config
-from faketree import make_tree
+from daemonproc import (
+    CRASHHPD,
+    UEVENTS,
+    DaemonProcess,
+    generated,
+    generation,
+    inject,
+    segment_header,
+    state,
+    wait_for,
+    write_config,
+)
+from faketree import BLOCK, make_tree, replace_iomem, virtio_mem_plugged
 
-from crashhpd.control import ops, protocol
+from crashhpd.control import protocol
 from crashhpd.control.server import MAX_CLIENTS
 from crashhpd.elfcorehdr.validate import parse
 
-pytestmark = pytest.mark.skipif(can_inject() is not None, reason=can_inject() or "")
+pytestmark = UEVENTS
 
-FIXTURE = (Path(__file__).parent / "fixtures/iomem/virtio-mem.txt").read_text()
 HOT_ADDED = "+ RAM 0x350000000-0x357ffffff (128 MiB)"
 NEVER_MS = 600_000  # a debounce no stray uevent from another process ends during a test
 NOBODY, NOGROUP = "nobody", "nogroup"
@@ -49,21 +60,7 @@ STATUS_KEYS = {"version", "backend", "layout", "generation", "in_sync", "events_
 
 def iomem(hot_added: int = 0, separate: int = 0) -> str:
     """The virtio-mem fixture, `hot_added` 128 MiB blocks after its last one, `separate` more ranges far above."""
-    blocks = "".join(f"  {0x350000000 + i * 0x8000000:x}-{0x350000000 + (i + 1) * 0x8000000 - 1:x} : "
-                     "System RAM (virtio_mem)\n" for i in range(hot_added))
-    spread = "".join(f"{0x1000000000 + i * 0x10000000:x}-{0x1000000000 + i * 0x10000000 + 0x7ffffff:x} : "
-                     "System RAM\n" for i in range(separate))
-    return FIXTURE + blocks + spread
-
-
-def set_iomem(root: Path, text: str) -> None:
-    temp = root / "proc/.iomem.new"
-    temp.write_text(text)
-    temp.replace(root / "proc/iomem")  # never seen half-written, like the kernel's
-
-
-def segment_header(state_dir: Path) -> bytes:
-    return (state_dir / "elfcorehdr").read_bytes()[: state(state_dir)["header_size"]]
+    return faketree.hot_added(virtio_mem_plugged(hot_added), separate, 0x1000000000, stride=2 * BLOCK)
 
 
 @dataclass
@@ -172,13 +169,6 @@ def run_as_nobody(*argv: str) -> subprocess.CompletedProcess:
 # --- every request ---------------------------------------------------------------------------------
 
 
-def test_crashhpctl_offers_exactly_the_ops_of_the_table():
-    from crashhpd.control.client import _parser
-
-    subcommands = next(a for a in _parser()._actions if a.dest == "op").choices
-    assert set(subcommands) == set(ops.OPS) == {"status", "header", "verify", "reconcile", "metrics"}
-
-
 def test_status_describes_the_header_in_force(env):
     d = env.start()
     status = result(env.socket, "status")
@@ -221,7 +211,7 @@ def test_header_is_the_segment_in_force_with_its_program_headers(env):
 def test_verify_sees_drift_that_no_event_announced(env):
     env.start()
     assert result(env.socket, "verify")["in_sync"] is True
-    set_iomem(env.root, iomem(hot_added=1))  # no uevent: the daemon cannot know
+    replace_iomem(env.root, iomem(hot_added=1))  # no uevent: the daemon cannot know
     verdict = result(env.socket, "verify")
     assert verdict["in_sync"] is False and HOT_ADDED in verdict["changes"]
     assert generation(env.state_dir) == 1, "verify must never apply"
@@ -229,7 +219,7 @@ def test_verify_sees_drift_that_no_event_announced(env):
 
 def test_reconcile_applies_at_once_bypassing_the_debounce(env):
     d = env.start()
-    set_iomem(env.root, iomem(hot_added=1))
+    replace_iomem(env.root, iomem(hot_added=1))
     inject("online")
     wait_for(lambda: result(env.socket, "status")["pending_events"] >= 1, 5, "the event to be pending")
     done = result(env.socket, "reconcile")
@@ -245,7 +235,7 @@ def test_reconcile_applies_at_once_bypassing_the_debounce(env):
 
 def test_reconcile_failure_is_an_error_reply(env):
     env.start()
-    set_iomem(env.root, "this is not iomem\n")
+    replace_iomem(env.root, "this is not iomem\n")
     reply = ask(env.socket, "reconcile")
     assert reply["ok"] is False and reply["error"]["code"] == "failed"
     assert "proc/iomem:1" in reply["error"]["message"]
@@ -342,7 +332,7 @@ def test_a_client_that_never_sends_is_told_and_dropped_after_timeout_ms(env):
 
 def test_abuse_does_not_stop_status_or_event_applies(env):
     """100 clients mid-request, a silent one, oversized and malformed ones and one that leaves mid-reply."""
-    set_iomem(env.root, iomem(separate=2000))  # a header reply of ~400 KB: more than one socket buffer
+    replace_iomem(env.root, iomem(separate=2000))  # a header reply of ~400 KB: more than one socket buffer
     d = env.start(control={"timeout_ms": 20_000, "max_request_bytes": 4096},
                   debounce={"quiet_ms": 100, "max_delay_ms": 1000})
     crowd = [connect(env.socket) for _ in range(100)]
@@ -368,7 +358,7 @@ def test_abuse_does_not_stop_status_or_event_applies(env):
         latencies.append(time.monotonic() - started)
     assert max(latencies) < 0.1, f"status took {max(latencies) * 1000:.0f} ms under abuse"
 
-    set_iomem(env.root, iomem(hot_added=1, separate=2000))
+    replace_iomem(env.root, iomem(hot_added=1, separate=2000))
     inject("online")
     wait_for(lambda: segment_header(env.state_dir) == generated(env.root), 10, "the event's apply under abuse")
 

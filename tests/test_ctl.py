@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from daemonproc import generated, generation, inject, wait_for
+from daemonproc import generated, generation, inject, segment_header, wait_for
+from faketree import replace_iomem
 from prometheus_client.parser import text_string_to_metric_families
-from test_control import HOT_ADDED, NOGROUP, STATUS_KEYS, env, iomem, run_as_nobody, segment_header, set_iomem  # noqa: F401
+from test_control import HOT_ADDED, NOGROUP, STATUS_KEYS, env, iomem, run_as_nobody  # noqa: F401
 
+from crashhpd.control import ops
 from crashhpd.control.render import age, aligned, duration
 
 CRASHHPCTL = str(Path(sys.executable).with_name("crashhpctl"))
@@ -37,6 +39,14 @@ def running(env):
 # --- each command, readable and --json --------------------------------------------------------------
 
 
+def test_crashhpctl_offers_exactly_the_ops_of_the_table():
+    from crashhpd.control.client import _parser
+
+    subcommands = next(a for a in _parser()._actions if a.dest == "op").choices
+    assert set(subcommands) == set(ops.OPS) == {"status", "header", "verify", "reconcile", "metrics"}
+
+
+@pytest.mark.root
 def test_status_readable_is_an_aligned_table(running):
     env, sock = running
     proc = ctl(*sock, "status")
@@ -55,6 +65,7 @@ def test_status_readable_is_an_aligned_table(running):
     assert "  + first header: 4 CPU notes, 7 RAM ranges" in proc.stdout
 
 
+@pytest.mark.root
 def test_status_json_is_the_result_object(running):
     env, sock = running
     code, status = ctl_json(*sock, "status")
@@ -62,6 +73,7 @@ def test_status_json_is_the_result_object(running):
     assert status["generation"] == generation(env.state_dir) == 1
 
 
+@pytest.mark.root
 def test_header_readable_and_json(running):
     env, sock = running
     proc = ctl(*sock, "header")
@@ -73,11 +85,12 @@ def test_header_readable_and_json(running):
     assert code == 0 and base64.b64decode(header["data_base64"]) == segment_header(env.state_dir)
 
 
+@pytest.mark.root
 def test_verify_exits_1_on_drift_and_reconcile_repairs_it(running):
     env, sock = running
     proc = ctl(*sock, "verify")
     assert proc.returncode == 0 and proc.stdout.startswith("in sync: generation 1")
-    set_iomem(env.root, iomem(hot_added=1))  # no event: only verify can tell
+    replace_iomem(env.root, iomem(hot_added=1))  # no event: only verify can tell
     proc = ctl(*sock, "verify")
     assert proc.returncode == 1
     assert proc.stdout.startswith("DIFFERS: generation 1") and f"  {HOT_ADDED}" in proc.stdout
@@ -93,15 +106,17 @@ def test_verify_exits_1_on_drift_and_reconcile_repairs_it(running):
     assert proc.returncode == 0 and proc.stdout.startswith("nothing to apply: generation 2 already matches")
 
 
+@pytest.mark.root
 def test_reconcile_json_takes_over_pending_events(running):
     env, sock = running
-    set_iomem(env.root, iomem(hot_added=1))
+    replace_iomem(env.root, iomem(hot_added=1))
     inject("online")
     wait_for(lambda: ctl_json(*sock, "status")[1]["pending_events"] >= 1, 5, "a pending event")
     code, done = ctl_json(*sock, "reconcile")
     assert code == 0 and done["applied"] is True and done["generation"] == 2 and done["events"] >= 1
 
 
+@pytest.mark.root
 def test_metrics_readable_and_json_parse(running):
     env, sock = running
     proc = ctl(*sock, "metrics")
@@ -140,6 +155,7 @@ def test_a_daemon_that_does_not_answer_exits_3(tmp_path):
     assert proc.returncode == 3 and "no reply within 0.3 s" in proc.stderr
 
 
+@pytest.mark.root
 def test_the_socket_comes_from_the_config(running):
     env, _ = running
     proc = ctl("--config", str(env.config()), "status")
@@ -160,9 +176,10 @@ def test_an_invalid_config_exits_2_naming_it(tmp_path):
     assert proc.returncode == 2 and "control.socket" in proc.stderr and proc.stderr.count("\n") == 1
 
 
+@pytest.mark.root
 def test_an_error_reply_exits_1_in_both_forms(running):
     env, sock = running
-    set_iomem(env.root, "garbage\n")
+    replace_iomem(env.root, "garbage\n")
     proc = ctl(*sock, "reconcile")
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.startswith("crashhpctl: reconcile: ") and proc.stderr.rstrip().endswith("(failed)")
@@ -170,6 +187,7 @@ def test_an_error_reply_exits_1_in_both_forms(running):
     assert code == 1 and error["code"] == "failed" and "proc/iomem:1" in error["message"]
 
 
+@pytest.mark.root
 def test_as_nobody_status_works_and_reconcile_is_refused(env):
     env.start(control={"group": NOGROUP})
     sock = ("--socket", str(env.socket))

@@ -3,7 +3,8 @@
 from crashhpd.service.debounce import Debouncer
 
 
-def run(events: list[float], quiet: float = 0.2, max_delay: float = 2.0, step: float = 0.001) -> list[tuple[float, int]]:
+def run(events: list[float], quiet: float = 0.2, max_delay: float = 2.0,
+        step: float = 0.001) -> list[tuple[float, int]]:
     """Feed event times, tick a fake clock, return (time, events) of every update."""
     d = Debouncer(quiet, max_delay)
     updates: list[tuple[float, int]] = []

@@ -4,8 +4,9 @@ from pathlib import Path
 
 from faketree import make_tree, note_addr
 
+from crashhpd.elfcorehdr.build import build_valid
 from crashhpd.elfcorehdr.diff import diff
-from crashhpd.elfcorehdr.layout import HeaderModel, plan, preset
+from crashhpd.elfcorehdr.layout import HeaderModel, preset
 from crashhpd.elfcorehdr.pack import build
 from crashhpd.elfcorehdr.validate import ParsedHeader, parse
 from crashhpd.sysview.snapshot import read_snapshot
@@ -21,10 +22,11 @@ CPUS = {note_addr(cpu): cpu for cpu in range(8)}
 
 
 def header(root: Path, iomem: str = BASE, **tree: object) -> ParsedHeader:
-    return parse(build(plan(read_snapshot(str(make_tree(root, iomem, **tree))), preset("kernel"))))
+    return build_valid(read_snapshot(str(make_tree(root, iomem, **tree))), preset("kernel")).parsed
 
 
 def model_header(ram: tuple[tuple[int, int], ...]) -> ParsedHeader:
+    # packed from a hand-made model, with no snapshot to check it against: build_valid cannot make it
     return parse(build(HeaderModel(cpu_notes=((0, 0x5000, 368),), vmcoreinfo=None, image=None, ram=ram,
                                    page_offset=0xFFFF888000000000, align=4096)))
 

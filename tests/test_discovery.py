@@ -70,7 +70,8 @@ def test_an_unclosed_quote_names_its_line():
 def test_kernel_parameters_split_like_the_kernel_and_quoted_values_survive():
     line = 'root=/dev/vda1 dyndbg="file x.c +p" crashkernel=512M,high quiet'
     assert kd.split_params(line) == ["root=/dev/vda1", 'dyndbg="file x.c +p"', "crashkernel=512M,high", "quiet"]
-    assert kd.edit_cmdline(line, {"crashkernel"}, "irqpoll", None, "  ") == 'root=/dev/vda1 dyndbg="file x.c +p" quiet irqpoll'
+    assert kd.edit_cmdline(line, {"crashkernel"}, "irqpoll", None, "  ") == \
+        'root=/dev/vda1 dyndbg="file x.c +p" quiet irqpoll'
 
 
 def test_only_the_exact_parameter_name_is_removed():
@@ -118,7 +119,8 @@ def test_debian_defaults_file(tmp_path):
 
 def test_debian_cmdline_override_is_used_as_written_plus_append_plus_crashhpds_append(tmp_path):
     root = debian_tree(tmp_path, 'KDUMP_CMDLINE="root=/dev/sda2 crashkernel=1G"\nKDUMP_CMDLINE_APPEND="irqpoll"\n')
-    assert kd.discover(str(root), append="console=ttyS0").cmdline == "root=/dev/sda2 crashkernel=1G irqpoll console=ttyS0"
+    assert kd.discover(str(root), append="console=ttyS0").cmdline == \
+        "root=/dev/sda2 crashkernel=1G irqpoll console=ttyS0"
 
 
 def test_debian_without_an_initrd_loads_without_one(tmp_path):
@@ -195,7 +197,8 @@ def test_fedora_without_its_kdump_initramfs_says_which_file(tmp_path):
 
 
 def test_fedora_commandline_override_still_goes_through_the_removals(tmp_path):
-    sysconfig = FEDORA_SYSCONFIG.replace('KDUMP_COMMANDLINE=""', 'KDUMP_COMMANDLINE="root=/dev/vda3 quiet console=ttyS0"')
+    sysconfig = FEDORA_SYSCONFIG.replace('KDUMP_COMMANDLINE=""',
+                                         'KDUMP_COMMANDLINE="root=/dev/vda3 quiet console=ttyS0"')
     found = kd.discover(str(fedora_tree(tmp_path, sysconfig)))
     assert found.cmdline.startswith("console=ttyS0 irqpoll")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from faketree import make_tree
 
-from crashhpd.elfcorehdr.layout import plan, preset
-from crashhpd.elfcorehdr.pack import build
+from crashhpd.elfcorehdr.build import build_valid
+from crashhpd.elfcorehdr.layout import preset
 from crashhpd.sysview.snapshot import read_snapshot
 
 IOMEM = Path(__file__).parent / "fixtures" / "iomem"
@@ -47,7 +47,7 @@ def ram(start: int, end: int, page_offset: int = PAGE_OFFSET) -> Phdr:
 
 
 def generate(root: Path, layout: str, **options: object) -> bytes:
-    return build(plan(read_snapshot(str(root)), preset(layout, **options)))
+    return build_valid(read_snapshot(str(root)), preset(layout, **options)).data
 
 
 # fixture -> (Kernel code start, RAM below 1 MiB, RAM from 1 MiB up), crash kernels already cut out

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from faketree import make_tree
 
-from crashhpd.elfcorehdr.layout import HeaderModel, plan, preset
+from crashhpd.elfcorehdr.build import build_valid
+from crashhpd.elfcorehdr.layout import HeaderModel, preset
 from crashhpd.elfcorehdr.pack import build, capacity
 from crashhpd.errors import HeaderError
 from crashhpd.sysview.snapshot import read_snapshot
@@ -62,7 +63,7 @@ def root(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("layout", sorted(GOLDEN))
 def test_ehdr_field_by_field(root, layout):
     size, phdrs = GOLDEN[layout]
-    data = build(plan(read_snapshot(str(root)), preset(layout)))
+    data = build_valid(read_snapshot(str(root)), preset(layout)).data
     assert len(data) == size
     assert data[0:16] == IDENT
     expected = {"e_type": 4, "e_machine": 62, "e_version": 1, "e_entry": 0, "e_phoff": 64, "e_shoff": 0,
@@ -74,7 +75,7 @@ def test_ehdr_field_by_field(root, layout):
 @pytest.mark.parametrize("layout", sorted(GOLDEN))
 def test_phdrs_field_by_field_then_zero_padding(root, layout):
     size, phdrs = GOLDEN[layout]
-    data = build(plan(read_snapshot(str(root)), preset(layout)))
+    data = build_valid(read_snapshot(str(root)), preset(layout)).data
     for index, values in enumerate(phdrs):
         base = 64 + 56 * index
         got = {name: struct.unpack_from(fmt, data, base + off)[0] for name, fmt, off in PHDR_FIELDS}

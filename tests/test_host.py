@@ -9,11 +9,10 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import needs_root
 from test_cli import crashhpd
 from test_properties import MIB, Range, expected_ram
 
-pytestmark = [needs_root(), pytest.mark.root]
+pytestmark = pytest.mark.root
 
 LINE = re.compile(r"( *)([0-9a-f]+)-([0-9a-f]+) : (.*)")
 KERNEL_TEXT_MAP = 0xFFFFFFFF80000000

@@ -13,8 +13,9 @@ import pytest
 from faketree import kernel, make_tree, write
 
 from crashhpd.backends.kernel import KernelBackend, choose
-from crashhpd.elfcorehdr.layout import plan, preset
-from crashhpd.elfcorehdr.pack import build, capacity
+from crashhpd.elfcorehdr.build import build_valid
+from crashhpd.elfcorehdr.layout import preset
+from crashhpd.elfcorehdr.pack import capacity
 from crashhpd.errors import BackendError
 from crashhpd.service.health_log import HealthLog
 from crashhpd.sysview.snapshot import read_snapshot
@@ -30,7 +31,7 @@ def tree(root: Path, fixtures: Path, **extra: str) -> Path:
 
 
 def header(root: Path) -> bytes:
-    return build(plan(read_snapshot(str(root)), preset("kernel")))
+    return build_valid(read_snapshot(str(root)), preset("kernel")).data
 
 
 def files_and_mtimes(root: Path) -> dict[str, tuple[int, bytes]]:

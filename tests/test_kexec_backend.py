@@ -22,28 +22,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import needs_root
 from daemonproc import DaemonProcess, can_inject, generated, inject, wait_for, write_config
-from faketree import kernel, make_tree, write
+from faketree import QEMU_GUEST, QEMU_HOT_ADD_BASE, hot_added, kernel, make_tree, replace_iomem, write
 from kexec_standin import EBUSY
 
 from crashhpd import log
 from crashhpd.backends.kernel import choose
 from crashhpd.backends.kexec import HEADER_FILE, STATE_FILE, Backoff, KexecBackend
 from crashhpd.config import KexecConfig
-from crashhpd.elfcorehdr.layout import plan, preset
-from crashhpd.elfcorehdr.pack import build
+from crashhpd.elfcorehdr.build import build_valid
+from crashhpd.elfcorehdr.layout import preset
 from crashhpd.errors import BackendError
 from crashhpd.sysview.snapshot import read_snapshot
 
 STANDIN = Path(__file__).parent / "kexec_standin.py"
-FIXTURES = Path(__file__).parent / "fixtures"
 CMDLINE = "BOOT_IMAGE=/boot/vmlinuz-6.1.0-18-amd64 root=UUID=0b4e ro quiet crashkernel=512M-:192M\n"
 KDUMP_TOOLS = "USE_KDUMP=1\nKDUMP_KERNEL=/var/lib/kdump/vmlinuz\nKDUMP_INITRD=/var/lib/kdump/initrd.img\n" \
               'KDUMP_CMDLINE_APPEND="nr_cpus=1 irqpoll"\n'
 BOOT_ID = "6f1c3f5e-1d1b-4a36-9d9b-3c8c2f6a0b11\n"
-HOT_ADD_BASE = 0x440000000
-BLOCK = 0x8000000  # 128 MiB memory blocks
 NOBODY = 65534
 
 
@@ -72,26 +68,15 @@ class Standin:
         return [c for c in self.calls() if "-p" in c["argv"]]
 
 
-def iomem(hot_added_blocks: int = 0) -> str:
-    """The QEMU guest's /proc/iomem with hot-added 128 MiB blocks of System RAM above it."""
-    text = (FIXTURES / "iomem/qemu-kvm-crashkernel.txt").read_text()
-    for n in range(hot_added_blocks):
-        start = HOT_ADD_BASE + n * BLOCK
-        text += f"{start:x}-{start + BLOCK - 1:x} : System RAM\n"
-    return text
-
-
 def hot_add(root: Path, blocks: int) -> None:
-    """Replace the tree's /proc/iomem at once: the kernel's is never seen half-written either."""
-    tmp = root / "proc/.iomem.new"
-    tmp.write_text(iomem(blocks))
-    tmp.replace(root / "proc/iomem")
+    """The QEMU guest with `blocks` hot-added 128 MiB blocks of System RAM above its own."""
+    replace_iomem(root, hot_added(QEMU_GUEST, blocks, QEMU_HOT_ADD_BASE))
 
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     """A Debian host with kdump-tools set up and a crash kernel loaded at boot."""
-    tree = make_tree(tmp_path / "root", iomem(), possible="0-3", memory_blocks=4, extra={
+    tree = make_tree(tmp_path / "root", QEMU_GUEST, possible="0-3", memory_blocks=4, extra={
         "sys/kernel/kexec_crash_loaded": "1\n",
         "proc/cmdline": CMDLINE,
         "proc/sys/kernel/random/boot_id": BOOT_ID,
@@ -122,7 +107,7 @@ def backend(standin: Standin, state_dir: Path, **cfg: object) -> KexecBackend:
 
 def model(root: Path) -> bytes:
     """The header kexec-tools would build for this tree: what the daemon compares with loaded()."""
-    return build(plan(read_snapshot(str(root)), preset("kexec-tools")))
+    return build_valid(read_snapshot(str(root)), preset("kexec-tools")).data
 
 
 def kind_of(record: logging.LogRecord) -> str | None:
@@ -410,14 +395,14 @@ def test_online_offline_bursts_leave_the_kexec_tools_model_unchanged(standin, ro
     # stand-in: counts the reloads a real kexec would have done
     b = backend(standin, tmp_path / "state")
     before = model(root)
-    kernel_before = build(plan(read_snapshot(str(root)), preset("kernel")))
+    kernel_before = build_valid(read_snapshot(str(root)), preset("kernel")).data
     b.apply(before, kernel(root))
     write(root, "sys/devices/system/cpu/online", "0,2\n")  # CPUs 1 and 3 offline, still present
     write(root, "sys/devices/system/memory/memory2/state", "offline\n")  # the block stays in /proc/iomem
     write(root, "sys/devices/system/memory/memory3/state", "offline\n")
     after = model(root)
     assert after == before == b.loaded(kernel(root))  # the daemon calls apply only when these differ: no reload
-    assert build(plan(read_snapshot(str(root)), preset("kernel"))) != kernel_before  # the kernel's layout moves
+    assert build_valid(read_snapshot(str(root)), preset("kernel")).data != kernel_before  # the kernel's layout moves
     hot_add(root, 1)
     assert model(root) != b.loaded(kernel(root))  # a hot-add does change what kexec-tools builds
     assert len(standin.loads()) == 1
@@ -516,7 +501,7 @@ def test_the_model_header_and_its_record_are_0600_in_a_0700_dir(standin, root, t
     assert all(stat.S_IMODE((state_dir / name).stat().st_mode) == 0o600 for name in (HEADER_FILE, STATE_FILE))
 
 
-@needs_root()
+@pytest.mark.root
 def test_a_state_dir_of_another_owner_is_never_read_nor_written(standin, root, tmp_path, caplog):
     # stand-in: a real load needs a kernel with kexec_load
     state_dir = tmp_path / "state"
@@ -614,6 +599,7 @@ def test_real_kexec_failure_is_one_clear_backend_error(root, tmp_path):
 # --- the same storm through the real daemon -----------------------------------------------------------
 
 
+@pytest.mark.root
 @pytest.mark.skipif(can_inject() is not None, reason=can_inject() or "")
 def test_daemon_storm_during_failing_reloads_ends_in_one_load_of_the_newest_header(standin, root, tmp_path):
     # stand-in: the reloads fail on cue (the kexec lock held elsewhere) until the test lets them succeed;
@@ -644,7 +630,7 @@ def test_daemon_storm_during_failing_reloads_ends_in_one_load_of_the_newest_head
         inject("online", 1)  # a late event (the retry timer may be up to a minute away by now)
         wait_for(lambda: (state_dir / STATE_FILE).exists()
                  and json.loads((state_dir / STATE_FILE).read_text())["generation"] == 2, 15, "generation 2")
-        time.sleep(0.5)  # longer than the quiet window: nothing else may follow
+        daemon.wait_idle()  # the daemon's own word that nothing else is due
     finally:
         daemon.stop()
     loads = standin.loads()

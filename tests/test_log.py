@@ -39,7 +39,8 @@ logger = logging.getLogger("crashhpd.child")
 
 
 def apply_burst():
-    logger.info("applied generation 12", extra=log.fields("applied", generation=12, ranges=41, cpus=3, backend="sandbox", events=7680, duration_us=1534))  # APPLY
+    fields = log.fields("applied", generation=12, ranges=41, cpus=3, backend="sandbox", events=7680, duration_us=1534)
+    logger.info("applied generation 12", extra=fields)  # APPLY
 
 
 apply_burst()
@@ -284,6 +285,7 @@ def log_to_journal(sock: socket.socket, script: Path, level: str, stderr_path: P
     return entries
 
 
+@pytest.mark.root
 def test_journal_entries_carry_message_id_priority_and_every_field(journal_socket: socket.socket, tmp_path: Path,
                                                                    child_script: Path) -> None:
     stderr = tmp_path / "stderr"
@@ -307,6 +309,7 @@ def test_journal_entries_carry_message_id_priority_and_every_field(journal_socke
     assert stderr.read_bytes() == b""  # nothing duplicated on the stream
 
 
+@pytest.mark.root
 def test_journal_entry_without_fields_has_no_message_id(journal_socket: socket.socket, tmp_path: Path,
                                                         child_script: Path) -> None:
     entries = log_to_journal(journal_socket, child_script, "debug", tmp_path / "stderr")
@@ -317,6 +320,7 @@ def test_journal_entry_without_fields_has_no_message_id(journal_socket: socket.s
     assert not any(key.startswith("CRASHHPD_") for key in debug)
 
 
+@pytest.mark.root
 def test_journal_stream_of_another_file_keeps_the_stderr_form(journal_socket: socket.socket, tmp_path: Path,
                                                               child_script: Path) -> None:
     other = tmp_path / "other"
@@ -326,6 +330,7 @@ def test_journal_stream_of_another_file_keeps_the_stderr_form(journal_socket: so
     assert stderr.read_text().startswith("crashhpd: info: applied generation 12\n")
 
 
+@pytest.mark.root
 def test_a_dead_journal_socket_falls_back_to_the_stream_with_fields(journal_socket: socket.socket, tmp_path: Path,
                                                                     child_script: Path) -> None:
     journal_socket.close()  # the path stays, nobody listens: sendmsg fails with ECONNREFUSED, as after a journald crash

@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
-from daemonproc import generated, generation, inject, wait_for
+from daemonproc import generated, generation, inject, segment_header, wait_for
+from faketree import replace_iomem
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from test_control import ask, env, iomem, result, segment_header, set_iomem  # noqa: F401
+from test_control import ask, env, iomem, result  # noqa: F401
 
 from crashhpd.service.metrics import ERROR_KINDS, TEXTFILE, Metrics, families
 from crashhpd.service.status import Status
@@ -30,6 +31,7 @@ def value(text: str, name: str, **labels: str) -> float:
 # --- what a real daemon serves ----------------------------------------------------------------------
 
 
+@pytest.mark.root
 def test_the_exposition_parses_and_agrees_with_status(env):
     env.start()
     text = result(env.socket, "metrics")["text"]
@@ -47,9 +49,10 @@ def test_the_exposition_parses_and_agrees_with_status(env):
     assert value(text, "crashhpd_event_to_apply_seconds_count") == 0  # no event started it
 
 
+@pytest.mark.root
 def test_a_hot_add_lands_in_both_histograms(env):
     env.start(debounce={"quiet_ms": 100, "max_delay_ms": 1000})
-    set_iomem(env.root, iomem(hot_added=1))
+    replace_iomem(env.root, iomem(hot_added=1))
     inject("online")
     wait_for(lambda: segment_header(env.state_dir) == generated(env.root), 10, "the apply")
     text = result(env.socket, "metrics")["text"]
@@ -61,9 +64,10 @@ def test_a_hot_add_lands_in_both_histograms(env):
     assert value(text, "crashhpd_uevents_total") >= 1
 
 
+@pytest.mark.root
 def test_errors_are_counted_by_kind(env):
     env.start()
-    set_iomem(env.root, "garbage\n")
+    replace_iomem(env.root, "garbage\n")
     assert ask(env.socket, "reconcile")["ok"] is False
     text = result(env.socket, "metrics")["text"]
     assert value(text, "crashhpd_errors_total", kind="snapshot-failed") == 1
@@ -73,6 +77,7 @@ def test_errors_are_counted_by_kind(env):
 # --- the textfile ------------------------------------------------------------------------------------
 
 
+@pytest.mark.root
 def test_the_textfile_is_never_seen_half_written(env, tmp_path):
     prom_dir = tmp_path / "prom"
     prom_dir.mkdir()
@@ -102,9 +107,9 @@ def test_the_textfile_is_never_seen_half_written(env, tmp_path):
     try:
         for i in range(30):
             before = generation(env.state_dir)
-            set_iomem(env.root, iomem(hot_added=(i + 1) % 2))
+            replace_iomem(env.root, iomem(hot_added=(i + 1) % 2))
             inject("online")
-            wait_for(lambda: generation(env.state_dir) > before, 10, f"apply {i + 1}")
+            wait_for(lambda before=before: generation(env.state_dir) > before, 10, f"apply {i + 1}")
     finally:
         stop.set()
         reader.join()
@@ -116,13 +121,14 @@ def test_the_textfile_is_never_seen_half_written(env, tmp_path):
     assert sorted(p.name for p in prom_dir.iterdir()) == [TEXTFILE], "no temporary left behind"
 
 
+@pytest.mark.root
 def test_a_textfile_dir_that_does_not_exist_is_one_warning_and_nothing_else(env, tmp_path):
     d = env.start(debounce={"quiet_ms": 10, "max_delay_ms": 50}, metrics={"textfile_dir": str(tmp_path / "gone")})
     for hot_added in (1, 0):
         before = generation(env.state_dir)
-        set_iomem(env.root, iomem(hot_added=hot_added))
+        replace_iomem(env.root, iomem(hot_added=hot_added))
         inject("online")
-        wait_for(lambda: generation(env.state_dir) > before, 10, "an apply")
+        wait_for(lambda before=before: generation(env.state_dir) > before, 10, "an apply")
     assert d.stderr().count("metrics textfile not written") == 1
     assert f"{tmp_path}/gone/{TEXTFILE}" in d.stderr()
     assert d.proc.poll() is None

@@ -16,7 +16,7 @@ from crashhpd.service.notify import Notifier
 @pytest.fixture(params=["path", "abstract"])
 def notify_socket(request: pytest.FixtureRequest, tmp_path: Path,
                   monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
-    """A datagram socket as systemd would pass it in $NOTIFY_SOCKET: a file path, or "@name" for the abstract namespace."""
+    """A datagram socket as systemd passes it in $NOTIFY_SOCKET: a file path, or "@name" for the abstract namespace."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     if request.param == "path":
         address = str(tmp_path / "notify")

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import needs_root
 
 from crashhpd import safefile
 from crashhpd.safefile import TMP_PREFIX, SafeDir, UnsafeFileError, describe
@@ -96,7 +95,7 @@ def test_symlinked_ancestors_are_followed(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "crashhpd" / "x").read_bytes() == b"data"
 
 
-@needs_root()
+@pytest.mark.root
 def test_a_directory_of_another_owner_is_refused(own: Path) -> None:
     os.chown(own, NOBODY, -1)
     with pytest.raises(UnsafeFileError) as info:
@@ -119,7 +118,7 @@ def test_a_shared_directory_is_never_created(tmp_path: Path) -> None:
     assert not (tmp_path / "missing").exists()
 
 
-@needs_root()
+@pytest.mark.root
 @pytest.mark.parametrize("mode", [0o755, 0o775, 0o1777])
 def test_a_shared_directory_may_be_another_users_and_group_writable(own: Path, mode: int) -> None:
     os.chown(own, NOBODY, NOBODY)
@@ -280,7 +279,7 @@ def test_a_symlink_to_dev_zero_is_refused_without_reading_it(own: Path, deadline
         read(own, "f", limit=1 << 40)
 
 
-@needs_root()
+@pytest.mark.root
 def test_a_device_is_refused(own: Path, deadline: None) -> None:
     os.mknod(own / "zero", stat.S_IFCHR | 0o600, os.makedev(1, 5))  # /dev/zero's numbers
     with pytest.raises(UnsafeFileError, match="zero is not a regular file"):

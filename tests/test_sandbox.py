@@ -13,49 +13,35 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faketree import NO_KEXEC, make_tree
+from faketree import BLOCK, NO_KEXEC, QEMU_GUEST, QEMU_HOT_ADD_BASE, hot_added, make_tree
 
 from crashhpd.backends import create
 from crashhpd.backends.base import Applied
 from crashhpd.backends.sandbox import SEGMENT, STATE, SandboxBackend
 from crashhpd.config import validate
-from crashhpd.elfcorehdr.layout import plan, preset
-from crashhpd.elfcorehdr.pack import build, capacity
-from crashhpd.elfcorehdr.validate import check, parse
+from crashhpd.elfcorehdr.build import build_valid
+from crashhpd.elfcorehdr.layout import preset
+from crashhpd.elfcorehdr.pack import capacity
 from crashhpd.errors import BackendError
 from crashhpd.safefile import TMP_PREFIX
 from crashhpd.sysview.snapshot import read_snapshot
 
-FIXTURE = Path(__file__).parent / "fixtures" / "iomem" / "qemu-kvm-crashkernel.txt"
 CPUS = 64
 CAPACITY = capacity(CPUS)  # 462512: NR_CPUS 64 + 8192 ranges, the seed patch's default
 SMALL_CPUS, SMALL_RANGES = 4, 100
 SMALL = capacity(SMALL_CPUS, SMALL_RANGES)  # 6000: holds the small header, not the large one
-HOTPLUG_BASE = 0x440000000
-BLOCK = 0x8000000  # 128 MiB, one memory block
 NOBODY = 65534
-
-
-def hot_added(blocks: int) -> str:
-    """Top-level System RAM lines above the fixture's RAM, one per block, with a hole between them."""
-    return "".join(
-        f"{HOTPLUG_BASE + 2 * k * BLOCK:x}-{HOTPLUG_BASE + (2 * k + 1) * BLOCK - 1:x} : System RAM\n"
-        for k in range(blocks)
-    )
 
 
 def header_for(root: Path, iomem: str) -> bytes:
     make_tree(root, iomem)
-    snapshot = read_snapshot(str(root))
-    data = build(plan(snapshot, preset("kernel")))
-    assert check(parse(data), snapshot) == []
-    return data
+    return build_valid(read_snapshot(str(root)), preset("kernel")).data  # raises naming every rule it breaks
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """The fixture guest as booted: 4 CPUs, 3 RAM ranges, one page."""
-    return header_for(tmp_path_factory.mktemp("small"), FIXTURE.read_text())
+    return header_for(tmp_path_factory.mktemp("small"), QEMU_GUEST)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +52,9 @@ def large(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     written in place (several page copies, interruptible by SIGKILL) would be
     seen half old, half new.
     """
-    return header_for(tmp_path_factory.mktemp("large"), FIXTURE.read_text() + hot_added(8000))
+    # top-level System RAM above the fixture's, one range per block with a hole between them
+    iomem = hot_added(QEMU_GUEST, 8000, QEMU_HOT_ADD_BASE, stride=2 * BLOCK)
+    return header_for(tmp_path_factory.mktemp("large"), iomem)
 
 
 @pytest.fixture
@@ -355,7 +343,7 @@ def test_every_backend_keeps_its_files_in_the_state_dir(tmp_path: Path, backend:
     table, _, name = key.rpartition(".")
     setting = {table: {name: str(state_dir)}} if table else {name: str(state_dir)}
     cfg = validate([("main", {"backend": backend, "sandbox": {"max_cpus": 4}}), ("drop-in", setting)])
-    created = create(cfg, read_snapshot(str(make_tree(tmp_path / "root", FIXTURE.read_text()))))
+    created = create(cfg, read_snapshot(str(make_tree(tmp_path / "root", QEMU_GUEST))))
     assert created.name == backend
     assert state_dir.is_dir() and stat.S_IMODE(state_dir.stat().st_mode) == 0o700
 
@@ -387,6 +375,7 @@ def fill(fs: Path, leave: int) -> None:
     assert os.statvfs(fs).f_bavail * os.statvfs(fs).f_frsize == leave
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("room", ["none", "segment-only"])
 def test_a_full_disk_is_an_error_and_the_old_header_stays(tiny_fs: Path, small: bytes, large: bytes,
                                                           room: str) -> None:

@@ -31,11 +31,12 @@ def test_only_iomem_present_gives_none_and_empty_everywhere_and_still_builds(tmp
     assert snap.crash_notes == {}
     assert snap.vmcoreinfo is None
     assert (snap.boot.kernel_text, snap.boot.kernel_end, snap.boot.direct_map_base) == (None, None, None)
-    assert (snap.kernel_max, snap.kernel.crash_loaded, snap.kernel.crash_size, snap.kernel.elfcorehdr_size) == (None,) * 4
+    assert (snap.kernel_max, snap.kernel.crash_loaded, snap.kernel.crash_size,
+            snap.kernel.elfcorehdr_size) == (None,) * 4
     assert snap.crash_cma == ()
     assert (snap.kernel.crash_hotplug_cpu, snap.kernel.crash_hotplug_memory, snap.kernel.updates_header) == \
         (None, None, False)
-    model = plan(snap, preset("kernel"))
+    model = plan(snap, preset("kernel"))  # the plan itself is checked: a tree with no CPU notes at all
     assert (model.cpu_notes, model.vmcoreinfo, model.image) == ((), None, None)
     assert model.ram == ((0x100000, 0x29FFFFFF), (0x34100000, 0xBFFDFFFF), (0x100000000, 0x43FFFFFFF))
     assert len(build(model)) == 4096

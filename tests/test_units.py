@@ -1,4 +1,4 @@
-"""The shipped systemd unit and udev overrides, checked by systemd's own tools and against a real kdump-tools package."""
+"""The shipped systemd unit and udev overrides, checked by systemd's tools and against a real kdump-tools package."""
 
 import json
 import shutil

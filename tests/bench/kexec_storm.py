@@ -39,17 +39,14 @@ TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
 
 from daemonproc import DaemonProcess, can_inject, generated, inject, wait_for, write_config  # noqa: E402
-from faketree import make_tree  # noqa: E402
+from faketree import QEMU_GUEST, QEMU_HOT_ADD_BASE, hot_added, make_tree, replace_iomem  # noqa: E402
 
 from crashhpd.backends.kexec import STATE_FILE, KexecBackend  # noqa: E402
 from crashhpd.config import KexecConfig  # noqa: E402
-from crashhpd.elfcorehdr.layout import plan, preset  # noqa: E402
-from crashhpd.elfcorehdr.pack import build  # noqa: E402
+from crashhpd.elfcorehdr.build import build_valid  # noqa: E402
+from crashhpd.elfcorehdr.layout import preset  # noqa: E402
 from crashhpd.sysview.snapshot import read_boot_constants, read_snapshot  # noqa: E402
 
-FIXTURE = (TESTS / "fixtures/iomem/qemu-kvm-crashkernel.txt").read_text()
-BLOCK = 0x8000000
-HOT_ADD_BASE = 0x440000000
 STANDIN = TESTS / "kexec_standin.py"
 QUIET_MS, MAX_DELAY_MS = 200, 2000
 
@@ -63,16 +60,12 @@ class Result:
 
 def set_blocks(root: Path, blocks: int) -> None:
     """The tree's /proc/iomem with `blocks` hot-added blocks, replaced at once as the kernel's never tears."""
-    lines = "".join(f"{HOT_ADD_BASE + i * BLOCK:x}-{HOT_ADD_BASE + (i + 1) * BLOCK - 1:x} : System RAM\n"
-                    for i in range(blocks))
-    tmp = root / "proc/.iomem.new"
-    tmp.write_text(FIXTURE + lines)
-    tmp.replace(root / "proc/iomem")
+    replace_iomem(root, hot_added(QEMU_GUEST, blocks, QEMU_HOT_ADD_BASE))
 
 
 def system(work: Path) -> Path:
     """A Debian guest with kdump-tools and a crash kernel loaded at boot."""
-    return make_tree(work / "root", FIXTURE, possible="0-3", extra={
+    return make_tree(work / "root", QEMU_GUEST, possible="0-3", extra={
         "sys/kernel/kexec_crash_loaded": "1\n",
         "proc/cmdline": "root=/dev/vda1 ro quiet crashkernel=256M\n",
         "etc/default/kdump-tools": "USE_KDUMP=1\n",
@@ -133,7 +126,7 @@ def run_crashhpd(work: Path, events: int, rate: float, cost: float) -> Result:
         except AssertionError as err:
             sys.exit(f"kexec_storm.py: {err}; the daemon said:\n{daemon.stderr()[-3000:]}")
         done = time.monotonic()
-        time.sleep((MAX_DELAY_MS / 1000) + cost)  # any later reload would be counted
+        daemon.wait_idle(60)  # until the daemon says nothing more is due: any later reload would be counted
         return Result(loads(work) - at_start, done - started, done - last)
     finally:
         daemon.stop()
@@ -153,7 +146,7 @@ def run_per_event(work: Path, events: int, rate: float, cost: float) -> tuple[Re
         set_blocks(root, i + 1)
         inject("online")
         snapshot = read_snapshot(str(root), boot)
-        header = build(plan(snapshot, preset("kexec-tools")))
+        header = build_valid(snapshot, preset("kexec-tools")).data
         t = time.monotonic()
         backend.apply(header, snapshot.kernel)
         durations.append(time.monotonic() - t)

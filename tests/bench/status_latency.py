@@ -32,21 +32,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from daemonproc import DaemonProcess, generation, uevent_blocks, write_config
-from faketree import make_tree
+from faketree import VIRTIO_MEM, make_tree, replace_iomem, virtio_mem_plugged
 
-FIXTURE = (Path(__file__).resolve().parents[1] / "fixtures/iomem/virtio-mem.txt").read_text()
-BLOCK = 0x8000000
 MAX_BLOCKS = 60  # 128 MiB blocks that fit after the fixture's last one, inside its virtio1 device
 EVENTS_PER_CHANGE = 64
 REQUEST = b'{"op": "status"}\n'
-
-
-def set_iomem(root: Path, blocks: int) -> None:
-    temp = root / "proc/.iomem.new"
-    temp.write_text(FIXTURE + "".join(
-        f"  {0x350000000 + i * BLOCK:x}-{0x350000000 + (i + 1) * BLOCK - 1:x} : System RAM (virtio_mem)\n"
-        for i in range(blocks)))
-    temp.replace(root / "proc/iomem")
 
 
 def storm(root: Path, rate: float, stop: Event, sent: Synchronized) -> None:
@@ -57,7 +47,7 @@ def storm(root: Path, rate: float, stop: Event, sent: Synchronized) -> None:
     next_at = time.monotonic()
     while not stop.is_set():
         if count % EVENTS_PER_CHANGE == 0:
-            set_iomem(root, (count // EVENTS_PER_CHANGE) % MAX_BLOCKS + 1)
+            replace_iomem(root, virtio_mem_plugged((count // EVENTS_PER_CHANGE) % MAX_BLOCKS + 1))
         files[count % len(files)].write("online")
         files[count % len(files)].flush()
         count += 1
@@ -128,7 +118,7 @@ def main() -> None:
         sys.exit("status_latency.py needs root: it injects real kernel uevents")
     with tempfile.TemporaryDirectory() as work_dir:
         work = Path(work_dir)
-        root = make_tree(work / "root", FIXTURE)
+        root = make_tree(work / "root", VIRTIO_MEM)
         sock_path = str(work / "control.sock")
         config = write_config(work / "crashhpd.toml", {
             "root": str(root), "monitor": {"source": "kernel"}, "sandbox": {"state_dir": str(work / "state")},

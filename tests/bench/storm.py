@@ -32,31 +32,25 @@ import pyudev
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daemonproc import DaemonProcess, generation, inject, state, wait_for, write_config
-from faketree import make_tree
+from daemonproc import DaemonProcess, generation, inject, segment_header, wait_for, write_config
+from faketree import VIRTIO_MEM, make_tree, replace_iomem, virtio_mem_plugged
 
 from crashhpd.backends.sandbox import SandboxBackend
-from crashhpd.elfcorehdr.layout import plan, preset
-from crashhpd.elfcorehdr.pack import build
+from crashhpd.elfcorehdr.build import build_valid
+from crashhpd.elfcorehdr.layout import preset
 from crashhpd.sysview.snapshot import read_boot_constants, read_snapshot
 
 # the virtio-mem fixture with its second device widened to 240 GiB, room for every block a storm adds
-FIXTURE = (Path(__file__).resolve().parents[1] / "fixtures/iomem/virtio-mem.txt").read_text().replace(
-    "334000000-533ffffff : virtio1", "334000000-3fffffffff : virtio1")
+FIXTURE = VIRTIO_MEM.replace("334000000-533ffffff : virtio1", "334000000-3fffffffff : virtio1")
 EVENTS_PER_BLOCK = 8
-BLOCK = 0x8000000
 
 
 def iomem(blocks: int) -> str:
-    return FIXTURE + "".join(
-        f"  {0x350000000 + i * BLOCK:x}-{0x350000000 + (i + 1) * BLOCK - 1:x} : System RAM (virtio_mem)\n"
-        for i in range(blocks))
+    return virtio_mem_plugged(blocks, FIXTURE)
 
 
 def set_blocks(root: Path, blocks: int) -> None:
-    tmp = root / "proc/.iomem.new"
-    tmp.write_text(iomem(blocks))
-    tmp.replace(root / "proc/iomem")
+    replace_iomem(root, iomem(blocks))
 
 
 def storm(root: Path, count: int) -> float:
@@ -69,7 +63,7 @@ def storm(root: Path, count: int) -> float:
 
 
 def expected(root: Path) -> bytes:
-    return build(plan(read_snapshot(str(root)), preset("kernel")))
+    return build_valid(read_snapshot(str(root)), preset("kernel")).data
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -99,12 +93,11 @@ def run_crashhpd(work: Path, count: int) -> dict[str, float]:
         want = expected(root)
 
         def correct() -> bool:
-            st = state(state_dir)
-            return (state_dir / "elfcorehdr").read_bytes()[: st["header_size"]] == want
+            return segment_header(state_dir) == want
 
         wait_for(correct, 60, "the daemon's final header")
         latency = time.monotonic() - last
-        time.sleep(2.5)  # past the max delay: any later apply would be counted
+        daemon.wait_idle(60)  # until the daemon says nothing more is due: any later apply would be counted
         assert correct()
         return {"applies": generation(state_dir) - gen0, "latency_s": latency,
                 "cpu_s": proc_cpu_seconds(daemon.proc.pid) - cpu0, "rss_mib": proc_peak_rss_mib(daemon.proc.pid)}
@@ -130,7 +123,7 @@ def run_baseline(work: Path, count: int) -> dict[str, float]:
         shutil.rmtree(state_dir, ignore_errors=True)  # kexec -p -u: no crash kernel from here on
         backend = SandboxBackend(str(state_dir), 64)  # a full load: fresh segment, fresh snapshot
         snapshot = read_snapshot(str(root), boot)
-        backend.apply(build(plan(snapshot, preset("kernel"))), snapshot.kernel)
+        backend.apply(build_valid(snapshot, preset("kernel")).data, snapshot.kernel)
         applies += 1
     latency = time.monotonic() - last
     assert backend.loaded(snapshot.kernel) == expected(root)

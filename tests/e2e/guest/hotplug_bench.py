@@ -124,7 +124,8 @@ class Phase:
         last_event = max(memory_events)
         good = [c["end"] for c in loads if c["exit"] == 0]
         # each unload leaves no crash kernel until the load after it returns
-        windows = [next((l["end"] for l in loads if l["start"] >= u["end"]), u["end"]) - u["start"] for u in unloads]
+        windows = [next((load["end"] for load in loads if load["start"] >= u["end"]), u["end"]) - u["start"]
+                   for u in unloads]
         return {
             "phase": self.name,
             "uevents": len(memory_events),
