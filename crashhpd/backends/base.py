@@ -71,11 +71,6 @@ class Running(Protocol):
 class Pending(Running, Protocol):
     """An apply still running; `finish()` once it is done."""
 
-    @property
-    def started_at(self) -> float:
-        """time.monotonic() when it began."""
-        ...
-
     def stop(self, by: float) -> None:
         """The daemon is stopping: end by `by` at the latest, as the backend ends a timeout."""
         ...
