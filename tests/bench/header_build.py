@@ -84,10 +84,10 @@ def main() -> None:
           f"{'pyelftools construct':>21} {'ratio':>7}")
     for cpus, ranges in ((8192, 8192), (64, 3840)):
         snap = snapshot(cpus, ranges)
-        full_t, ours = timed(lambda: build(plan(snap, layout)), args.repeat)
+        full_t, ours = timed(lambda snap=snap: build(plan(snap, layout)), args.repeat)
         model = plan(snap, layout)
-        build_t, _ = timed(lambda: build(model), args.repeat)
-        theirs_t, theirs = timed(lambda: build_with_construct(model, structs), max(3, args.repeat // 7))
+        build_t, _ = timed(lambda model=model: build(model), args.repeat)
+        theirs_t, theirs = timed(lambda model=model: build_with_construct(model, structs), max(3, args.repeat // 7))
         assert ours == theirs, "construct-built header differs from crashhpd's"
         print(f"{f'{cpus} CPUs + {ranges} ranges':<22} {model.phnum:>6} {len(ours):>8} {full_t * 1e3:>17.2f} ms "
               f"{build_t * 1e3:>8.2f} ms {theirs_t * 1e3:>18.1f} ms {theirs_t / full_t:>6.0f}x")
