@@ -319,6 +319,17 @@ def run(argv: list[str], timeout_s: float) -> Run:
     return child.result()
 
 
+class Load(Child):
+    """A `kexec -p` under way, as the daemon's loop drives it (a Pending); finish() is the backend's verdict."""
+
+    def __init__(self, argv: list[str], timeout_s: float, outcome: Callable[[Run], Applied]) -> None:
+        super().__init__(argv, timeout_s)
+        self._outcome = outcome
+
+    def finish(self) -> Applied:
+        return self._outcome(self.result())
+
+
 def probe(binary: str | None, timeout_s: float) -> Tool:
     """Find kexec (the config's path or name, else `kexec` on PATH) and ask its version."""
     name = binary or "kexec"
@@ -395,17 +406,6 @@ class StateStore:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-
-
-class Load(Child):
-    """A `kexec -p` under way, as the daemon's loop drives it (a Pending); finish() is the backend's verdict."""
-
-    def __init__(self, argv: list[str], timeout_s: float, outcome: Callable[[Run], Applied]) -> None:
-        super().__init__(argv, timeout_s)
-        self._outcome = outcome
-
-    def finish(self) -> Applied:
-        return self._outcome(self.result())
 
 
 # --- the backend --------------------------------------------------------------------------------
