@@ -98,14 +98,15 @@ class NotifyListener:
 
 class DaemonProcess:
     def __init__(self, tmp: Path, config: Path, env: dict[str, str] | None = None,
-                 wrap: Callable[[list[str]], list[str]] = lambda argv: argv) -> None:
+                 command: list[str] | None = None) -> None:
+        """`crashhpd run --config CONFIG`, or `command` (which must start the same daemon) in its place."""
         self.tmp = tmp
         self.notify = NotifyListener(tmp / "notify.sock")
         self.stderr_path = tmp / "daemon.stderr"
         self._stderr = open(self.stderr_path, "w")
         full_env = dict(os.environ, NOTIFY_SOCKET=str(self.notify.path), **(env or {}))
         full_env.pop("JOURNAL_STREAM", None)
-        self.proc = subprocess.Popen(wrap([CRASHHPD, "run", "--config", str(config)]), stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(command or [CRASHHPD, "run", "--config", str(config)], stdout=subprocess.DEVNULL,
                                      stderr=self._stderr, env=full_env)
         # as configured at start: never the default path, which may be a real daemon's
         self.control_socket: str | None = tomllib.loads(config.read_text()).get("control", {}).get("socket")

@@ -12,12 +12,16 @@ crash_elfcorehdr_size, it sets both crash_hotplug attributes to 1.
 
 Everything is driven by the JSON file named by $KEXEC_STANDIN_CONTROL:
   {"root": "/fake/tree", "log": "/tmp/calls.jsonl", "version": "kexec-tools 2.0.25",
-   "outcomes": [{"exit": 16, "stderr": "...", "delay_s": 0.5, "kernel": "freed", "child": true}, ...],
+   "outcomes": [{"exit": 16, "stderr": "...", "delay_s": 0.5, "kernel": "freed", "child": true,
+                 "chatter_bytes": 1048576}, ...],
    "default": {...}}
 Outcome n applies to the n-th load (counted from the log); "default" after the
 script runs out (absent: success). "kernel" is "loaded", "freed" or "kept";
 by default "loaded" on exit 0 and "kept" otherwise. "child": start a `sleep`
-in the same process group first, to prove a timeout kills the whole group.
+in the same process group first, to prove a timeout kills the whole group
+(it inherits stdout and stderr, and outlives a load that does not hang).
+"chatter_bytes": write that many bytes of noise to stdout and to stderr
+before the outcome's own stderr, as a very verbose kexec would.
 Every call is appended to the log with its argv, pid, time, the outcome's
 index and exit status, and the sha256 of the tree's proc/iomem at that moment
 (what real kexec would build its header from).
@@ -86,6 +90,11 @@ def _load(control: dict, argv: list[str]) -> int:
         child = subprocess.Popen(["sleep", "60"])
         with open(control["log"] + ".pids", "w") as f:
             json.dump([os.getpid(), child.pid], f)
+    chatter = outcome.get("chatter_bytes", 0)
+    for stream in (sys.stdout, sys.stderr):
+        for _ in range(chatter // 64):
+            stream.write("kexec stand-in: nothing to see here, just a lot of words ......\n")
+        stream.flush()
     time.sleep(outcome.get("delay_s", 0))
     if "-u" in argv:
         _kernel_effect(control, argv, "freed")

@@ -86,7 +86,7 @@ def test_the_daemon_serves_under_the_units_restrictions(tmp_path):
         "metrics": {"textfile_dir": str(tmp_path)}, "kexec": {"binary": str(STANDIN)},
     })
     d = DaemonProcess(tmp_path, config, {"KEXEC_STANDIN_CONTROL": str(control)},
-                      wrap=lambda argv: unit_sandbox.sandboxed(argv, spec(tmp_path)))
+                      command=unit_sandbox.sandboxed([CRASHHPD, "run", "--config", str(config)], spec(tmp_path)))
     try:
         d.wait_ready()
         proc_status = Path(f"/proc/{d.proc.pid}/status").read_text()

@@ -53,6 +53,10 @@ class KernelBackend:
         """The kernel's segment (Ehdr + the phdr bytes it publishes), or None on kernels that do not say."""
         return None if kernel.elfcorehdr_size is None else EHDR_SIZE + kernel.elfcorehdr_size
 
+    def begin(self, header: bytes, kernel: KernelState) -> Applied:
+        """Done at once: nothing here outlives the call."""
+        return self.apply(header, kernel)
+
     def apply(self, header: bytes, kernel: KernelState) -> Applied:
         """Record the header the kernel built on the event; nothing is written anywhere.
 

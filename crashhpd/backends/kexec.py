@@ -16,6 +16,15 @@ What it compares is a model of kexec-tools' header (the `kexec-tools`
 layout): kexec builds the real one itself and there is no way to read it
 back, so `loaded()` is the model of the last load that succeeded.
 
+A load runs as a child of the event loop, never inside it: its pipes and a
+pidfd sit in the loop's selector and its timeout is one of the loop's timers,
+so uevents are read and the control socket answered while kexec works. The
+load is done when kexec exits (the pidfd says so); whatever it started and
+left behind may keep its pipes open, so they are closed then, not read to
+the end. At the timeout the whole process group is killed. Its output is
+kept to the last OUTPUT_CAP bytes per stream, the end being where kexec says
+what went wrong.
+
 Failures are the outside world's and are retried on the daemon's timer:
 a busy kexec lock backs off exponentially, and a failed load that left no
 crash kernel at all (the kernel frees the old image before loading the new
@@ -32,6 +41,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import NoReturn
 
@@ -43,7 +53,7 @@ from ..errors import BackendError
 from ..safefile import SafeDir, describe
 from ..sysview.files import under
 from ..sysview.kernel_state import CRASH_LOADED, LOAD_LIMIT, KernelState, read_kernel_state
-from .base import Applied, Health
+from .base import Applied, Health, Pending, drive, settle
 from .kdump_discovery import CrashKernel, discover, parse_kexec_version
 
 logger = logging.getLogger(__name__)
@@ -58,6 +68,9 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600  # the model header is as secret as /proc/kallsyms and /proc/iomem
 STATE_LIMIT = 64 * 1024  # the record is a few hundred bytes; its argv is one command line
 STDERR_CHARS = 240  # enough of kexec's complaint for one readable line
+OUTPUT_CAP = 64 * 1024  # bytes of each of kexec's streams kept: the tail, which carries its complaint
+READ_CHUNK = 65536
+KILL_GRACE_S = 5.0  # after SIGKILL, how long to wait for the group leader before giving up on reaping it
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +92,7 @@ class Run:
     stderr: str
     timed_out: bool
     duration_s: float
+    stopped: bool = False  # killed because the daemon was stopping, before its own timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +157,8 @@ def complaint(run: Run) -> str:
 
 def failure_message(run: Run, timeout_s: float) -> str:
     name = f"{os.path.basename(run.argv[0])} -p"
+    if run.stopped:
+        return f"{name} was still running when crashhpd stopped; killed its process group"
     if run.timed_out:
         return f"{name} did not finish within {timeout_s:g} s; killed its process group"
     if EBUSY_TEXT in run.stderr:
@@ -170,24 +186,153 @@ class Backoff:
 # --- processes --------------------------------------------------------------------------------
 
 
+class Tail:
+    """The last `cap` bytes written to one stream."""
+
+    def __init__(self, cap: int = OUTPUT_CAP) -> None:
+        self._cap = cap
+        self.data = bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > self._cap:
+            del self.data[:len(self.data) - self._cap]
+
+    def text(self) -> str:
+        return self.data.decode(errors="replace")
+
+
+class Child:
+    """One kexec process in its own process group, driven without blocking: a Pending's process part.
+
+    Watched: the pidfd (readable once kexec exited) and the stdout and stderr
+    pipes until their EOF. Once the pidfd says kexec exited, it is reaped,
+    what its pipes hold is read, and the pipes are closed, EOF or not: a
+    process it left behind may hold them open for as long as it lives.
+    """
+
+    def __init__(self, argv: list[str], timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.argv = tuple(argv)
+        self._clock = clock
+        self.started_at = clock()
+        self._deadline = self.started_at + timeout_s
+        env = {**os.environ, "LC_ALL": "C"}  # kexec's strerror() text is matched (EBUSY); keep it English
+        try:
+            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, start_new_session=True, env=env)
+        except OSError as error:
+            raise BackendError(f"{argv[0]}: cannot run: {error.strerror}") from None
+        assert self._proc.stdout is not None and self._proc.stderr is not None
+        self._pipes = {self._proc.stdout.fileno(): Tail(), self._proc.stderr.fileno(): Tail()}
+        self._open = set(self._pipes)  # pipes not at EOF yet
+        for fd in self._pipes:
+            os.set_blocking(fd, False)
+        try:
+            self._pidfd = os.pidfd_open(self._proc.pid)
+        except OSError as error:  # only before Linux 5.3
+            self._kill()
+            self._proc.wait()
+            self._close_pipes()
+            raise BackendError(f"pidfd_open: {error.strerror}; crashhpd needs Linux 5.3 or later") from None
+        self.returncode: int | None = None
+        self._killed_at: float | None = None
+        self._timed_out = False
+        self._stopped = False
+
+    @property
+    def done(self) -> bool:
+        return self.returncode is not None
+
+    def fds(self) -> list[int]:
+        return [] if self.done else [self._pidfd, *sorted(self._open)]
+
+    def ready(self, fd: int) -> None:
+        if fd == self._pidfd:
+            self._reap()
+        elif fd in self._open:
+            self._read(fd)
+
+    def deadline(self) -> float | None:
+        if self.done:
+            return None
+        return self._deadline if self._killed_at is None else self._killed_at + KILL_GRACE_S
+
+    def expire(self, now: float) -> None:
+        if self._killed_at is None:
+            self._timed_out = True
+            self._kill()
+            self._killed_at = now
+            return
+        # SIGKILL did not end it within KILL_GRACE_S (stuck in the kernel): stop waiting, let Popen reap it later
+        logger.warning("kexec (pid %d) has not died %g s after SIGKILL; no longer waiting for it", self._proc.pid,
+                       KILL_GRACE_S, extra=log.fields("kexec-failed", argv=shlex.join(self.argv)))
+        self.returncode = -signal.SIGKILL
+
+    def stop(self, by: float) -> None:
+        if self._killed_at is None and by < self._deadline:
+            self._deadline = by
+            self._stopped = True
+
+    def result(self) -> Run:
+        """Once done: the finished (or killed) run, its fds closed."""
+        assert self.returncode is not None
+        os.close(self._pidfd)
+        self._close_pipes()
+        stdout, stderr = (tail.text() for tail in self._pipes.values())
+        return Run(self.argv, self.returncode, stdout, stderr, self._timed_out, self._clock() - self.started_at,
+                   self._stopped and self._timed_out)
+
+    def _kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):  # not reaped yet, so the group still exists
+            os.killpg(self._proc.pid, signal.SIGKILL)
+
+    def _reap(self) -> None:
+        code = self._proc.poll()
+        if code is None:
+            return
+        for fd in list(self._open):
+            for _ in range(OUTPUT_CAP // READ_CHUNK + 1):  # what it wrote before exiting, not what others add
+                if not self._read(fd):
+                    break
+        self.returncode = code
+
+    def _read(self, fd: int) -> bool:
+        """One read; False when nothing more is there now."""
+        try:
+            chunk = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._open.discard(fd)
+            return False
+        self._pipes[fd].add(chunk)
+        return True
+
+    def _close_pipes(self) -> None:
+        for pipe in (self._proc.stdout, self._proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        self._open.clear()
+
+
 def run(argv: list[str], timeout_s: float) -> Run:
-    """Run kexec in its own process group, so a timeout kills everything it started."""
-    started = time.monotonic()
-    env = {**os.environ, "LC_ALL": "C"}  # kexec's strerror() text is matched (EBUSY); keep it English
-    try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True, env=env)
-    except OSError as error:
-        raise BackendError(f"{argv[0]}: cannot run: {error.strerror}") from None
-    timed_out = False
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-    return Run(tuple(argv), proc.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace"),
-               timed_out, time.monotonic() - started)
+    """Run kexec to its end (or its timeout, which kills its process group), outside any event loop."""
+    child = Child(argv, timeout_s)
+    drive(child)
+    return child.result()
+
+
+class Load(Child):
+    """A `kexec -p` under way, as the daemon's loop drives it (a Pending); finish() is the backend's verdict."""
+
+    def __init__(self, argv: list[str], timeout_s: float, outcome: Callable[[Run], Applied]) -> None:
+        super().__init__(argv, timeout_s)
+        self._outcome = outcome
+
+    def finish(self) -> Applied:
+        return self._outcome(self.result())
 
 
 def probe(binary: str | None, timeout_s: float) -> Tool:
@@ -309,8 +454,11 @@ class KexecBackend:
         """None: every reload sizes a new segment, so there is no fixed room to outgrow."""
         return None
 
-    def apply(self, header: bytes, kernel: KernelState) -> Applied:
-        """Reload the crash kernel once for this header; BackendError (with a retry delay) on any failure."""
+    def begin(self, header: bytes, kernel: KernelState) -> Applied | Pending:
+        """Start reloading the crash kernel once for this header: a Load the loop drives to its end.
+
+        BackendError (with a retry delay) on any failure, here or from the Load's finish().
+        """
         if kernel.updates_header:
             return self._record_passive(header, kernel)
         self._passive = False
@@ -328,12 +476,11 @@ class KexecBackend:
         if self._failures:
             logger.info("retrying the crash kernel reload (attempt %d)", self._failures + 1,
                         extra=log.fields("retry", attempt=self._failures + 1, backend=self.name))
-        result = run(argv, self._cfg.timeout_s)
-        self._last_run = result
-        if result.returncode != 0 or result.timed_out:
-            self._fail(result)
-        self._succeeded(result)
-        return self._remember(header, argv, kernel, persist=True)
+        return Load(argv, self._cfg.timeout_s, lambda result: self._loaded(result, header, argv, kernel))
+
+    def apply(self, header: bytes, kernel: KernelState) -> Applied:
+        """Reload the crash kernel once for this header, waiting for kexec: begin() and settle()."""
+        return settle(self.begin(header, kernel))
 
     def health(self, kernel: KernelState) -> Health:
         extra = self._extra(kernel)
@@ -394,6 +541,14 @@ class KexecBackend:
     def _hotplug_blocker(self, tool: Tool | None, file_load: bool, kernel: KernelState) -> str | None:
         return hotplug_blocker(self._cfg.hotplug, tool.version if tool else None, kernel.elfcorehdr_size is not None,
                                file_load)
+
+    def _loaded(self, result: Run, header: bytes, argv: list[str], kernel: KernelState) -> Applied:
+        """kexec has exited (or was killed): account for it as the load's outcome."""
+        self._last_run = result
+        if result.returncode != 0 or result.timed_out:
+            self._fail(result)
+        self._succeeded(result)
+        return self._remember(header, argv, kernel, persist=True)
 
     def _fail(self, result: Run) -> NoReturn:
         """Count, log and raise; the retry delay depends on whether a crash kernel is still loaded.

@@ -83,6 +83,10 @@ class SandboxBackend:
         differs from state().capacity, the size of the segment loaded now, until that apply."""
         return self._capacity
 
+    def begin(self, header: bytes, kernel: KernelState) -> Applied:
+        """Done at once: nothing here outlives the call."""
+        return self.apply(header, kernel)
+
     def apply(self, header: bytes, kernel: KernelState) -> Applied:
         if len(header) > self._capacity:
             raise BackendError(

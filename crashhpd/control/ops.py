@@ -1,7 +1,8 @@
 """The control operations: one table that the daemon's server and crashhpctl both read.
 
 Each row names an op, the function that answers it in the daemon (inside the
-event loop, against the small `Target` interface the loop implements), the
+event loop, against the small `Target` interface the loop implements; an
+answer may be a Later, for an op that waits for an update), the
 result type a client validates, whether it needs root, how crashhpctl prints
 it, and its help text. Adding an op is adding a row.
 
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 from .. import log
 from ..elfcorehdr.validate import NotAHeader, parse
 from ..errors import CrashhpdError
+from ..later import Later
 from ..service.reconcile import Outcome
 from ..service.status import HeaderInForce, Status, Verdict
 from . import render
@@ -50,7 +52,9 @@ class Target(Protocol):
 
     def verify(self) -> Verdict: ...
 
-    def reconcile_now(self, reason: str) -> tuple[Outcome | None, int]: ...
+    def reconcile_now(self, reason: str) -> Later[tuple[Outcome | None, int]]:
+        """Resolved once the update has ended: its outcome (None: it failed) and the events it took over."""
+        ...
 
     def metrics_text(self) -> str: ...
 
@@ -91,8 +95,12 @@ def verify(target: Target) -> VerifyResult:
     )
 
 
-def reconcile(target: Target) -> ReconcileResult:
-    outcome, events = target.reconcile_now(RECONCILE_REASON)
+def reconcile(target: Target) -> Later[ReconcileResult]:
+    """Answered after the update, a kexec load included: the reply waits, the loop does not."""
+    return target.reconcile_now(RECONCILE_REASON).then(lambda ended: _reconciled(target, *ended))
+
+
+def _reconciled(target: Target, outcome: Outcome | None, events: int) -> ReconcileResult:
     if outcome is None:
         raise RequestError("failed", target.status().last_error or "the update failed; see the daemon's log")
     return ReconcileResult(
@@ -134,8 +142,8 @@ OPS: Mapping[str, Op] = MappingProxyType({op.name: op for op in (
 )})
 
 
-def handle(target: Target, line: bytes, peer: Peer) -> bytes:
-    """One request line in, one reply line out; never raises."""
+def handle(target: Target, line: bytes, peer: Peer) -> bytes | Later[bytes]:
+    """One request line in, one reply line out, now or Later for an op that waits; never raises."""
     try:
         request = parse_request(line)
         op = OPS.get(request.op)
@@ -143,14 +151,22 @@ def handle(target: Target, line: bytes, peer: Peer) -> bytes:
             raise RequestError("unknown-op", f"unknown op {request.op!r}; known: {', '.join(OPS)}")
         if op.privileged:
             _authorize(op.name, peer)
-        return success(op.answer(target))
-    except RequestError as err:
+        answer = op.answer(target)
+        if not isinstance(answer, Later):
+            return success(answer)
+    except Exception as err:
+        return _failure(err, peer)
+    return answer.then(success).otherwise(lambda err: _failure(err, peer))
+
+
+def _failure(err: Exception, peer: Peer) -> bytes:
+    if isinstance(err, RequestError):
         return failure(err.code, err.message)
-    except CrashhpdError as err:
+    if isinstance(err, CrashhpdError):
         return failure("failed", str(err))
-    except Exception:
-        logger.exception("control request from pid %d failed", peer.pid, extra=log.fields("control", pid=peer.pid))
-        return failure("internal", "internal error in crashhpd; its log has the details")
+    logger.error("control request from pid %d failed", peer.pid, exc_info=err,
+                 extra=log.fields("control", pid=peer.pid))
+    return failure("internal", "internal error in crashhpd; its log has the details")
 
 
 def _authorize(op: str, peer: Peer) -> None:

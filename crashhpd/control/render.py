@@ -61,6 +61,8 @@ def show_status(s: Status, now: float) -> tuple[str, int]:
                    f"{s.rescans} rescans after lost events"),
         ("updates", f"{s.updates} run: {s.applies} applied, {s.skipped_noop} no-op"),
         ("pending", pending),
+        ("apply", f"running for {s.apply_running_s or 0:.1f} s; the next update waits for it" if s.applying
+         else "none running"),
         ("crash_hotplug", hotplug),
         ("errors", errors),
         ("last error", "none" if s.last_error is None

@@ -8,6 +8,13 @@ send several; the next is read only once the previous reply has been
 written, so a client that never reads cannot make the daemon buffer more
 than one reply for it.
 
+A reply may be deferred: the handler returns a Later (a `reconcile` waits
+for its update, a kexec load included), and the reply is written when the
+loop resolves it. Meanwhile the client is served nothing else and its
+deadline does not run, since it is waiting for the daemon and not idle; a
+client that hangs up meanwhile is dropped at once, and its reply, when it
+comes, is thrown away.
+
 Access is the file system's: the socket is mode 0660 with the configured
 group, so only root and that group can connect at all. Which requests a
 connected peer may make is decided from SO_PEERCRED by the request handler.
@@ -16,6 +23,7 @@ connected peer may make is decided from SO_PEERCRED by the request handler.
 import grp
 import logging
 import os
+import select
 import selectors
 import socket
 import stat
@@ -28,6 +36,7 @@ from functools import partial
 from .. import log
 from ..config import ControlConfig
 from ..errors import CrashhpdError
+from ..later import Later
 from .protocol import failure
 
 logger = logging.getLogger(__name__)
@@ -40,7 +49,7 @@ RECV_CHUNK = 65536
 PROBE_TIMEOUT_S = 1.0
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
-Handler = Callable[[bytes, "Peer"], bytes]
+Handler = Callable[[bytes, "Peer"], "bytes | Later[bytes]"]
 
 
 class ControlError(CrashhpdError):
@@ -65,7 +74,8 @@ class _Client:
     outbuf: bytearray = field(default_factory=bytearray)
     eof: bool = False  # the peer will send nothing more
     closing: bool = False  # close once outbuf is written (after a reply that ends the connection)
-    events: int = selectors.EVENT_READ
+    events: int = selectors.EVENT_READ  # 0: out of the selector, waiting for a deferred reply with nothing to read
+    waiting: Later[bytes] | None = None  # a deferred reply not resolved yet
 
 
 def peer_of(sock: socket.socket) -> Peer:
@@ -157,11 +167,14 @@ class ControlServer:
     # --- deadlines -------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        return min((c.deadline for c in self._clients.values()), default=None)
+        return min((c.deadline for c in self._clients.values() if c.waiting is None), default=None)
 
     def expire(self, now: float) -> None:
-        """Drop clients past their deadline; one still waiting to send its request is told why."""
-        for client in [c for c in self._clients.values() if c.deadline <= now]:
+        """Drop clients past their deadline; one still waiting to send its request is told why.
+
+        A client waiting for a deferred reply has no deadline until the reply is there.
+        """
+        for client in [c for c in self._clients.values() if c.deadline <= now and c.waiting is None]:
             if not client.outbuf:
                 _send_once(client.sock, failure("timeout", f"no complete request within {self.cfg.timeout_ms} ms"))
             logger.debug("control client pid %d timed out", client.peer.pid)
@@ -227,20 +240,56 @@ class ControlServer:
 
     def _serve(self, client: _Client) -> None:
         """Answer buffered requests one at a time, then wait for what the client's state needs next."""
-        while not client.outbuf and not client.closing:
+        while not client.outbuf and not client.closing and client.waiting is None:
             line = self._next_line(client)
             if line is None:
                 break
-            client.outbuf += self._handle(line, client.peer)
+            reply = self._handle(line, client.peer)
+            if isinstance(reply, Later):
+                if not reply.done:
+                    client.waiting = reply
+                    reply.on_done(partial(self._answered, client))
+                    break
+                reply = reply.result()
+            client.outbuf += reply
             self._send(client)  # most replies fit the socket buffer: no extra trip through the loop
-        done = client.closing or (client.eof and not client.inbuf)
-        if done and not client.outbuf:
+        if client.waiting is not None:
+            if client.closing or (client.eof and _hung_up(client.sock)):
+                logger.debug("control client pid %d went away while its reply was deferred", client.peer.pid)
+                self._drop(client)
+                return
+        elif (client.closing or (client.eof and not client.inbuf)) and not client.outbuf:
             self._drop(client)
             return
-        wanted = selectors.EVENT_WRITE if client.outbuf else selectors.EVENT_READ
-        if wanted != client.events:
-            client.events = wanted
+        self._watch(client, self._interest(client))
+
+    def _interest(self, client: _Client) -> int:
+        if client.outbuf:
+            return selectors.EVENT_WRITE
+        if client.waiting is not None and (client.eof or len(client.inbuf) > self.cfg.max_request_bytes):
+            return 0  # a half-closed client, or one far ahead of its replies: nothing to read until the reply
+        return selectors.EVENT_READ
+
+    def _watch(self, client: _Client, wanted: int) -> None:
+        if wanted == client.events:
+            return
+        if client.events == 0:
+            self._selector.register(client.sock, wanted, partial(self._on_client, client))
+        elif wanted == 0:
+            self._selector.unregister(client.sock)
+        else:
             self._selector.modify(client.sock, wanted, partial(self._on_client, client))
+        client.events = wanted
+
+    def _answered(self, client: _Client, reply: Later[bytes]) -> None:
+        """A deferred reply is there: write it, and go on with the client's next request."""
+        if client.waiting is not reply:
+            return  # the client was dropped while it waited
+        client.waiting = None
+        client.outbuf += reply.result()
+        client.deadline = self._clock() + self.cfg.timeout_ms / 1000  # reading the reply gets the usual time
+        self._send(client)
+        self._serve(client)
 
     def _next_line(self, client: _Client) -> bytes | None:
         """The next request line; a final line without a newline counts once the client stops sending."""
@@ -260,9 +309,11 @@ class ControlServer:
         return line
 
     def _drop(self, client: _Client) -> None:
-        self._selector.unregister(client.sock)
+        if client.events:
+            self._selector.unregister(client.sock)
         del self._clients[client.sock.fileno()]
         client.sock.close()
+        client.waiting = None
 
 
 # --- file system edge ----------------------------------------------------------------------------
@@ -301,6 +352,13 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    """The peer closed its end entirely (POLLHUP), rather than only its sending side (shutdown(SHUT_WR))."""
+    poller = select.poll()
+    poller.register(sock, 0)  # POLLHUP and POLLERR are reported whatever is asked for
+    return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
 
 
 def _send_once(sock: socket.socket, data: bytes) -> None:

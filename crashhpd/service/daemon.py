@@ -7,6 +7,20 @@ The data path is always the same: event -> debounce -> snapshot -> header
 -> backend. The loop owns its state; every part it works with (monitor,
 backend, control server, metrics) is built by crashhpd.wiring and handed
 in, so tests can hand in their own.
+
+An apply that takes time (a kexec load) runs beside the loop, not in it:
+its fds join the selector and its deadline the timers, so events are still
+counted and the control socket answered. Until it has ended no other update
+starts; events keep going into the debounce, a `reconcile` request and a
+SIGHUP wait for it, and the next update runs as soon as it is done.
+
+SIGTERM while an apply runs lets it finish, for at most STOP_GRACE_S more
+(or its own timeout, if sooner), and then stops: a `kexec -p` killed
+half-way has wasted its work, and one still running when systemd's
+TimeoutStopSec (30 s in the unit) runs out would be SIGKILLed with the
+daemon, without a word in the log. A load still running at the grace's end
+is killed as a timeout kills it; so is one running at a second SIGTERM or
+SIGINT, for an admin who does not want to wait.
 """
 
 import logging
@@ -15,23 +29,25 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
 from .. import __version__, log
-from ..backends.base import Backend
+from ..backends.base import Backend, Watch
 from ..config import Config, ControlConfig
 from ..elfcorehdr.build import build_valid, changes
 from ..elfcorehdr.layout import Layout
 from ..errors import BackendError, ConfigError, CrashhpdError, HeaderError
+from ..later import Later
 from ..sysview.kernel_state import KernelState
 from ..sysview.snapshot import BootConstants, read_snapshot
 from .debounce import Debouncer
 from .health_log import HealthLog
 from .metrics import Metrics
 from .notify import Notifier
-from .reconcile import Outcome, reconcile
+from .reconcile import InFlight, Outcome, reconcile
 from .stats import Stats
 from .status import HeaderInForce, Status, Verdict
 
@@ -41,6 +57,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BATCH_S = 0.01  # during a burst the uevent socket is read at most this often
+STOP_GRACE_S = 20.0  # SIGTERM during an apply: how long it may still run; below the unit's TimeoutStopSec=30s
+
+Done = Later[tuple[Outcome | None, int]]  # an update's outcome (None: it failed) and the events it took over
 
 
 class EventSource(Protocol):
@@ -88,6 +107,19 @@ class Parts:
 Builder = Callable[[Config, "Parts | None"], Parts]
 
 
+@dataclass(slots=True)
+class _Update:
+    """One update from its start to its end, which an apply still running puts off."""
+
+    reason: str
+    started: float
+    burst_started: float | None  # the first event of the burst it covers, for the event-to-apply latency
+    events: int
+    waiters: list[Done] = field(default_factory=list)
+    inflight: InFlight | None = None
+    watch: Watch | None = None
+
+
 class Daemon:
     def __init__(self, parts: Parts, build: Builder, selector: selectors.BaseSelector, metrics: Metrics,
                  notifier: Notifier, config_path: str | None, root_override: str | None,
@@ -109,6 +141,11 @@ class Daemon:
         self.monitor_resume_at: float | None = None  # the uevent fd is out of the selector until then
         self.stopping = False
         self.signals: list[int] = []
+        self.applying: _Update | None = None  # an update whose apply is still running
+        self._asked: list[tuple[str, Done]] = []  # reconcile requests waiting for that apply to end
+        self._reload_wanted = False  # a SIGHUP waiting for that apply to end
+        self._previous_signals: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
+        self._previous_wakeup_fd = -1
         self.health_log = HealthLog()
         self._tracebacks_logged: set[tuple[str, str, str]] = set()
         self._monitor_fd = -1
@@ -143,10 +180,18 @@ class Daemon:
     def _install_signals(self) -> None:
         for fd in (self._wake_r, self._wake_w):
             fd.setblocking(False)
-        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        self._previous_wakeup_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, lambda signum, _frame: self.signals.append(signum))
+            self._previous_signals[signum] = signal.signal(signum, lambda signum, _frame: self.signals.append(signum))
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_wakeup)
+
+    def _restore_signals(self) -> None:
+        """As run() found them, so a process that runs a loop (a test) goes on as before."""
+        self.selector.unregister(self._wake_r)
+        for signum, handler in self._previous_signals.items():
+            if handler is not None:  # None: not installed from Python, nothing to put back
+                signal.signal(signum, handler)
+        signal.set_wakeup_fd(self._previous_wakeup_fd)
 
     def _on_wakeup(self, _mask: int) -> None:
         try:
@@ -186,24 +231,110 @@ class Daemon:
             if signum == signal.SIGHUP:
                 self.reload_config()
             else:
-                self.stopping = True
+                self._stop()
+
+    def _stop(self) -> None:
+        """SIGTERM or SIGINT: stop now, or once the apply in flight has ended (see the module's docstring)."""
+        again = self.stopping
+        self.stopping = True
+        if self.applying is None:
+            return
+        assert self.applying.inflight is not None
+        grace = 0.0 if again else STOP_GRACE_S
+        self.applying.inflight.pending.stop(self.clock() + grace)
+        if again:
+            logger.warning("stopping now: ending the %s apply still running", self.backend.name,
+                           extra=log.fields("stopping", backend=self.backend.name))
+        else:
+            logger.info("stopping once the %s apply still running has ended (at most %g s more; "
+                        "a second SIGTERM ends it now)", self.backend.name, grace,
+                        extra=log.fields("stopping", backend=self.backend.name))
 
     # --- the data path ----------------------------------------------------------------------
 
-    def update(self, reason: str) -> Outcome | None:
+    def update(self, reason: str, waiters: Sequence[Done] = ()) -> None:
         """Reconcile now; any failure is logged and counted, and the loop goes on.
 
-        Even a bug (an exception crashhpd does not expect) only costs this
-        update: hotplug must still be followed afterwards.
+        The update ends here unless the backend's apply runs on (a kexec load):
+        then it ends in _apply_step once that is done. `waiters` learn its outcome at its end.
         """
+        assert self.applying is None, "one update at a time"
+        update = _Update(reason, self.clock(), self.debounce.first_at, self.debounce.take(), list(waiters))
+        self.stats.updates += 1
+        self.stats.events_coalesced += max(update.events - 1, 0)
+        self.retry_at = None
+        self._settle(update, self._begin)
+
+    def _begin(self) -> Outcome | InFlight:
+        snapshot = read_snapshot(self.cfg.root, self.parts.boot)
+        self.kernel = snapshot.kernel
+        return reconcile(self.backend, snapshot, self.parts.layout, self.clock)
+
+    def _settle(self, update: _Update, step: Callable[[], Outcome | InFlight]) -> None:
+        """Take the update's next step; once it has an outcome (or failed), account for it and end it."""
+        outcome: Outcome | None = None
         try:
-            outcome = self._update(reason)
-        except Exception as err:  # the daemon outlives its own bugs, and says so
+            result = step()
+        except BackendError as err:
+            self._failed("apply-failed", f"apply failed: {err}", update.events)
+            if err.retry_after is not None:
+                self.retry_at = self.clock() + err.retry_after
+        except HeaderError as err:
+            self._failed("header-invalid", str(err), update.events)
+        except CrashhpdError as err:
+            self._failed("snapshot-failed", str(err), update.events)
+        except Exception as err:  # a bug costs this update, not the daemon: hotplug must still be followed
             self._internal_error("update", err)
-            return None
+        else:
+            if isinstance(result, InFlight):
+                update.inflight = result
+                update.watch = Watch(self.selector, result.pending)
+                self.applying = update
+                return
+            outcome = result
+            self._succeeded(update, outcome)
         self.health_log.observe(self.backend.name, self.backend.health(self.kernel))
         self.metrics.write_textfile(self.cfg.metrics.textfile_dir, self.status())
-        return outcome
+        for waiter in update.waiters:
+            waiter.resolve((outcome, update.events))
+
+    def _apply_step(self, now: float) -> None:
+        """The apply in flight after a turn of the loop: past its deadline, or done and its update ended."""
+        update = self.applying
+        if update is None:
+            return
+        assert update.inflight is not None and update.watch is not None
+        update.watch.expire_if_due(now)
+        if not update.inflight.pending.done:
+            return
+        update.watch.close()
+        self.applying = None
+        self._settle(update, update.inflight.finish)
+
+    def _succeeded(self, update: _Update, outcome: Outcome) -> None:
+        built = outcome.built
+        self.stats.cpus = len(built.model.cpu_notes)
+        self.stats.ram_ranges = len(built.model.ram)
+        self.stats.ram_bytes = sum(end - start + 1 for start, end in built.model.ram)
+        self.stats.in_sync = True
+        self.stats.last_duration_s = outcome.duration_s
+        duration_us = int((self.clock() - update.started) * 1e6)
+        reason, events = update.reason, update.events
+        common = dict(events=events, ranges=self.stats.ram_ranges, cpus=self.stats.cpus,
+                      duration_us=duration_us, backend=self.backend.name)
+        if outcome.applied is None:
+            self.stats.skipped_noop += 1
+            logger.debug("%s: header unchanged, nothing to apply", reason,
+                         extra=log.fields("skipped", reason=reason, **common))
+            return
+        self.stats.applies += 1
+        latency = None if update.burst_started is None else self.clock() - update.burst_started
+        self.metrics.applied(duration_us / 1e6, latency)
+        self.stats.last_apply_reason = reason
+        self.stats.last_changes = outcome.changes
+        logger.info("applied generation %d (%s, %d events): %s", outcome.applied.generation, reason, events,
+                    "; ".join(outcome.changes) or "no visible change",
+                    extra=log.fields("applied", generation=outcome.applied.generation, reason=reason, **common))
 
     def _internal_error(self, doing: str, err: Exception) -> None:
         """Counted as `internal`; the traceback is logged the first time each kind of failure happens."""
@@ -218,51 +349,6 @@ class Daemon:
         logger.exception("internal error during %s; crashhpd goes on", doing,
                          extra=log.fields("internal", backend=self.backend.name))
 
-    def _update(self, reason: str) -> Outcome | None:
-        started = self.clock()
-        burst_started = self.debounce.first_at  # for the event-to-apply latency
-        events = self.debounce.take()
-        self.stats.updates += 1
-        self.stats.events_coalesced += max(events - 1, 0)
-        self.retry_at = None
-        try:
-            snapshot = read_snapshot(self.cfg.root, self.parts.boot)
-            self.kernel = snapshot.kernel
-            outcome = reconcile(self.backend, snapshot, self.parts.layout, self.clock)
-        except BackendError as err:
-            self._failed("apply-failed", f"apply failed: {err}", events)
-            if err.retry_after is not None:
-                self.retry_at = self.clock() + err.retry_after
-            return None
-        except HeaderError as err:
-            self._failed("header-invalid", str(err), events)
-            return None
-        except CrashhpdError as err:
-            self._failed("snapshot-failed", str(err), events)
-            return None
-        built = outcome.built
-        self.stats.cpus = len(built.model.cpu_notes)
-        self.stats.ram_ranges = len(built.model.ram)
-        self.stats.ram_bytes = sum(end - start + 1 for start, end in built.model.ram)
-        self.stats.in_sync = True
-        self.stats.last_duration_s = outcome.duration_s
-        duration_us = int((self.clock() - started) * 1e6)
-        common = dict(events=events, ranges=self.stats.ram_ranges, cpus=self.stats.cpus,
-                      duration_us=duration_us, backend=self.backend.name)
-        if outcome.applied is None:
-            self.stats.skipped_noop += 1
-            logger.debug("%s: header unchanged, nothing to apply", reason,
-                         extra=log.fields("skipped", reason=reason, **common))
-            return outcome
-        self.stats.applies += 1
-        self.metrics.applied(duration_us / 1e6, None if burst_started is None else self.clock() - burst_started)
-        self.stats.last_apply_reason = reason
-        self.stats.last_changes = outcome.changes
-        logger.info("applied generation %d (%s, %d events): %s", outcome.applied.generation, reason, events,
-                    "; ".join(outcome.changes) or "no visible change",
-                    extra=log.fields("applied", generation=outcome.applied.generation, reason=reason, **common))
-        return outcome
-
     def _failed(self, kind: str, message: str, events: int) -> None:
         self.stats.in_sync = False
         self.stats.error(kind, message)
@@ -271,7 +357,17 @@ class Daemon:
     # --- configuration -------------------------------------------------------------------
 
     def reload_config(self) -> None:
-        """SIGHUP: build everything the new config decides, then swap; on any failure keep all that runs."""
+        """SIGHUP: build everything the new config decides, then swap; on any failure keep all that runs.
+
+        Never while an apply runs: its backend must not be swapped under it. The reload then waits for its end.
+        """
+        if self.applying is not None:
+            if not self._reload_wanted:
+                logger.info("configuration reload waits for the %s apply still running", self.backend.name,
+                            extra=log.fields("reload", backend=self.backend.name))
+            self._reload_wanted = True
+            return
+        self._reload_wanted = False
         self.notifier.reloading()
         try:
             new_cfg = self._load_config(self.config_path, self.root_override)
@@ -292,8 +388,9 @@ class Daemon:
             return
         self._swap(new)
         logger.info("configuration reloaded", extra=log.fields("reload", backend=self.backend.name))
-        self.update("reload")
-        self.notifier.ready(self.status_line())
+        reloaded: Done = Later()
+        reloaded.on_done(lambda _: self.notifier.ready(self.status_line()))  # after the reload's apply
+        self.update("reload", [reloaded])
 
     def _swap(self, new: Parts) -> None:
         old = self.parts
@@ -356,6 +453,8 @@ class Daemon:
             last_update_duration_s=stats.last_duration_s,
             last_error=stats.last_error,
             last_error_at=stats.last_error_at,
+            applying=self.applying is not None,
+            apply_running_s=None if self.applying is None else self.clock() - self.applying.started,
         )
 
     def header_in_force(self) -> HeaderInForce | None:
@@ -373,10 +472,20 @@ class Daemon:
         in_sync = loaded == built.data
         return Verdict(in_sync, state.generation if state else 0, [] if in_sync else changes(loaded, built), built)
 
-    def reconcile_now(self, reason: str) -> tuple[Outcome | None, int]:
-        """The update a burst would trigger, now: pending events are taken over, the debounce skipped."""
-        events = self.debounce.pending
-        return self.update(reason), events
+    def reconcile_now(self, reason: str) -> Done:
+        """The update a burst would trigger, now: pending events are taken over, the debounce skipped.
+
+        While an apply runs, the update runs right after it, on what the system is then; either way
+        the result comes once the update has ended.
+        """
+        done: Done = Later()
+        if self.stopping:
+            done.fail(CrashhpdError("crashhpd is stopping; no update was run"))
+        elif self.applying is not None:
+            self._asked.append((reason, done))
+        else:
+            self.update(reason, [done])
+        return done
 
     def metrics_text(self) -> str:
         return self.metrics.text(self.status())
@@ -394,19 +503,50 @@ class Daemon:
         activity = "update pending" if self.debounce.due() is not None else "idle"
         if self.stats.last_error and not self.stats.in_sync:
             activity = f"error: {self.stats.last_error}"
+        if self.applying is not None:
+            activity = "reloading"
         return (f"generation {generation}, {self.stats.cpus} CPUs, {self.stats.ram_ranges} ranges, "
                 f"{self.backend.name}, {activity}")
 
     def _next_deadline(self, watchdog_at: float | None) -> float | None:
         control = self.control.next_deadline() if self.control is not None else None
-        candidates = [t for t in (self.debounce.due(), self.retry_at, watchdog_at, self.monitor_resume_at, control)
-                      if t is not None]
-        return min(candidates) if candidates else None
+        candidates = [watchdog_at, self.monitor_resume_at, control]
+        if self.applying is not None:  # the debounce and a retry wait for its end: they must not wake the loop
+            assert self.applying.inflight is not None
+            candidates.append(self.applying.inflight.pending.deadline())
+        elif not self.stopping:
+            candidates += [self.debounce.due(), self.retry_at]
+        due = [t for t in candidates if t is not None]
+        return min(due) if due else None
+
+    def _next_update(self, now: float) -> None:
+        """With no apply in flight: what waited for one first, then the debounce, then a retry."""
+        if self._reload_wanted:
+            self.reload_config()
+        elif self._asked:
+            asked, self._asked = self._asked, []
+            self.update(asked[0][0], [done for _, done in asked])
+        elif self.debounce.ready(now):
+            self.update("events")
+        elif self.retry_at is not None and now >= self.retry_at:
+            self.update("retry")
+
+    def _ready(self) -> None:
+        if self.stopping:
+            return
+        self.notifier.ready(self.status_line())
+        logger.info("ready: %s", self.status_line(), extra=log.fields("ready", backend=self.backend.name))
 
     def run(self, control: Server | None) -> int:
         """Serve until SIGTERM; `control` is opened here, after the monitor, and closed on the way out."""
         self.control = control
         self._install_signals()
+        try:
+            return self._serve(control)
+        finally:
+            self._restore_signals()
+
+    def _serve(self, control: Server | None) -> int:
         self._open_monitor()  # before the first snapshot, so nothing happens unseen in between
         if control is not None:
             control.open()
@@ -414,13 +554,13 @@ class Daemon:
                     self.backend.name, self.parts.layout.name, self.cfg.root, self.parts.monitor.source,
                     ", ".join(self.cfg.sources) or "the embedded defaults",
                     extra=log.fields("started", backend=self.backend.name))
-        self.update("startup")
-        self.notifier.ready(self.status_line())
-        logger.info("ready: %s", self.status_line(), extra=log.fields("ready", backend=self.backend.name))
         interval = self.notifier.watchdog_interval()
         watchdog_at = self.clock() + interval if interval else None
+        started: Done = Later()
+        started.on_done(lambda _: self._ready())  # READY=1 once the start-up update has ended, a load included
+        self.update("startup", [started])
         status = self.status_line()
-        while not self.stopping:
+        while True:
             deadline = self._next_deadline(watchdog_at)
             timeout = None if deadline is None else max(deadline - self.clock(), 0)
             for key, mask in self.selector.select(timeout):
@@ -429,19 +569,23 @@ class Daemon:
             now = self.clock()
             if control is not None:
                 control.expire(now)
+            self._apply_step(now)
+            if self.stopping and self.applying is None:
+                break
             if self.monitor_resume_at is not None and now >= self.monitor_resume_at:
                 self._resume_monitor()
                 continue  # drain what queued up before deciding whether the burst is over
-            if self.debounce.ready(now):
-                self.update("events")
-            elif self.retry_at is not None and now >= self.retry_at:
-                self.update("retry")
+            if self.applying is None and not self.stopping:
+                self._next_update(now)
             if interval is not None and watchdog_at is not None and now >= watchdog_at:
                 self.notifier.watchdog()
                 watchdog_at = now + interval
             if self.status_line() != status:
                 status = self.status_line()
                 self.notifier.status(status)
+        for _, done in self._asked:
+            done.fail(CrashhpdError("crashhpd is stopping; no update was run"))
+        self._asked = []
         self.notifier.stopping()
         if control is not None:
             control.close()

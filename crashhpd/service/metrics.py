@@ -105,6 +105,7 @@ def families(s: Status, now: float) -> list["Metric"]:
         _gauge("crashhpd_in_sync", "1 when the last update succeeded.", int(s.in_sync)),
         _gauge("crashhpd_backend_healthy", "1 when the backend reports itself healthy.", int(s.backend_ok)),
         _gauge("crashhpd_pending_events", "Events waiting for the debounce.", s.pending_events),
+        _gauge("crashhpd_applying", "1 while an apply (a kexec load) is running.", int(s.applying)),
     ]
     if s.capacity_bytes is not None:
         out.append(_gauge("crashhpd_segment_capacity_bytes", "Bytes the loaded segment can hold.", s.capacity_bytes))

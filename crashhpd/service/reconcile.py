@@ -1,13 +1,15 @@
 """One reconcile: snapshot -> header -> validate -> compare with the backend -> apply if different.
 
 The data path of one update in one function, kept free of the event loop so
-tests can run it directly.
+tests can run it directly. An apply that runs on (a kexec load) comes back
+as an InFlight: the loop drives its Pending and calls finish() for the Outcome.
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..backends.base import Applied, Backend
+from ..backends.base import Applied, Backend, Pending
 from ..elfcorehdr.build import Built, build_valid, changes
 from ..elfcorehdr.layout import Layout
 from ..sysview.snapshot import Snapshot
@@ -21,7 +23,23 @@ class Outcome:
     duration_s: float
 
 
-def reconcile(backend: Backend, snapshot: Snapshot, layout: Layout, clock=time.monotonic) -> Outcome:
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """A reconcile whose apply is still running."""
+
+    built: Built
+    changes: list[str]
+    pending: Pending
+    started: float
+    clock: Callable[[], float]
+
+    def finish(self) -> Outcome:
+        """Once pending is done: the Outcome, or the backend's BackendError."""
+        return Outcome(self.built, self.pending.finish(), self.changes, self.clock() - self.started)
+
+
+def reconcile(backend: Backend, snapshot: Snapshot, layout: Layout,
+              clock: Callable[[], float] = time.monotonic) -> Outcome | InFlight:
     """Bring the backend in line with the snapshot; a no-op when it already is."""
     started = clock()
     built = build_valid(snapshot, layout)
@@ -29,5 +47,7 @@ def reconcile(backend: Backend, snapshot: Snapshot, layout: Layout, clock=time.m
     if current == built.data:
         return Outcome(built, None, [], clock() - started)
     lines = changes(current, built)
-    applied = backend.apply(built.data, snapshot.kernel)
-    return Outcome(built, applied, lines, clock() - started)
+    applied = backend.begin(built.data, snapshot.kernel)
+    if isinstance(applied, Applied):
+        return Outcome(built, applied, lines, clock() - started)
+    return InFlight(built, lines, applied, started, clock)

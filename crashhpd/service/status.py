@@ -47,6 +47,8 @@ class Status:
     last_update_duration_s: float | None
     last_error: str | None
     last_error_at: float | None
+    applying: bool = False  # an apply (a kexec load) is running now; the next update waits for it
+    apply_running_s: float | None = None  # since when, counted from the start of its update
 
 
 @dataclass(frozen=True, slots=True)
