@@ -26,6 +26,7 @@ from .service.daemon import Daemon, Parts
 from .service.metrics import Metrics
 from .service.monitor import EventMonitor
 from .service.notify import Notifier
+from .service.status import ControlCounters
 from .sysview.snapshot import read_boot_constants, read_snapshot
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,12 @@ def build_parts(cfg: Config, old: Parts | None, context: pyudev.Context | None =
     return Parts(cfg, boot, backend, layout_for(cfg, backend), monitor, snapshot.kernel)
 
 
+def control_server(cfg: Config, selector: selectors.BaseSelector, daemon: Daemon) -> ControlServer:
+    """The admin socket in the loop's selector, answering through the op table for this daemon."""
+    counters = ControlCounters()
+    return ControlServer(cfg.control, selector, ops.Dispatcher(daemon, counters).handle, counters)
+
+
 def run(config_path: str | None, root_override: str | None, context: pyudev.Context | None = None) -> int:
     """The daemon's whole life; returns the exit status (78 for an invalid config)."""
     try:
@@ -76,8 +83,7 @@ def run(config_path: str | None, root_override: str | None, context: pyudev.Cont
         build = partial(build_parts, context=context)
         daemon = Daemon(build(cfg, None), build, selector, Metrics(), Notifier(), config_path, root_override,
                         config_mod.load)
-        control = ControlServer(cfg.control, selector, partial(ops.handle, daemon))
-        return daemon.run(control)
+        return daemon.run(control_server(cfg, selector, daemon))
     except ControlError as err:  # a missing group or a socket path taken: restarting cannot fix either
         logger.critical("cannot start: %s", err, extra=log.fields("startup-failed"))
         return EX_CONFIG

@@ -162,7 +162,8 @@ IDLE_POLL_S = 0.05  # longer than the loop's BATCH_S (10 ms), for which read uev
 
 
 def wait_idle(socket_path: Path | str, timeout: float = 10) -> dict:
-    """Until the daemon reports nothing left to do: no pending event, no update or retry due; its last status.
+    """Until the daemon reports nothing left to do: no pending event, no update or retry due, no apply
+    running; its last status.
 
     During a burst the loop leaves its uevent socket unread for up to BATCH_S
     between drains, so one idle report may still have events waiting behind
@@ -173,7 +174,7 @@ def wait_idle(socket_path: Path | str, timeout: float = 10) -> dict:
     previous: dict | None = None
     while True:
         now = daemon_status(socket_path)
-        idle = now["pending_events"] == 0 and now["next_update_in_s"] is None
+        idle = now["pending_events"] == 0 and now["next_update_in_s"] is None and not now["applying"]
         if idle and previous is not None and previous["events_received"] == now["events_received"]:
             return now
         if time.monotonic() > deadline:

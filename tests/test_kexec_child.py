@@ -34,15 +34,13 @@ from crashhpd import config as config_mod
 from crashhpd import log
 from crashhpd.backends.kexec import OUTPUT_CAP, STATE_FILE, KexecBackend, run
 from crashhpd.config import KexecConfig
-from crashhpd.control import ops
-from crashhpd.control.server import ControlServer
 from crashhpd.errors import BackendError
 from crashhpd.service import daemon as daemon_mod
 from crashhpd.service.daemon import Daemon
 from crashhpd.service.metrics import Metrics
 from crashhpd.service.monitor import Drained
 from crashhpd.service.notify import Notifier
-from crashhpd.wiring import build_parts
+from crashhpd.wiring import build_parts, control_server
 
 LOAD_S = 1.0  # what one scripted load takes
 FAST_S = 0.1  # a status round trip slower than this blocked on something
@@ -98,7 +96,7 @@ class Loop:
         selector = selectors.DefaultSelector()
         self.daemon = Daemon(replace(build_parts(cfg, None), monitor=self.events), build_parts, selector, Metrics(),
                              Notifier(), str(self.config), None, config_mod.load)
-        self.control = ControlServer(cfg.control, selector, partial(ops.handle, self.daemon))
+        self.control = control_server(cfg, selector, self.daemon)
         self.returned_at: float | None = None
         self.stops_sent = 0
 

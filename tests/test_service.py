@@ -3,7 +3,7 @@
 The loop is crashhpd's own (service/daemon.py `Daemon`), wired as `crashhpd
 run` wires it: parts from wiring.build_parts, the sandbox backend on a fake
 tree, Metrics, Notifier and the real control server answering with
-control.ops.handle on a real socket. Only the event source is the test's: a
+crashhpd.wiring.control_server on a real socket. Only the event source is the test's: a
 socketpair the selector watches, made readable whenever the test hands it a
 `Drained` to return.
 
@@ -40,13 +40,12 @@ from faketree import VIRTIO_MEM, make_tree, replace_iomem, virtio_mem_plugged
 from crashhpd import config as config_mod
 from crashhpd import log
 from crashhpd.config import Config
-from crashhpd.control import ops
 from crashhpd.control.server import ControlServer
 from crashhpd.service.daemon import Daemon, Parts
 from crashhpd.service.metrics import Metrics
 from crashhpd.service.monitor import Drained
 from crashhpd.service.notify import Notifier
-from crashhpd.wiring import build_parts
+from crashhpd.wiring import build_parts, control_server
 
 QUIET_MS = 100
 TIMEOUT_S = 10
@@ -203,7 +202,7 @@ def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Service
     selector = selectors.DefaultSelector()
     daemon = Daemon(build(cfg, None), build, selector, Metrics(), Notifier(), str(paths.config), None,
                     config_mod.load)
-    control = ControlServer(cfg.control, selector, partial(ops.handle, daemon))
+    control = control_server(cfg, selector, daemon)
     try:
         yield Service(**vars(paths), source=source, daemon=daemon, control=control)
     finally:
@@ -297,8 +296,10 @@ def test_status_over_the_socket_is_the_daemons_own(service):
         over_socket = service.idle()
         in_loop = dataclasses.asdict(service.source.in_loop(service.daemon.status))
         assert set(over_socket) == set(in_loop)
-        assert {k: v for k, v in over_socket.items() if k != "uptime_s"} == \
-            {k: v for k, v in in_loop.items() if k != "uptime_s"}
+        moving = {"uptime_s", "control_clients"}  # the clock, and the asking client itself, connected or not
+        assert {k: v for k, v in over_socket.items() if k not in moving} == \
+            {k: v for k, v in in_loop.items() if k not in moving}
+        assert over_socket["control_clients"] == in_loop["control_clients"] + 1
         applied = state(service.state_dir)
         assert (over_socket["generation"], over_socket["header_bytes"]) == (applied["generation"],
                                                                             applied["header_size"])

@@ -13,6 +13,7 @@ the hotplug tracking matters more than the admin's query.
 
 import base64
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -23,8 +24,9 @@ from ..elfcorehdr.validate import NotAHeader, parse
 from ..errors import CrashhpdError
 from ..later import Later
 from ..service.reconcile import Outcome
-from ..service.status import HeaderInForce, Status, Verdict
+from ..service.status import ControlCounters, HeaderInForce, Status, Verdict
 from . import render
+from .limits import Budgets, LogLimit
 from .protocol import (
     HeaderResult,
     MetricsResult,
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 RECONCILE_REASON = "crashhpctl"
 DEFAULT_TIMEOUT_S = 10.0
+VERIFY_MAX_AGE_S = 1.0  # a verify reply is at most this old: a fresh snapshot of 8000 ranges costs tens of ms
 
 
 class Target(Protocol):
@@ -57,6 +60,10 @@ class Target(Protocol):
         ...
 
     def metrics_text(self) -> str: ...
+
+    def revision(self) -> int:
+        """Changes whenever an update ends or a reload swaps parts: what `header` and `verify` depend on."""
+        ...
 
 
 # --- the daemon's side ---------------------------------------------------------------------------
@@ -128,13 +135,19 @@ class Op:
     help: str
     privileged: bool = False  # uid 0 only, as SO_PEERCRED says: it changes what is loaded
     timeout_s: float = DEFAULT_TIMEOUT_S  # crashhpctl's default wait for the reply
+    # A reply that depends only on the daemon's revision is computed once per revision and served from
+    # memory. With a max age it also depends on a fresh snapshot (verify: drift no event announced): then
+    # root always gets a fresh one, and other peers one at most that old.
+    cached: bool = False
+    max_age_s: float | None = None
 
 
 OPS: Mapping[str, Op] = MappingProxyType({op.name: op for op in (
     Op("status", status, Status, render.show_status, "what the daemon holds and has done"),
-    Op("header", header, HeaderResult, render.show_header, "the header in force, as program headers"),
+    Op("header", header, HeaderResult, render.show_header, "the header in force, as program headers", cached=True),
     Op("verify", verify, VerifyResult, render.show_verify,
-       "compare the header in force with a fresh snapshot (exit 1 if they differ)"),
+       "compare the header in force with a fresh snapshot (exit 1 if they differ)", cached=True,
+       max_age_s=VERIFY_MAX_AGE_S),
     # the daemon answers after the update, and a kexec reload may take a minute
     Op("reconcile", reconcile, ReconcileResult, render.show_reconcile,
        "rescan and apply now, without waiting for the debounce (root only)", privileged=True, timeout_s=120.0),
@@ -142,36 +155,78 @@ OPS: Mapping[str, Op] = MappingProxyType({op.name: op for op in (
 )})
 
 
-def handle(target: Target, line: bytes, peer: Peer) -> bytes | Later[bytes]:
-    """One request line in, one reply line out, now or Later for an op that waits; never raises."""
-    try:
-        request = parse_request(line)
-        op = OPS.get(request.op)
-        if op is None:
-            raise RequestError("unknown-op", f"unknown op {request.op!r}; known: {', '.join(OPS)}")
-        if op.privileged:
-            _authorize(op.name, peer)
-        answer = op.answer(target)
-        if not isinstance(answer, Later):
-            return success(answer)
-    except Exception as err:
-        return _failure(err, peer)
-    return answer.then(success).otherwise(lambda err: _failure(err, peer))
+class Dispatcher:
+    """Turns request lines into reply lines for the server: the op table, applied with what a client may cost.
 
+    A non-root uid has a request budget (limits.Budgets): past it, `busy`.
+    Replies that depend only on the daemon's revision are served from memory
+    once computed. A line about a peer (a refused request, a bug it
+    triggered) is logged once per peer per interval and the rest counted.
+    """
 
-def _failure(err: Exception, peer: Peer) -> bytes:
-    if isinstance(err, RequestError):
-        return failure(err.code, err.message)
-    if isinstance(err, CrashhpdError):
-        return failure("failed", str(err))
-    logger.error("control request from pid %d failed", peer.pid, exc_info=err,
-                 extra=log.fields("control", pid=peer.pid))
-    return failure("internal", "internal error in crashhpd; its log has the details")
+    def __init__(self, target: Target, counters: ControlCounters, clock: Callable[[], float] = time.monotonic) -> None:
+        self._target = target
+        self._counters = counters
+        self._clock = clock
+        self._budgets = Budgets(clock=clock)
+        self._log_limit = LogLimit(clock=clock)
+        self._cache: dict[str, tuple[int, float, bytes]] = {}  # op -> (revision, computed at, reply)
 
+    def handle(self, line: bytes, peer: Peer) -> bytes | Later[bytes]:
+        """One request line in, one reply line out, now or Later for an op that waits; never raises."""
+        try:
+            if not self._budgets.take(peer.uid):
+                self._counters.busy += 1
+                raise RequestError("busy", f"uid {peer.uid} is over its request budget; retry in "
+                                           f"{self._budgets.retry_after(peer.uid):.1f} s")
+            request = parse_request(line)
+            op = OPS.get(request.op)
+            if op is None:
+                raise RequestError("unknown-op", f"unknown op {request.op!r}; known: {', '.join(OPS)}")
+            if op.privileged:
+                self._authorize(op.name, peer)
+            if op.cached:
+                return self._cached(op, peer)
+            answer = op.answer(self._target)
+            if not isinstance(answer, Later):
+                return success(answer)
+        except Exception as err:
+            return self._failure(err, peer)
+        return answer.then(success).otherwise(lambda err: self._failure(err, peer))
 
-def _authorize(op: str, peer: Peer) -> None:
-    fields = log.fields("control", op=op, uid=peer.uid, pid=peer.pid)
-    if peer.uid != 0:
-        logger.warning("%s refused for uid %d (pid %d): root only", op, peer.uid, peer.pid, extra=fields)
-        raise RequestError("permission-denied", f"{op} needs root (uid 0); the request came from uid {peer.uid}")
-    logger.info("%s requested by uid %d (pid %d)", op, peer.uid, peer.pid, extra=fields)
+    def _cached(self, op: Op, peer: Peer) -> bytes:
+        revision, now = self._target.revision(), self._clock()
+        hit = self._cache.get(op.name)
+        fresh_enough = op.max_age_s is None or (peer.uid != 0 and hit is not None and now - hit[1] < op.max_age_s)
+        if hit is not None and hit[0] == revision and fresh_enough:
+            return hit[2]
+        reply = success(op.answer(self._target))
+        self._cache[op.name] = (revision, now, reply)
+        return reply
+
+    def _failure(self, err: Exception, peer: Peer) -> bytes:
+        if isinstance(err, RequestError):
+            return failure(err.code, err.message)
+        if isinstance(err, CrashhpdError):
+            return failure("failed", str(err))
+        if self._may_log(("internal", peer.uid)):
+            logger.error("control request from uid %d (pid %d) failed", peer.uid, peer.pid, exc_info=err,
+                         extra=log.fields("control", uid=peer.uid, pid=peer.pid))
+        return failure("internal", "internal error in crashhpd; its log has the details")
+
+    def _authorize(self, op: str, peer: Peer) -> None:
+        fields = log.fields("control", op=op, uid=peer.uid, pid=peer.pid)
+        if peer.uid != 0:
+            self._counters.refused += 1
+            if self._may_log(("refused", peer.uid)):
+                logger.warning("%s refused for uid %d (pid %d): root only", op, peer.uid, peer.pid, extra=fields)
+            raise RequestError("permission-denied", f"{op} needs root (uid 0); the request came from uid {peer.uid}")
+        logger.info("%s requested by uid %d (pid %d)", op, peer.uid, peer.pid, extra=fields)
+
+    def _may_log(self, key: object) -> bool:
+        allowed, held_back = self._log_limit.allow(key)
+        self._counters.log_suppressed = self._log_limit.suppressed
+        if allowed and held_back:
+            logger.warning("%d more lines like the next were held back in the last %g s", held_back,
+                           self._log_limit.interval, extra=log.fields("control"))
+        return allowed

@@ -18,6 +18,17 @@ comes, is thrown away.
 Access is the file system's: the socket is mode 0660 with the configured
 group, so only root and that group can connect at all. Which requests a
 connected peer may make is decided from SO_PEERCRED by the request handler.
+
+No client can hold the loop or lock root out: each client gets at most one
+request answered per turn of the loop (a pipelined flood is served at the
+pace of everyone else), a non-root uid may hold at most MAX_PER_UID
+connections, and uid 0 is always admitted: when the table is full, the
+oldest non-root client makes room.
+
+The socket's permissions are never set through a path somebody else could
+swap: it is bound, with its mode already right (the umask), inside a fresh
+directory only root can enter, given its group there, and renamed into
+place; its directory must belong to root and be writable by nobody else.
 """
 
 import grp
@@ -28,6 +39,7 @@ import selectors
 import socket
 import stat
 import struct
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +49,7 @@ from .. import log
 from ..config import ControlConfig
 from ..errors import CrashhpdError
 from ..later import Later
+from ..service.status import ControlCounters
 from .protocol import failure
 
 logger = logging.getLogger(__name__)
@@ -44,6 +57,7 @@ logger = logging.getLogger(__name__)
 SOCKET_MODE = 0o660
 DIR_MODE = 0o755  # crashhpctl users must reach the socket; the socket's own mode guards it
 MAX_CLIENTS = 256  # well below the default 1024 descriptors, so a flood cannot starve the monitor
+MAX_PER_UID = 32  # connections one non-root uid may hold: a slowloris of one user leaves room for the rest
 ACCEPT_BATCH = 64  # connections taken per wake-up, so one flood does not delay events
 RECV_CHUNK = 65536
 PROBE_TIMEOUT_S = 1.0
@@ -93,10 +107,11 @@ class ControlServer:
     """Listening socket and clients; `handle(line, peer)` turns one request line into one reply line."""
 
     def __init__(self, cfg: ControlConfig, selector: selectors.BaseSelector, handle: Handler,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 counters: ControlCounters | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
         self._selector = selector
         self._handle = handle
+        self._counters = counters if counters is not None else ControlCounters()
         self._clock = clock
         self._listener: socket.socket | None = None
         self._inode: int | None = None  # of the socket file we bound, so close() removes only ours
@@ -112,23 +127,31 @@ class ControlServer:
         """
         path = self.cfg.socket
         gid = group_id(self.cfg.group)
-        _ensure_dir(os.path.dirname(path))
+        directory = os.path.dirname(path)
+        _ensure_dir(directory)
         _refuse_live(path)
-        temp = f"{path}.{os.getpid()}.tmp"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            _unlink_quietly(temp)
+            private = tempfile.mkdtemp(prefix=".crashhpd-bind-", dir=directory)  # 0700: nobody else can enter
+        except OSError as err:
+            listener.close()
+            raise ControlError(f"{directory}: cannot create the control socket: {err.strerror or err}") from None
+        temp = os.path.join(private, "control.sock")
+        old_umask = os.umask(0o777 & ~SOCKET_MODE)  # bind() creates the file with its final mode
+        try:
             listener.bind(temp)
-            os.chown(temp, -1, gid)
-            os.chmod(temp, SOCKET_MODE)
+            os.chown(temp, -1, gid, follow_symlinks=False)
             listener.listen(128)
             listener.setblocking(False)
-            self._inode = os.stat(temp).st_ino
+            self._inode = os.stat(temp, follow_symlinks=False).st_ino
             os.rename(temp, path)
         except OSError as err:
             listener.close()
-            _unlink_quietly(temp)
             raise ControlError(f"{path}: cannot create the control socket: {err.strerror or err}") from None
+        finally:
+            os.umask(old_umask)
+            _unlink_quietly(temp)
+            os.rmdir(private)
         self._listener = listener
         self._selector.register(listener, selectors.EVENT_READ, self._accept)
         logger.info("control socket %s (group %s, mode %o)", path, self.cfg.group, SOCKET_MODE,
@@ -193,16 +216,40 @@ class ControlServer:
                 logger.warning("control socket: accept failed: %s", err.strerror, extra=log.fields("control"))
                 return
             sock.setblocking(False)
-            if len(self._clients) >= MAX_CLIENTS:
-                _send_once(sock, failure("busy", f"{MAX_CLIENTS} clients already connected; try again"))
+            peer = peer_of(sock)
+            refusal = self._admit(peer)
+            if refusal is not None:
+                self._counters.busy += 1
+                _send_once(sock, failure("busy", refusal))
                 sock.close()
                 continue
-            client = _Client(sock, peer_of(sock), self._clock() + self.cfg.timeout_ms / 1000)
+            client = _Client(sock, peer, self._clock() + self.cfg.timeout_ms / 1000)
             self._clients[sock.fileno()] = client
             self._selector.register(sock, selectors.EVENT_READ, partial(self._on_client, client))
             # the request usually follows the connect at once: answer it now, not one loop turn (and
             # perhaps one uevent batch) later
             self._on_client(client, selectors.EVENT_READ)
+
+    def counters(self) -> ControlCounters:
+        self._counters.clients = len(self._clients)
+        return self._counters
+
+    def _admit(self, peer: Peer) -> str | None:
+        """Why a new connection of `peer` is turned away, or None; root takes the oldest non-root client's slot."""
+        if peer.uid != 0:
+            if len(self._clients) >= MAX_CLIENTS:
+                return f"{MAX_CLIENTS} clients already connected; try again"
+            if sum(1 for c in self._clients.values() if c.peer.uid == peer.uid) >= MAX_PER_UID:
+                return f"uid {peer.uid} already holds {MAX_PER_UID} connections; close one"
+            return None
+        if len(self._clients) < MAX_CLIENTS:
+            return None
+        oldest = next((c for c in self._clients.values() if c.peer.uid != 0), None)  # dicts keep accept order
+        if oldest is None:
+            return f"{MAX_CLIENTS} clients of root already connected; try again"
+        _send_once(oldest.sock, failure("busy", "dropped to make room for root"))
+        self._drop(oldest)
+        return None
 
     def _on_client(self, client: _Client, mask: int) -> None:
         if mask & selectors.EVENT_READ:
@@ -239,20 +286,22 @@ class ControlServer:
             client.deadline = self._clock() + self.cfg.timeout_ms / 1000
 
     def _serve(self, client: _Client) -> None:
-        """Answer buffered requests one at a time, then wait for what the client's state needs next."""
-        while not client.outbuf and not client.closing and client.waiting is None:
+        """Answer the next buffered request, if any, then wait for what the client's state needs next.
+
+        One request per call, that is per turn of the loop: a client with more
+        requests queued is woken again on the next turn (its socket is
+        writable), after everyone else ready in this one.
+        """
+        if not client.outbuf and not client.closing and client.waiting is None:
             line = self._next_line(client)
-            if line is None:
-                break
-            reply = self._handle(line, client.peer)
-            if isinstance(reply, Later):
-                if not reply.done:
+            if line is not None:
+                reply = self._handle(line, client.peer)
+                if isinstance(reply, Later) and not reply.done:
                     client.waiting = reply
                     reply.on_done(partial(self._answered, client))
-                    break
-                reply = reply.result()
-            client.outbuf += reply
-            self._send(client)  # most replies fit the socket buffer: no extra trip through the loop
+                else:
+                    client.outbuf += reply.result() if isinstance(reply, Later) else reply
+                    self._send(client)  # most replies fit the socket buffer: no extra trip through the loop
         if client.waiting is not None:
             if client.closing or (client.eof and _hung_up(client.sock)):
                 logger.debug("control client pid %d went away while its reply was deferred", client.peer.pid)
@@ -264,8 +313,8 @@ class ControlServer:
         self._watch(client, self._interest(client))
 
     def _interest(self, client: _Client) -> int:
-        if client.outbuf:
-            return selectors.EVENT_WRITE
+        if client.outbuf or (client.waiting is None and not client.closing and self._has_request(client)):
+            return selectors.EVENT_WRITE  # more to write, or a queued request to answer on the next turn
         if client.waiting is not None and (client.eof or len(client.inbuf) > self.cfg.max_request_bytes):
             return 0  # a half-closed client, or one far ahead of its replies: nothing to read until the reply
         return selectors.EVENT_READ
@@ -290,6 +339,9 @@ class ControlServer:
         client.deadline = self._clock() + self.cfg.timeout_ms / 1000  # reading the reply gets the usual time
         self._send(client)
         self._serve(client)
+
+    def _has_request(self, client: _Client) -> bool:
+        return b"\n" in client.inbuf or (client.eof and bool(client.inbuf))
 
     def _next_line(self, client: _Client) -> bytes | None:
         """The next request line; a final line without a newline counts once the client stops sending."""
@@ -320,10 +372,17 @@ class ControlServer:
 
 
 def _ensure_dir(directory: str) -> None:
+    """The socket's directory, created if missing; one that another user could write to is refused."""
     try:
         os.makedirs(directory, mode=DIR_MODE, exist_ok=True)
+        st = os.lstat(directory)
     except OSError as err:
         raise ControlError(f"{directory}: cannot create the control socket's directory: {err.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ControlError(f"{directory} is not a directory (a symlink?); the control socket's directory must be one")
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise ControlError(f"{directory} is owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):o}; the "
+                           "control socket's directory must be root's and writable by nobody else")
 
 
 def _refuse_live(path: str) -> None:

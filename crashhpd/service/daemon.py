@@ -49,7 +49,7 @@ from .metrics import Metrics
 from .notify import Notifier
 from .reconcile import InFlight, Outcome, reconcile
 from .stats import Stats
-from .status import HeaderInForce, Status, Verdict
+from .status import ControlCounters, HeaderInForce, Status, Verdict
 
 if TYPE_CHECKING:
     from .monitor import Drained  # pyudev is imported only where the monitor is built
@@ -89,6 +89,8 @@ class Server(Protocol):
     def expire(self, now: float) -> None: ...
 
     def reconfigure(self, cfg: ControlConfig) -> None: ...
+
+    def counters(self) -> ControlCounters: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +149,7 @@ class Daemon:
         self._previous_signals: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
         self._previous_wakeup_fd = -1
         self.health_log = HealthLog()
+        self._revision = 0  # see revision()
         self._tracebacks_logged: set[tuple[str, str, str]] = set()
         self._monitor_fd = -1
         self._wake_r, self._wake_w = socket.socketpair()
@@ -293,6 +296,7 @@ class Daemon:
                 return
             outcome = result
             self._succeeded(update, outcome)
+        self._revision += 1
         self.health_log.observe(self.backend.name, self.backend.health(self.kernel))
         self.metrics.write_textfile(self.cfg.metrics.textfile_dir, self.status())
         for waiter in update.waiters:
@@ -401,6 +405,7 @@ class Daemon:
             self.health_log.forget()
         self.parts = new
         self.kernel = new.kernel
+        self._revision += 1
         if new.monitor is not old.monitor:
             self._close_monitor(old.monitor)
             self._open_monitor()
@@ -419,6 +424,7 @@ class Daemon:
         health = backend.health(self.kernel)
         capacity = backend.capacity(self.kernel)
         header_bytes = state.header_size if state else 0
+        control = self.control.counters() if self.control is not None else ControlCounters()
         return Status(
             version=__version__,
             pid=os.getpid(),
@@ -455,7 +461,15 @@ class Daemon:
             last_error_at=stats.last_error_at,
             applying=self.applying is not None,
             apply_running_s=None if self.applying is None else self.clock() - self.applying.started,
+            control_clients=control.clients,
+            control_refused=control.refused,
+            control_busy=control.busy,
+            log_suppressed=control.log_suppressed,
         )
+
+    def revision(self) -> int:
+        """Changes whenever what `header` and `verify` answer may have: an update ended, a reload swapped parts."""
+        return self._revision
 
     def header_in_force(self) -> HeaderInForce | None:
         data = self.backend.loaded(self.kernel)

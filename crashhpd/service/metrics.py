@@ -106,6 +106,12 @@ def families(s: Status, now: float) -> list["Metric"]:
         _gauge("crashhpd_backend_healthy", "1 when the backend reports itself healthy.", int(s.backend_ok)),
         _gauge("crashhpd_pending_events", "Events waiting for the debounce.", s.pending_events),
         _gauge("crashhpd_applying", "1 while an apply (a kexec load) is running.", int(s.applying)),
+        _gauge("crashhpd_control_clients", "Clients connected to the control socket.", s.control_clients),
+        _counter("crashhpd_control_refused", "Control requests refused for want of root.", s.control_refused),
+        _counter("crashhpd_control_busy", "Control requests and connections turned away: over a budget or a limit.",
+                 s.control_busy),
+        _counter("crashhpd_log_suppressed", "Log lines about control clients held back (one per peer per minute).",
+                 s.log_suppressed),
     ]
     if s.capacity_bytes is not None:
         out.append(_gauge("crashhpd_segment_capacity_bytes", "Bytes the loaded segment can hold.", s.capacity_bytes))

@@ -49,6 +49,20 @@ class Status:
     last_error_at: float | None
     applying: bool = False  # an apply (a kexec load) is running now; the next update waits for it
     apply_running_s: float | None = None  # since when, counted from the start of its update
+    control_clients: int = 0  # connected to the control socket now
+    control_refused: int = 0  # requests refused for want of root (permission-denied)
+    control_busy: int = 0  # requests and connections turned away ("busy"): over a budget or a limit
+    log_suppressed: int = 0  # log lines about clients held back (one per peer per minute is logged)
+
+
+@dataclass(slots=True)
+class ControlCounters:
+    """What the control socket has turned away: kept by the server and its dispatcher, reported in status."""
+
+    clients: int = 0
+    refused: int = 0
+    busy: int = 0
+    log_suppressed: int = 0
 
 
 @dataclass(frozen=True, slots=True)

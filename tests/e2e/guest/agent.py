@@ -168,7 +168,7 @@ def daemon_idle(events_before: int, deadline: float) -> dict[str, Any]:
     """crashhpd's status once it has seen new events and has nothing pending: the burst is handled."""
     while True:
         status = control("status")
-        if status["pending_events"] == 0 and status["next_update_in_s"] is None \
+        if status["pending_events"] == 0 and status["next_update_in_s"] is None and not status["applying"] \
                 and status["events_received"] > events_before:
             return status
         if time.monotonic() > deadline:
