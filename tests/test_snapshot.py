@@ -3,7 +3,7 @@
 import os
 
 import pytest
-from faketree import make_tree, write
+from faketree import kcore, make_tree, write
 
 from crashhpd.elfcorehdr.layout import plan, preset
 from crashhpd.elfcorehdr.pack import build
@@ -194,6 +194,25 @@ def test_kallsyms_text_and_end(tmp_path, kallsyms, text, end):
     root = make_tree(tmp_path, IOMEM, kallsyms=kallsyms)
     boot = read_snapshot(str(root)).boot
     assert (boot.kernel_text, boot.kernel_end) == (text, end)
+    assert boot.kernel_stext == (0xFFFFFFFF9A001000 if "_stext" in kallsyms else None)
+
+
+def test_kcore_gives_the_direct_map_base_and_the_kernel_map_loads_in_file_order(tmp_path):
+    root = make_tree(tmp_path, IOMEM)
+    loads = [(0xFFFFFFFF9A000000, 0x1000000, 0x3A00000), (0xFFFF9F0000100000, 0x100000, 0xBFF00000),
+             (0xFFFFFFFFC0000000, 0, 0x1000000), (0xFFFF9F0100000000, 0x100000000, 0x340000000)]
+    (root / "proc/kcore").write_bytes(kcore(loads))
+    boot = read_snapshot(str(root)).boot
+    assert boot.direct_map_base == 0xFFFF9F0000000000
+    assert boot.kcore_kernel_map == ((0xFFFFFFFF9A000000, 0x3A00000), (0xFFFFFFFFC0000000, 0x1000000))
+
+
+def test_every_iomem_line_is_kept_in_file_order(tmp_path):
+    snap = read_snapshot(str(make_tree(tmp_path, IOMEM)))
+    assert [(r.start, r.end, r.name, r.depth) for r in snap.resources] == [
+        (0x1000, 0x9FBFF, "System RAM", 0), (0x100000, 0xBFFDFFFF, "System RAM", 0),
+        (0x1000000, 0x1FFFFFF, "Kernel code", 1), (0x2A00000, 0x2DFFFFF, "Kernel bss", 1),
+        (0x2A000000, 0x340FFFFF, "Crash kernel", 1), (0x100000000, 0x43FFFFFFF, "System RAM", 0)]
 
 
 def test_boot_constants_passed_in_are_not_re_read(tmp_path):
