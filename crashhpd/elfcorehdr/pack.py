@@ -13,6 +13,7 @@ EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 PHDR = struct.Struct("<IIQQQQQQ")
 EHDR_SIZE = EHDR.size  # 64
 PHDR_SIZE = PHDR.size  # 56
+P_OFFSET = struct.Struct("<Q")  # at byte 8 of a Phdr
 
 PT_LOAD = 1
 PT_NOTE = 4
@@ -50,10 +51,11 @@ def capacity(max_cpus: int, max_memory_ranges: int = DEFAULT_MAX_MEMORY_RANGES) 
 
 
 def build(model: HeaderModel) -> bytes:
-    """The header bytes: Ehdr, CPU notes, VMCOREINFO note, kernel image, RAM; zero padded."""
+    """The header bytes: Ehdr, CPU notes, VMCOREINFO note, kernel image, RAM; zero padded to a buffer
+    rounded up to the layout's alignment, with room for model.sized_for program headers if that is more."""
     phnum = model.phnum
-    if phnum > MAX_PHNUM:
-        raise HeaderError(f"{phnum} program headers; ELF allows at most {MAX_PHNUM}")
+    if max(phnum, model.sized_for) > MAX_PHNUM:
+        raise HeaderError(f"{max(phnum, model.sized_for)} program headers; ELF allows at most {MAX_PHNUM}")
     try:
         return _pack(model, phnum)
     except struct.error:
@@ -69,7 +71,7 @@ def _overflow(model: HeaderModel) -> str:
 
 
 def _pack(model: HeaderModel, phnum: int) -> bytes:
-    buf = bytearray(header_size(phnum, model.align))
+    buf = bytearray(header_size(max(phnum, model.sized_for), model.align))
     EHDR.pack_into(buf, 0, E_IDENT, ET_CORE, EM_X86_64, EV_CURRENT, 0, EHDR_SIZE, 0, 0,
                    EHDR_SIZE, PHDR_SIZE, phnum, 0, 0, 0)
     pack = PHDR.pack_into
@@ -86,8 +88,11 @@ def _pack(model: HeaderModel, phnum: int) -> bytes:
         pack(buf, off, PT_LOAD, PF_RWX, paddr, vaddr, paddr, size, size, 0)
         off += PHDR_SIZE
     page_offset = model.page_offset
+    ram_base = off
     for start, end in model.ram:
         size = end - start + 1
         pack(buf, off, PT_LOAD, PF_RWX, start, start + page_offset, start, size, size, 0)
         off += PHDR_SIZE
+    for index, p_offset in model.ram_offsets:
+        P_OFFSET.pack_into(buf, ram_base + PHDR_SIZE * index + 8, p_offset)
     return bytes(buf)
