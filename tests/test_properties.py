@@ -58,7 +58,7 @@ def expected_ram(ram_lines: list[Range], holes: list[Range]) -> list[Range]:
     for start, end in sorted(ram_lines):
         bounds = sorted({start, end + 1} | {p for p in cuts if start < p <= end})
         run_start = None
-        for lo, hi in zip(bounds, bounds[1:]):
+        for lo, _hi in zip(bounds, bounds[1:]):
             kept = not any(h_start <= lo <= h_end for h_start, h_end in holes)
             if kept and run_start is None:
                 run_start = lo
@@ -133,14 +133,14 @@ def test_random_nested_layout_gives_a_valid_header_covering_exactly_the_dumpable
     model = plan(snapshot, preset("kernel"))
     data = build(model)
 
-    holes = [(l.start, l.end) for l in lines if l.name == "Crash kernel"] + cma + [(0, MIB - 1)]
-    want = expected_ram([(l.start, l.end) for l in lines if l.taken_ram], holes)
+    holes = [(line.start, line.end) for line in lines if line.name == "Crash kernel"] + cma + [(0, MIB - 1)]
+    want = expected_ram([(line.start, line.end) for line in lines if line.taken_ram], holes)
     if not want:  # all the RAM is the crash kernel's, CMA or low memory: such a header is never applied
         assert "no RAM PT_LOAD: a dump would save no memory" in validate.check(validate.parse(data), snapshot)
         return
     assert validate.check(validate.parse(data), snapshot) == []
     notes = [(note_addr(cpu), 368) for cpu in range(ncpus)] + [(0x100C66000, 4132)]
-    code = [l.start for l in lines if l.name == "Kernel code"][:1]
+    code = [line.start for line in lines if line.name == "Kernel code"][:1]
     segments = pyelftools_segments(data)
     assert segments == (
         [("PT_NOTE", 0, a, 0, a, size, size, 0) for a, size in notes]

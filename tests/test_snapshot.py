@@ -31,7 +31,8 @@ def test_only_iomem_present_gives_none_and_empty_everywhere_and_still_builds(tmp
     assert snap.crash_notes == {}
     assert snap.vmcoreinfo is None
     assert (snap.boot.kernel_text, snap.boot.kernel_end, snap.boot.direct_map_base) == (None, None, None)
-    assert (snap.kernel_max, snap.kernel.crash_loaded, snap.kernel.crash_size, snap.kernel.elfcorehdr_size) == (None,) * 4
+    kernel = snap.kernel
+    assert (snap.kernel_max, kernel.crash_loaded, kernel.crash_size, kernel.elfcorehdr_size) == (None,) * 4
     assert snap.crash_cma == ()
     assert (snap.kernel.crash_hotplug_cpu, snap.kernel.crash_hotplug_memory, snap.kernel.updates_header) == \
         (None, None, False)
