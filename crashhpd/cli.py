@@ -11,8 +11,9 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .elf import KERNEL_HALF
 from .elfcorehdr.build import build_valid
-from .elfcorehdr.layout import KERNEL_HALF, preset
+from .elfcorehdr.layout import preset
 from .elfcorehdr.table import table
 from .elfcorehdr.validate import NotAHeader, ParsedHeader, check, parse
 from .errors import CrashhpdError, InvalidHeader

@@ -27,8 +27,9 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from .elfcorehdr.layout import KERNEL_HALF, LayoutName
-from .elfcorehdr.pack import DEFAULT_MAX_MEMORY_RANGES, MAX_PHNUM
+from .elf import KERNEL_HALF, MAX_PHNUM
+from .elfcorehdr.layout import LayoutName
+from .elfcorehdr.pack import DEFAULT_MAX_MEMORY_RANGES
 from .errors import ConfigError, quoted
 from .safefile import describe, read_file
 

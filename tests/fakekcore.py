@@ -14,8 +14,8 @@ from pathlib import Path
 from fakebtf import DEBIAN_LAYOUT, kimage_btf
 from faketree import write
 
+from crashhpd.elf import EHDR, PHDR, PT_LOAD, PT_NOTE
 from crashhpd.elfcorehdr.layout import DEFAULT_PAGE_OFFSET
-from crashhpd.elfcorehdr.pack import EHDR, PHDR, PT_LOAD, PT_NOTE
 from crashhpd.sysview.btf import Field
 from crashhpd.sysview.loaded_header import KimageLayout
 

@@ -4,6 +4,7 @@ Every test that needs a system view builds one of these and points crashhpd's
 `root` at it, the same way a test guest or the sandbox does.
 """
 
+import struct
 from pathlib import Path
 
 from crashhpd.sysview.kernel_state import KernelState, read_kernel_state
@@ -110,6 +111,21 @@ def make_tree(
     for rel, text in (extra or {}).items():
         write(root, rel, text)
     return root
+
+
+def kcore(loads: list[tuple[int, int, int]]) -> bytes:
+    """A /proc/kcore with one PT_LOAD per (vaddr, paddr, size): its program headers, which is all that is read.
+
+    Linux lists the kernel text (KCORE_TEXT, _text to _end) first, then vmalloc, modules and the
+    direct map.
+    """
+    out = struct.pack("<16sHHIQQQIHHHHHH", b"\x7fELF\x02\x01\x01" + bytes(9), 4, 62, 1, 0, 64, 0, 0, 64, 56,
+                      len(loads), 0, 0, 0)
+    offset = 0x1000
+    for vaddr, paddr, size in loads:
+        out += struct.pack("<IIQQQQQQ", 1, 7, offset, vaddr, paddr, size, size, 0x1000)
+        offset += size
+    return out
 
 
 def kernel(root: Path | str) -> KernelState:

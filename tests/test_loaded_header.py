@@ -9,9 +9,10 @@ from fakebtf import BtfBuilder, kimage_btf
 from fakekcore import HEADER_MEM, RAM, RAM_LOW, CrashKernel, debian_layout, segments
 from faketree import make_tree, write
 
+from crashhpd.elf import EHDR_SIZE, PHDR_SIZE
 from crashhpd.elfcorehdr.build import build_valid
 from crashhpd.elfcorehdr.layout import preset
-from crashhpd.elfcorehdr.pack import EHDR_SIZE, PHDR_SIZE, capacity
+from crashhpd.elfcorehdr.pack import capacity
 from crashhpd.elfcorehdr.validate import check, parse
 from crashhpd.sysview.btf import Btf, BtfError
 from crashhpd.sysview.loaded_header import PAUSE, LoadedHeader, LoadedHeaderReader, find_symbols, kimage_layout

@@ -3,7 +3,7 @@
 import os
 
 import pytest
-from faketree import make_tree, write
+from faketree import kcore, make_tree, write
 
 from crashhpd.elfcorehdr.layout import plan, preset
 from crashhpd.elfcorehdr.pack import build
@@ -31,8 +31,8 @@ def test_only_iomem_present_gives_none_and_empty_everywhere_and_still_builds(tmp
     assert snap.crash_notes == {}
     assert snap.vmcoreinfo is None
     assert (snap.boot.kernel_text, snap.boot.kernel_end, snap.boot.direct_map_base) == (None, None, None)
-    assert (snap.kernel_max, snap.kernel.crash_loaded, snap.kernel.crash_size,
-            snap.kernel.elfcorehdr_size) == (None,) * 4
+    kernel = snap.kernel
+    assert (snap.kernel_max, kernel.crash_loaded, kernel.crash_size, kernel.elfcorehdr_size) == (None,) * 4
     assert snap.crash_cma == ()
     assert (snap.kernel.crash_hotplug_cpu, snap.kernel.crash_hotplug_memory, snap.kernel.updates_header) == \
         (None, None, False)
@@ -147,16 +147,18 @@ def test_directories_that_are_not_cpus_are_ignored(tmp_path):
     assert set(read_snapshot(str(root)).crash_notes) == {0}
 
 
-@pytest.mark.parametrize("layout", ["kernel", "kexec-tools"])
-def test_crash_cma_ranges_are_cut_out_of_ram(tmp_path, layout):
+def test_crash_cma_ranges_are_cut_out_of_ram_by_the_kernel_layout_only(tmp_path):
+    """kexec-tools never reads kexec_crash_cma_ranges: its header dumps them (the real binary agrees)."""
     cma = "80000000-8fffffff\n200000000-2ffffffff\n"
     root = make_tree(tmp_path, IOMEM, extra={"sys/kernel/kexec_crash_cma_ranges": cma})
     snap = read_snapshot(str(root))
     assert snap.crash_cma == ((0x80000000, 0x8FFFFFFF), (0x200000000, 0x2FFFFFFFF))
-    low = [(0x1000, 0x9FBFF)] if layout == "kexec-tools" else []
-    assert list(plan(snap, preset(layout)).ram) == low + [
+    assert list(plan(snap, preset("kernel")).ram) == [
         (0x100000, 0x29FFFFFF), (0x34100000, 0x7FFFFFFF), (0x90000000, 0xBFFDFFFF),
         (0x100000000, 0x1FFFFFFFF), (0x300000000, 0x43FFFFFFF),
+    ]
+    assert list(plan(snap, preset("kexec-tools")).ram) == [
+        (0x1000, 0x9FBFF), (0x100000, 0x29FFFFFF), (0x34100000, 0xBFFDFFFF), (0x100000000, 0x43FFFFFFF),
     ]
 
 
@@ -195,6 +197,25 @@ def test_kallsyms_text_and_end(tmp_path, kallsyms, text, end):
     root = make_tree(tmp_path, IOMEM, kallsyms=kallsyms)
     boot = read_snapshot(str(root)).boot
     assert (boot.kernel_text, boot.kernel_end) == (text, end)
+    assert boot.kernel_stext == (0xFFFFFFFF9A001000 if "_stext" in kallsyms else None)
+
+
+def test_kcore_gives_the_direct_map_base_and_the_kernel_map_loads_in_file_order(tmp_path):
+    root = make_tree(tmp_path, IOMEM)
+    loads = [(0xFFFFFFFF9A000000, 0x1000000, 0x3A00000), (0xFFFF9F0000100000, 0x100000, 0xBFF00000),
+             (0xFFFFFFFFC0000000, 0, 0x1000000), (0xFFFF9F0100000000, 0x100000000, 0x340000000)]
+    (root / "proc/kcore").write_bytes(kcore(loads))
+    boot = read_snapshot(str(root)).boot
+    assert boot.direct_map_base == 0xFFFF9F0000000000
+    assert boot.kcore_kernel_map == ((0xFFFFFFFF9A000000, 0x3A00000), (0xFFFFFFFFC0000000, 0x1000000))
+
+
+def test_every_iomem_line_is_kept_in_file_order(tmp_path):
+    snap = read_snapshot(str(make_tree(tmp_path, IOMEM)))
+    assert [(r.start, r.end, r.name, r.depth) for r in snap.resources] == [
+        (0x1000, 0x9FBFF, "System RAM", 0), (0x100000, 0xBFFDFFFF, "System RAM", 0),
+        (0x1000000, 0x1FFFFFF, "Kernel code", 1), (0x2A00000, 0x2DFFFFF, "Kernel bss", 1),
+        (0x2A000000, 0x340FFFFF, "Crash kernel", 1), (0x100000000, 0x43FFFFFFF, "System RAM", 0)]
 
 
 def test_boot_constants_passed_in_are_not_re_read(tmp_path):

@@ -15,7 +15,8 @@ from import_graph import cycles, graph, modules
 PACKAGE = Path(__file__).resolve().parent.parent / "crashhpd"
 
 STAGES = [  # lowest first; a module's stage is its folder's, or its own name for the top-level modules
-    ("base", {"crashhpd", "crashhpd.errors", "crashhpd.later", "crashhpd.log", "crashhpd.safefile"}),
+    ("base", {"crashhpd", "crashhpd.errors", "crashhpd.elf", "crashhpd.later", "crashhpd.log",
+              "crashhpd.safefile"}),
     ("sysview", {"crashhpd.sysview"}),
     ("elfcorehdr", {"crashhpd.elfcorehdr"}),
     ("config", {"crashhpd.config"}),

@@ -14,8 +14,8 @@ import logging
 import time
 
 from .. import log
+from ..elf import EHDR_SIZE, align_up
 from ..elfcorehdr.layout import LayoutName
-from ..elfcorehdr.pack import EHDR_SIZE, align_up
 from ..errors import BackendError
 from ..sysview.kernel_state import CRASH_LOADED, KernelState
 from .base import Applied, Health

@@ -47,8 +47,8 @@ from typing import NoReturn
 
 from .. import log
 from ..config import KexecConfig
+from ..elf import MAX_HEADER_SIZE
 from ..elfcorehdr.layout import LayoutName
-from ..elfcorehdr.pack import MAX_HEADER_SIZE
 from ..errors import BackendError
 from ..safefile import SafeDir, describe
 from ..sysview.files import under

@@ -36,6 +36,7 @@ import os
 import stat
 import time
 
+from .. import elf
 from ..elfcorehdr import pack
 from ..elfcorehdr.layout import LayoutName, preset
 from ..errors import BackendError
@@ -135,7 +136,7 @@ class SandboxBackend:
         state_data = self._read(d, STATE, STATE_LIMIT)
         recorded = None if state_data is None else _parse_state(state_data, self._path(STATE))
         last = recorded.generation if recorded else 0
-        segment = self._read(d, SEGMENT, pack.MAX_HEADER_SIZE)
+        segment = self._read(d, SEGMENT, elf.MAX_HEADER_SIZE)
         if segment is None:
             return None, None, last
         if recorded is not None and _describes(recorded, segment):
@@ -238,16 +239,16 @@ def _header_length(segment: bytes, align: int) -> int | None:
     layout's alignment, and the daemon compares loaded() with what it builds,
     so the same padding is put back (never past the segment's end).
     """
-    if len(segment) < pack.EHDR_SIZE or segment[:4] != pack.E_IDENT[:4]:
+    if len(segment) < elf.EHDR_SIZE or segment[:4] != elf.E_IDENT[:4]:
         return None
-    fields = pack.EHDR.unpack_from(segment)
+    fields = elf.EHDR.unpack_from(segment)
     phoff, phentsize, phnum = fields[5], fields[9], fields[10]
-    if phoff != pack.EHDR_SIZE or phentsize != pack.PHDR_SIZE:
+    if phoff != elf.EHDR_SIZE or phentsize != elf.PHDR_SIZE:
         return None
-    used = pack.EHDR_SIZE + pack.PHDR_SIZE * phnum
+    used = elf.EHDR_SIZE + elf.PHDR_SIZE * phnum
     if used > len(segment) or len(segment.rstrip(b"\0")) > used:
         return None
-    return min(pack.align_up(used, align), len(segment))
+    return min(elf.align_up(used, align), len(segment))
 
 
 def _usage(applied: Applied, configured: int) -> str:

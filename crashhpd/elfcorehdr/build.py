@@ -29,7 +29,7 @@ def build_valid(snapshot: Snapshot, layout: Layout) -> Built:
     model = plan(snapshot, layout)
     data = build(model)
     parsed = parse(data)
-    problems = check(parsed, snapshot)
+    problems = check(parsed, snapshot, layout)
     if problems:
         raise InvalidHeader("generated header is invalid: " + "; ".join(problems))
     return Built(snapshot, model, data, parsed)

@@ -6,36 +6,26 @@ This runs on every hotplug burst and at 16k program headers, so it is plain
 
 import struct
 
+from ..elf import (
+    E_IDENT,
+    EHDR,
+    EHDR_SIZE,
+    EM_X86_64,
+    ET_CORE,
+    EV_CURRENT,
+    MAX_PHNUM,
+    P_OFFSET,
+    PF_RWX,
+    PHDR,
+    PHDR_SIZE,
+    PT_LOAD,
+    PT_NOTE,
+    header_size,
+)
 from ..errors import HeaderError
 from .layout import HeaderModel
 
-EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
-PHDR = struct.Struct("<IIQQQQQQ")
-EHDR_SIZE = EHDR.size  # 64
-PHDR_SIZE = PHDR.size  # 56
-
-PT_LOAD = 1
-PT_NOTE = 4
-PF_RWX = 7  # PF_R | PF_W | PF_X
-ET_CORE = 4
-EM_X86_64 = 62
-EV_CURRENT = 1
-PN_XNUM = 0xFFFF
-MAX_PHNUM = PN_XNUM - 1
-E_IDENT = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)  # ELFCLASS64, LSB, EV_CURRENT, SYSV
-
 DEFAULT_MAX_MEMORY_RANGES = 8192  # CRASH_MAX_MEMORY_RANGES
-
-
-def align_up(value: int, align: int) -> int:
-    return (value + align - 1) // align * align
-
-
-def header_size(phnum: int, align: int) -> int:
-    return align_up(EHDR_SIZE + PHDR_SIZE * phnum, align)
-
-
-MAX_HEADER_SIZE = header_size(MAX_PHNUM, 4096)  # the largest header or segment: no layout rounds past a page
 
 
 def capacity(max_cpus: int, max_memory_ranges: int = DEFAULT_MAX_MEMORY_RANGES) -> int:
@@ -50,10 +40,11 @@ def capacity(max_cpus: int, max_memory_ranges: int = DEFAULT_MAX_MEMORY_RANGES) 
 
 
 def build(model: HeaderModel) -> bytes:
-    """The header bytes: Ehdr, CPU notes, VMCOREINFO note, kernel image, RAM; zero padded."""
+    """The header bytes: Ehdr, CPU notes, VMCOREINFO note, kernel image, RAM; zero padded to a buffer
+    rounded up to the layout's alignment, with room for model.sized_for program headers if that is more."""
     phnum = model.phnum
-    if phnum > MAX_PHNUM:
-        raise HeaderError(f"{phnum} program headers; ELF allows at most {MAX_PHNUM}")
+    if max(phnum, model.sized_for) > MAX_PHNUM:
+        raise HeaderError(f"{max(phnum, model.sized_for)} program headers; ELF allows at most {MAX_PHNUM}")
     try:
         return _pack(model, phnum)
     except struct.error:
@@ -69,7 +60,7 @@ def _overflow(model: HeaderModel) -> str:
 
 
 def _pack(model: HeaderModel, phnum: int) -> bytes:
-    buf = bytearray(header_size(phnum, model.align))
+    buf = bytearray(header_size(max(phnum, model.sized_for), model.align))
     EHDR.pack_into(buf, 0, E_IDENT, ET_CORE, EM_X86_64, EV_CURRENT, 0, EHDR_SIZE, 0, 0,
                    EHDR_SIZE, PHDR_SIZE, phnum, 0, 0, 0)
     pack = PHDR.pack_into
@@ -86,8 +77,11 @@ def _pack(model: HeaderModel, phnum: int) -> bytes:
         pack(buf, off, PT_LOAD, PF_RWX, paddr, vaddr, paddr, size, size, 0)
         off += PHDR_SIZE
     page_offset = model.page_offset
+    ram_base = off
     for start, end in model.ram:
         size = end - start + 1
         pack(buf, off, PT_LOAD, PF_RWX, start, start + page_offset, start, size, size, 0)
         off += PHDR_SIZE
+    for index, p_offset in model.ram_offsets:
+        P_OFFSET.pack_into(buf, ram_base + PHDR_SIZE * index + 8, p_offset)
     return bytes(buf)

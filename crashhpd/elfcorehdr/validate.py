@@ -13,15 +13,10 @@ from dataclasses import asdict, dataclass
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from ..elf import EHDR_SIZE, EM_X86_64, ET_CORE, KERNEL_TEXT_MAP, MAX_PHNUM, PF_RWX, PHDR_SIZE
 from ..sysview.ranges import Range
 from ..sysview.snapshot import Snapshot
-from .layout import image_of
-from .pack import EHDR_SIZE, EM_X86_64, ET_CORE, MAX_PHNUM, PF_RWX, PHDR_SIZE
-
-KERNEL_TEXT_MAP = 0xFFFFFFFF80000000  # __START_KERNEL_map: the image PT_LOAD's vaddr is above it
-# kexec-tools copies the first 640 KiB aside at load time and points that RAM entry's p_offset at the
-# copy: a header it built is valid with p_offset != p_paddr there, and nowhere else.
-BACKUP_SRC_END = 0x9FFFF
+from .layout import BACKUP_LIMIT, Layout, image_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +62,8 @@ class ParsedHeader:
 
     @property
     def ram(self) -> list[Range]:
-        return [(s.paddr, s.end) for s in self.segments if s.is_ram]
+        """The RAM the header covers: its RAM entries, the empty ones left out."""
+        return [(s.paddr, s.end) for s in self.segments if s.is_ram and s.memsz]
 
     def to_json(self) -> dict:
         return {
@@ -129,14 +125,18 @@ def _enum_value(value: object, names: dict[str, int]) -> int:
     return names.get(str(value), -1)
 
 
-def check(header: ParsedHeader, snapshot: Snapshot | None = None) -> list[str]:
-    """Every rule the header breaks, one line each; an empty list means valid."""
+def check(header: ParsedHeader, snapshot: Snapshot | None = None, layout: Layout | None = None) -> list[str]:
+    """Every rule the header breaks, one line each; an empty list means valid.
+
+    `layout` names the producer: a kexec-tools header may dump the crash CMA ranges, which
+    kexec-tools never reads; without it, RAM must stay out of them too.
+    """
     problems = _check_format(header)
     if problems:
         return problems
     problems += _check_order(header)
     if snapshot is not None:
-        problems += _check_against(header, snapshot)
+        problems += _check_against(header, snapshot, layout)
     return problems
 
 
@@ -180,7 +180,9 @@ def _check_order(h: ParsedHeader) -> list[str]:
             images += s.is_image
             if s.flags != PF_RWX:
                 p.append(f"{where}: flags {s.flags}, expected 7 (RWX)")
-            if s.offset != s.paddr and not (s.is_ram and s.end <= BACKUP_SRC_END):
+            # kexec-tools copies the first RAM range that ends at or below 640 KiB into the crash kernel's
+            # memory at load time and points its p_offset at the copy: valid there, and nowhere else
+            if s.offset != s.paddr and not (s.is_ram and s.end <= BACKUP_LIMIT):
                 p.append(f"{where}: p_offset 0x{s.offset:x} differs from p_paddr")
         elif s.type == "PT_NOTE":
             if seen_load:
@@ -191,13 +193,15 @@ def _check_order(h: ParsedHeader) -> list[str]:
                 p.append(f"{where}: a note has p_vaddr 0 and p_flags 0")
         else:
             p.append(f"{where}: unexpected segment type")
-        if s.filesz != s.memsz or s.memsz == 0:
+        if s.filesz != s.memsz or (s.memsz == 0 and not s.is_ram):
+            # an empty RAM entry saves nothing and harms nothing: kexec-tools leaves one where a
+            # Crash kernel range covers a whole RAM line
             p.append(f"{where}: p_filesz {s.filesz} and p_memsz {s.memsz} must be equal and non-zero")
         if s.align != 0:
             p.append(f"{where}: p_align {s.align}, expected 0")
     if images > 1:
         p.append(f"{images} kernel-image PT_LOADs, expected at most one")
-    ram = [s for s in h.segments if s.is_ram]
+    ram = [s for s in h.segments if s.is_ram and s.memsz]
     if not ram:
         p.append("no RAM PT_LOAD: a dump would save no memory")
     for prev, cur in zip(ram, ram[1:]):
@@ -209,11 +213,17 @@ def _check_order(h: ParsedHeader) -> list[str]:
     return p
 
 
-def _check_against(h: ParsedHeader, snap: Snapshot) -> list[str]:
+def _check_against(h: ParsedHeader, snap: Snapshot, layout: Layout | None) -> list[str]:
     p = []
     system_ram = sorted(snap.ram)
     starts = [r[0] for r in system_ram]
-    holes = sorted(snap.crash_kernel + snap.crash_cma)
+    cma = snap.crash_cma if layout is None or layout.memory == "kernel" else ()
+    holes = sorted(snap.crash_kernel + cma)
+    for s in h.segments:
+        if s.is_ram and s.memsz and s.offset != s.paddr and not any(
+                low <= s.offset and s.offset + s.memsz - 1 <= high for low, high in snap.crash_kernel):
+            p.append(f"RAM 0x{s.paddr:x}-0x{s.end:x}: its copy at p_offset 0x{s.offset:x} is not inside a "
+                     "Crash kernel range, where kexec-tools keeps it")
     for start, end in h.ram:
         i = bisect.bisect_right(starts, start) - 1
         if i < 0 or end > system_ram[i][1]:

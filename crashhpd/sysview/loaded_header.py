@@ -56,9 +56,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from ..elfcorehdr.layout import KERNEL_HALF
-from ..elfcorehdr.pack import EHDR, EHDR_SIZE, ET_CORE, MAX_HEADER_SIZE, PHDR, PHDR_SIZE, PT_LOAD
-from ..elfcorehdr.validate import KERNEL_TEXT_MAP
+from ..elf import EHDR, EHDR_SIZE, ET_CORE, KERNEL_HALF, KERNEL_TEXT_MAP, MAX_HEADER_SIZE, PHDR, PHDR_SIZE, PT_LOAD
 from ..errors import SnapshotError
 from .btf import VMLINUX, Btf, BtfError, Field, read_vmlinux_btf
 from .files import read_text, under

@@ -17,6 +17,7 @@ from elftools.elf.elffile import ELFFile
 from ..errors import ParseError, SnapshotError
 from . import cpulist, iomem
 from .files import parse_int, read_int, read_text, under
+from .iomem import Resource
 from .kernel_state import KernelState, read_kernel_state
 from .ranges import Range
 
@@ -24,6 +25,7 @@ CPU_DIR = "sys/devices/system/cpu"
 _CPU_NAME = re.compile(r"cpu(\d{1,5})")
 IOMEM_READS = 4  # reads of /proc/iomem before giving up on one that never holds still
 _GIB = 1 << 30
+KERNEL_MAP = 0xFFFFFFFF80000000  # __START_KERNEL_map: the kernel image and modules are mapped above it
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,8 @@ class BootConstants:
     kernel_text: int | None  # _text, KASLR'd
     kernel_end: int | None  # _end, when kallsyms lists it
     direct_map_base: int | None  # from /proc/kcore's lowest PT_LOAD, masked to 1 GiB
+    kernel_stext: int | None = None  # _stext: kexec-tools picks the kcore PT_LOAD holding it
+    kcore_kernel_map: tuple[tuple[int, int], ...] = ()  # /proc/kcore's PT_LOADs above KERNEL_MAP: (vaddr, memsz)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +61,7 @@ class Snapshot:
     kernel: KernelState
     kernel_max: int | None = None
     crash_cma: tuple[Range, ...] = ()
+    resources: tuple[Resource, ...] = ()  # every /proc/iomem line, in file order
 
     def cpu_set(self, which: str) -> frozenset[int]:
         """CPUs listed in possible/present/online; falls back to the CPUs that have notes."""
@@ -75,15 +80,15 @@ def parse_vmcoreinfo(text: str, path: str) -> tuple[int, int]:
     return parse_int(parts[0], path, 16), parse_int(parts[1], path, 16)
 
 
+def kallsyms_symbol(text: str, name: str) -> int | None:
+    """One symbol's address, or None where absent or hidden (kptr_restrict shows zeros)."""
+    match = re.search(rf"^([0-9a-fA-F]+) \S {re.escape(name)}$", text, re.MULTILINE)
+    return (int(match.group(1), 16) or None) if match else None
+
+
 def parse_kallsyms(text: str, path: str) -> tuple[int | None, int | None]:
     """_text and _end, or None where absent or hidden (kptr_restrict shows zeros)."""
-    found: dict[str, int] = {}
-    for name in ("_text", "_end"):
-        match = re.search(rf"^([0-9a-fA-F]+) \S {name}$", text, re.MULTILINE)
-        if match:
-            value = int(match.group(1), 16)
-            found[name] = value or None  # type: ignore[assignment]
-    return found.get("_text"), found.get("_end")
+    return kallsyms_symbol(text, "_text"), kallsyms_symbol(text, "_end")
 
 
 def parse_ranges(text: str, path: str) -> tuple[Range, ...]:
@@ -132,17 +137,20 @@ def _read_crash_notes(root: str) -> dict[int, CpuNote]:
     return notes
 
 
-def _read_direct_map_base(root: str) -> int | None:
-    """The direct map's base (KASLR moves it) from /proc/kcore's lowest PT_LOAD."""
+def _read_kcore(root: str) -> tuple[int | None, tuple[tuple[int, int], ...]]:
+    """From /proc/kcore's PT_LOADs: the direct map's base (KASLR moves it; the lowest one, masked to
+    1 GiB), and (vaddr, memsz) of those in the kernel's own mapping, in file order."""
     path = under(root, "proc/kcore")
     try:
         with open(path, "rb") as f:
-            loads = [seg["p_vaddr"] for seg in ELFFile(f).iter_segments() if seg["p_type"] == "PT_LOAD"]
+            loads = [(seg["p_vaddr"], seg["p_memsz"]) for seg in ELFFile(f).iter_segments()
+                     if seg["p_type"] == "PT_LOAD"]
     except (OSError, ELFError):
-        return None
+        return None, ()
     except Exception:  # pyelftools' construct raises its own family on a truncated or odd file
-        return None
-    return min(loads) & ~(_GIB - 1) if loads else None
+        return None, ()
+    base = min(vaddr for vaddr, _size in loads) & ~(_GIB - 1) if loads else None
+    return base, tuple(load for load in loads if load[0] >= KERNEL_MAP)
 
 
 def _read_iomem(root: str) -> str:
@@ -163,7 +171,10 @@ def _read_iomem(root: str) -> str:
 def read_boot_constants(root: str = "/") -> BootConstants:
     kallsyms = read_text(root, "proc/kallsyms")
     text, end = parse_kallsyms(kallsyms, under(root, "proc/kallsyms")) if kallsyms is not None else (None, None)
-    return BootConstants(kernel_text=text, kernel_end=end, direct_map_base=_read_direct_map_base(root))
+    stext = kallsyms_symbol(kallsyms, "_stext") if kallsyms is not None else None
+    base, kernel_map = _read_kcore(root)
+    return BootConstants(kernel_text=text, kernel_end=end, direct_map_base=base, kernel_stext=stext,
+                         kcore_kernel_map=kernel_map)
 
 
 def read_snapshot(root: str = "/", boot: BootConstants | None = None) -> Snapshot:
@@ -198,4 +209,5 @@ def read_snapshot(root: str = "/", boot: BootConstants | None = None) -> Snapsho
         kernel=read_kernel_state(root),
         kernel_max=kernel_max,
         crash_cma=() if cma_text is None else parse_ranges(cma_text, under(root, "sys/kernel/kexec_crash_cma_ranges")),
+        resources=tuple(resources),
     )

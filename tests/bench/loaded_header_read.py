@@ -35,9 +35,10 @@ from fakebtf import BtfBuilder, kimage_btf  # noqa: E402
 from fakekcore import CrashKernel  # noqa: E402
 from faketree import make_tree  # noqa: E402
 
+from crashhpd.elf import EHDR_SIZE, PHDR_SIZE, align_up  # noqa: E402
 from crashhpd.elfcorehdr.build import build_valid  # noqa: E402
 from crashhpd.elfcorehdr.layout import preset  # noqa: E402
-from crashhpd.elfcorehdr.pack import EHDR_SIZE, PHDR_SIZE, align_up, capacity  # noqa: E402
+from crashhpd.elfcorehdr.pack import capacity  # noqa: E402
 from crashhpd.sysview.btf import Btf, BtfError, read_vmlinux_btf  # noqa: E402
 from crashhpd.sysview.loaded_header import LoadedHeaderReader, kimage_layout  # noqa: E402
 from crashhpd.sysview.snapshot import read_snapshot  # noqa: E402

@@ -24,7 +24,7 @@ import tty
 from collections.abc import Callable
 from typing import Any
 
-from crashhpd.elfcorehdr.pack import EHDR
+from crashhpd.elf import EHDR
 from crashhpd.elfcorehdr.validate import parse  # the kdump kernel's archive has no more of crashhpd than this needs
 
 PORT = "/dev/ttyS1"

@@ -1,0 +1,39 @@
+"""ELF64 core-header facts and x86_64 address-space landmarks, shared by every stage.
+
+The header crashhpd builds (elfcorehdr/), the one it reads back from the
+kernel (sysview/loaded_header.py) and the segments its backends hold are the
+same format; its struct layouts and constants live here, below all of them.
+"""
+
+import struct
+
+EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+PHDR = struct.Struct("<IIQQQQQQ")
+EHDR_SIZE = EHDR.size  # 64
+PHDR_SIZE = PHDR.size  # 56
+P_OFFSET = struct.Struct("<Q")  # at byte 8 of a Phdr
+
+PT_LOAD = 1
+PT_NOTE = 4
+PF_RWX = 7  # PF_R | PF_W | PF_X
+ET_CORE = 4
+EM_X86_64 = 62
+EV_CURRENT = 1
+PN_XNUM = 0xFFFF
+MAX_PHNUM = PN_XNUM - 1
+E_IDENT = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)  # ELFCLASS64, LSB, EV_CURRENT, SYSV
+
+
+def align_up(value: int, align: int) -> int:
+    return (value + align - 1) // align * align
+
+
+def header_size(phnum: int, align: int) -> int:
+    return align_up(EHDR_SIZE + PHDR_SIZE * phnum, align)
+
+
+MAX_HEADER_SIZE = header_size(MAX_PHNUM, 4096)  # the largest header or segment: no layout rounds past a page
+
+
+KERNEL_HALF = 0xFF00_0000_0000_0000  # any direct-map base lies above this, for 4- and 5-level paging
+KERNEL_TEXT_MAP = 0xFFFFFFFF80000000  # __START_KERNEL_map: the image PT_LOAD's vaddr is above it
