@@ -1,5 +1,5 @@
 # Shortcuts; each goes through .ci/setup, which installs whatever is missing first.
-.PHONY: run test test-fast e2e lint
+.PHONY: run test test-fast e2e lint deb
 
 run:
 	sh .ci/setup run
@@ -19,3 +19,7 @@ e2e:
 # ruff and mypy, as configured in pyproject.toml.
 lint:
 	sh .ci/setup lint
+
+# crashhpd_<version>_<arch>.deb for Debian 12, here or in DEB_DIR: apt install ./crashhpd_*.deb
+deb:
+	sh .ci/setup deb $(DEB_DIR)
