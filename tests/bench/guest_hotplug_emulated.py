@@ -1,7 +1,11 @@
-"""crashhpd against Debian's udev rule on a real kernel: a 2 GiB hot-add each, in one QEMU guest on Linux 6.1.
+"""History: crashhpd against an emulation of Debian's udev rule, 2 GiB hot-added each, in the initramfs guest.
+
+tests/bench/guest_hotplug.py replaced it: it runs the real rule under real
+udevd in the systemd guest. This one stays to compare with the figures the
+README keeps under "history (emulated rule)".
 
 Run (as the e2e tests do, it fetches Debian's parts into .cache/e2e on first use):
-    .venv/bin/python tests/bench/guest_hotplug.py [--gib 2]
+    .venv/bin/python tests/bench/guest_hotplug_emulated.py [--gib 2]
 
 The guest (tests/e2e/guest/hotplug_bench.py) first runs `crashhpd run` with the kexec
 backend and the host hot-adds one DIMM; then it stops crashhpd, emulates
