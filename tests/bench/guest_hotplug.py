@@ -97,7 +97,7 @@ def phase(g: SystemGuest, name: str, address: int, size: int, dimm: str) -> dict
         "burst_s": max(memory) - min(memory) if memory else None,
         "lag_s": max(good) - max(memory) if good and memory else None,
         "unload_window_s": sum(windows), "sampled_unloaded_s": sampled["unloaded_s"],
-        "sampled_longest_s": sampled["longest_s"], "samples": sampled["samples"],
+        "sampled_unloaded_max_s": sampled["longest_s"], "samples": sampled["samples"],
         "load_s": sorted(c["end"] - c["start"] for c in loads),
     }
 
@@ -117,7 +117,41 @@ def ratio(baseline: float | None, ours: float | None) -> str:
 
 
 def median(values: list[float]) -> float | None:
-    return values[len(values) // 2] if values else None
+    return sorted(values)[len(values) // 2] if values else None
+
+
+def table(ours: dict[str, Any], rule: dict[str, Any]) -> None:
+    """The figures of both phases side by side (also guest_hotplug_emulated.py's)."""
+    print(row("", "crashhpd", "udev rule", "rule/ours"))
+    print(row("memory uevents", ours["uevents"], rule["uevents"]))
+    print(row("runs of the rule (kdump-config try-reload)", ours["rule_runs"], rule["rule_runs"]))
+    print(row("kexec -p loads", ours["loads"], rule["loads"], ratio(rule["loads"], ours["loads"])))
+    print(row("kexec -p -u unloads", ours["unloads"], rule["unloads"]))
+    print(row("burst: first to last uevent", ms(ours["burst_s"]), ms(rule["burst_s"])))
+    print(row("last uevent -> newest load returned", ms(ours["lag_s"]), ms(rule["lag_s"]),
+              ratio(rule["lag_s"], ours["lag_s"])))
+    print(row("no crash kernel: unload -> load returned", ms(ours["unload_window_s"]), ms(rule["unload_window_s"])))
+    print(row("no crash kernel: sampled every 1 ms", ms(ours["sampled_unloaded_s"]),
+              ms(rule["sampled_unloaded_s"]), ratio(rule["sampled_unloaded_s"], ours["sampled_unloaded_s"])))
+    print(row("  longest single stretch, sampled", ms(ours["sampled_unloaded_max_s"]),
+              ms(rule["sampled_unloaded_max_s"])))
+    print(row("median kexec -p load", ms(median(ours["load_s"])), ms(median(rule["load_s"]))))
+
+
+def done(args: argparse.Namespace, work: Path) -> int:
+    """The guest's logs kept (--keep) and named, or removed."""
+    if args.keep:
+        print(f"\nguest logs: {work / 'guest'}")
+    else:
+        shutil.rmtree(work)
+    return 0
+
+
+def arguments(doc: str, default_gib: int) -> tuple[argparse.Namespace, Path, float]:
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--gib", type=int, default=default_gib, help=f"size of each hot-added DIMM (default {default_gib})")
+    ap.add_argument("--keep", action="store_true", help="keep the guest's logs and print where")
+    return ap.parse_args(), Path(tempfile.mkdtemp(prefix="crashhpd-bench-")), time.monotonic()
 
 
 UDEVD_KEXEC = "/run/systemd/system/systemd-udevd.service.d/kexec.conf"
@@ -125,13 +159,8 @@ ALLOW_KEXEC = "kexec_load kexec_file_load"  # a second SystemCallFilter= line ad
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gib", type=int, default=8, help="size of each hot-added DIMM (default 8: 64 memory blocks)")
-    ap.add_argument("--keep", action="store_true", help="keep the guest's logs and print where")
-    args = ap.parse_args()
+    args, work, started = arguments(__doc__ or "", 8)  # 8 GiB: 64 memory blocks
     size = args.gib * GIB
-    work = Path(tempfile.mkdtemp(prefix="crashhpd-bench-"))
-    started = time.monotonic()
     qemu, kernel = parts.qemu(), parts.kernel("6.1")
     archives = initramfs.build(parts.guest(), work / "initramfs")
     image = system.prepare(qemu, {"6.1": kernel}, archives.kdump, work / "system")
@@ -160,26 +189,10 @@ def main() -> int:
     print(f"the rule as Debian 12 ships it: {shipped['rule_runs']} runs, {shipped['unloads']} kexec -p -u "
           f"({len(shipped['failed'])} failed: udevd's SystemCallFilter has no kexec_load), {shipped['loads']} loads, "
           f"so the header stayed stale; below, the rule with kexec_load allowed in udevd ({UDEVD_KEXEC})\n")
-    print(row("", "crashhpd", "udev rule", "rule/ours"))
-    print(row("memory uevents", ours["uevents"], rule["uevents"]))
-    print(row("runs of the rule (kdump-config try-reload)", ours["rule_runs"], rule["rule_runs"]))
-    print(row("kexec -p loads", ours["loads"], rule["loads"], ratio(rule["loads"], ours["loads"])))
-    print(row("kexec -p -u unloads", ours["unloads"], rule["unloads"]))
-    print(row("burst: first to last uevent", ms(ours["burst_s"]), ms(rule["burst_s"])))
-    print(row("last uevent -> newest load returned", ms(ours["lag_s"]), ms(rule["lag_s"]),
-              ratio(rule["lag_s"], ours["lag_s"])))
-    print(row("no crash kernel: unload -> load returned", ms(ours["unload_window_s"]), ms(rule["unload_window_s"])))
-    print(row("no crash kernel: sampled every 1 ms", ms(ours["sampled_unloaded_s"]),
-              ms(rule["sampled_unloaded_s"]), ratio(rule["sampled_unloaded_s"], ours["sampled_unloaded_s"])))
-    print(row("  longest single stretch, sampled", ms(ours["sampled_longest_s"]), ms(rule["sampled_longest_s"])))
-    print(row("median kexec -p load", ms(median(ours["load_s"])), ms(median(rule["load_s"]))))
+    table(ours, rule)
     print(row("hot-add to all handled (host's clock)", ms(ours["handled_s"]), ms(rule["handled_s"]),
               ratio(rule["handled_s"], ours["handled_s"])))
-    if args.keep:
-        print(f"\nguest logs: {work / 'guest'}")
-    else:
-        shutil.rmtree(work)
-    return 0
+    return done(args, work)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,7 @@ old crash image before it copies the new one into the same reserved memory.
 The rule pays that too, plus everything between its unload and its load.
 """
 
-import argparse
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from e2e import initramfs, parts
 from e2e.vm import GIB, HOTPLUG_BASE, Guest
+from guest_hotplug import arguments, done, table  # its successor's, beside it
 
 
 def phase(guest: Guest, name: str, address: int, size: int, dimm: str) -> dict:
@@ -48,28 +46,9 @@ def phase(guest: Guest, name: str, address: int, size: int, dimm: str) -> dict:
     return guest.expect("BENCHED")
 
 
-def row(label: str, a: object, b: object, ratio: str = "") -> str:
-    return f"{label:<44} {a!s:>12} {b!s:>12} {ratio:>10}"
-
-
-def ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
-
-
-def ratio(baseline: float | None, ours: float | None) -> str:
-    if not baseline or ours is None:
-        return ""
-    return f"{baseline / ours:.1f}x" if ours else "inf"
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gib", type=int, default=2, help="size of each hot-added DIMM (default 2)")
-    ap.add_argument("--keep", action="store_true", help="keep the guest's logs and print where")
-    args = ap.parse_args()
+    args, work, started = arguments(__doc__ or "", 2)
     size = args.gib * GIB
-    work = Path(tempfile.mkdtemp(prefix="crashhpd-bench-"))
-    started = time.monotonic()
     qemu, kernel = parts.qemu(), parts.kernel("6.1")
     initrd = initramfs.first_kernel_initrd(initramfs.build(parts.guest(), work / "initramfs"), kernel.vmlinuz,
                                            work / "initrd.cpio")
@@ -85,26 +64,8 @@ def main() -> int:
             print(f"{result['phase']}: failed kexec runs: {result['failed']}", file=sys.stderr)
     print(f"Linux {kernel.version} under QEMU ({accel}); {args.gib} GiB hot-added per phase "
           f"({size // (128 << 20)} memory blocks); {time.monotonic() - started:.0f} s in all\n")
-    print(row("", "crashhpd", "udev rule", "rule/ours"))
-    print(row("memory uevents", ours["uevents"], rule["uevents"]))
-    print(row("runs of the rule (kdump-config try-reload)", "-", rule["rule_runs"]))
-    print(row("kexec -p loads", ours["loads"], rule["loads"], ratio(rule["loads"], ours["loads"])))
-    print(row("kexec -p -u unloads", ours["unloads"], rule["unloads"]))
-    print(row("burst: first to last uevent", ms(ours["burst_s"]), ms(rule["burst_s"])))
-    print(row("last uevent -> newest load returned", ms(ours["lag_s"]), ms(rule["lag_s"]),
-              ratio(rule["lag_s"], ours["lag_s"])))
-    print(row("no crash kernel: unload -> load returned", ms(ours["unload_window_s"]), ms(rule["unload_window_s"])))
-    print(row("no crash kernel: sampled every 1 ms", ms(ours["sampled_unloaded_s"]),
-              ms(rule["sampled_unloaded_s"]), ratio(rule["sampled_unloaded_s"], ours["sampled_unloaded_s"])))
-    print(row("  longest single stretch, sampled", ms(ours["sampled_unloaded_max_s"]),
-              ms(rule["sampled_unloaded_max_s"])))
-    print(row("median kexec -p load", ms(sorted(ours["load_s"])[len(ours["load_s"]) // 2]),
-              ms(sorted(rule["load_s"])[len(rule["load_s"]) // 2])))
-    if args.keep:
-        print(f"\nguest logs: {work / 'guest'}")
-    else:
-        shutil.rmtree(work)
-    return 0
+    table(ours, rule)
+    return done(args, work)
 
 
 if __name__ == "__main__":
