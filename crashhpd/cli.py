@@ -56,7 +56,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", default=None,
                      help="config file (default /etc/crashhpd/crashhpd.toml and its .d/ drop-ins)")
     run.add_argument("--root", default=None, help="root of the /proc and /sys to read; overrides the config's root")
+
+    release = sub.add_parser("release-udev", help="remove the udev overrides a daemon placed and could not remove "
+                                                  "(the unit's ExecStopPost): the distribution's rule applies again")
+    release.add_argument("--config", default=None, help="config file (default /etc/crashhpd/crashhpd.toml)")
     return ap
+
+
+def release_udev(args: argparse.Namespace) -> int:
+    from . import config as config_mod
+    from .service.udev_takeover import UdevTakeover
+
+    cfg = config_mod.load(args.config)
+    UdevTakeover(cfg.root, cfg.udev.rules, cfg.udev.runtime_dir).release("crashhpd is not running")
+    return EXIT_OK
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -114,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .wiring import run  # pulls in pyudev, journald and the config; only the daemon needs them
 
         return run(args.config, args.root)
-    handlers = {"generate": generate, "inspect": inspect}
+    handlers = {"generate": generate, "inspect": inspect, "release-udev": release_udev}
     try:
         return handlers[args.command](args)
     except CrashhpdError as err:

@@ -152,6 +152,14 @@ class MetricsConfig(_Section):
     textfile_dir: AbsPath | None = None
 
 
+class UdevConfig(_Section):
+    """Whether, and with which files, crashhpd silences the distribution's per-event reload rule while it runs."""
+
+    takeover: bool = True
+    rules: AbsPath = "/usr/share/crashhpd/udev"  # the override files (udev/*.rules in the source tree)
+    runtime_dir: AbsPath = "/run/udev/rules.d"  # under root: where udev looks before the packaged rules
+
+
 class LogConfig(_Section):
     """How much goes to the journal."""
 
@@ -187,6 +195,7 @@ class Config(_Section):
     control: ControlConfig = Field(default_factory=ControlConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    udev: UdevConfig = Field(default_factory=UdevConfig)
     kexec: KexecConfig = Field(default_factory=KexecConfig)
     _sources: tuple[str, ...] = PrivateAttr(default=())
 

@@ -27,6 +27,7 @@ from .service.metrics import Metrics
 from .service.monitor import EventMonitor
 from .service.notify import Notifier
 from .service.status import ControlCounters
+from .service.udev_takeover import UdevTakeover
 from .sysview.snapshot import read_boot_constants, read_snapshot
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,9 @@ def build_parts(cfg: Config, old: Parts | None, context: pyudev.Context | None =
         monitor = old.monitor
     else:
         monitor = EventMonitor(cfg.monitor.source, cfg.monitor.receive_buffer_bytes, context)
-    return Parts(cfg, boot, backend, layout_for(cfg, backend), monitor, snapshot.kernel)
+    udev = old.udev if old is not None and old.cfg.udev == cfg.udev else \
+        UdevTakeover(cfg.root, cfg.udev.rules, cfg.udev.runtime_dir, enabled=cfg.udev.takeover)
+    return Parts(cfg, boot, backend, layout_for(cfg, backend), monitor, snapshot.kernel, udev)
 
 
 def control_server(cfg: Config, selector: selectors.BaseSelector, daemon: Daemon) -> ControlServer:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nobody
 import pytest
 from daemonproc import write_config
 from faketree import make_tree
@@ -246,7 +247,8 @@ def test_generate_all_zero_iomem_is_refused_as_a_non_root_view(tmp_path):
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux) to drop to nobody")
 def test_generate_as_nobody_on_the_real_proc_is_refused():
     """The kernel shows every /proc/iomem address as 0 to a reader without CAP_SYS_ADMIN."""
-    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(CRASHHPD), "generate"],
+    crashhpd_cmd = nobody.staged().crashhpd  # the checkout may be where nobody cannot enter (/root)
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", crashhpd_cmd, "generate"],
                             capture_output=True, timeout=60)
     assert_one_line_error(result, 2, "/proc/iomem: every address reads 0", "run as root")
 

@@ -42,6 +42,8 @@ from crashhpd.service.monitor import Drained
 from crashhpd.service.notify import Notifier
 from crashhpd.wiring import build_parts, control_server
 
+UDEV_RULES = Path(__file__).resolve().parent.parent / "udev"
+
 LOAD_S = 1.0  # what one scripted load takes
 FAST_S = 0.1  # a status round trip slower than this blocked on something
 
@@ -89,6 +91,7 @@ class Loop:
             "sandbox": {"state_dir": str(self.state_dir)},
             "control": {"socket": self.socket, **tables.get("control", {})},
             "kexec": {"binary": str(standin.path), **tables.get("kexec", {})},
+            "udev": {"rules": str(UDEV_RULES)},  # the overrides go to the fake root's /run/udev/rules.d
         }
         self.config = write_config(tmp_path / "crashhpd.toml", self.tables)
         cfg = config_mod.load(str(self.config), None)

@@ -64,6 +64,7 @@ def show_status(s: Status, now: float) -> tuple[str, int]:
         ("apply", f"running for {s.apply_running_s or 0:.1f} s; the next update waits for it" if s.applying
          else "none running"),
         ("crash_hotplug", hotplug),
+        ("udev rule", f"{'inert' if s.udev_rule_inert else 'ACTIVE'}: {s.udev_rule_detail}"),
         ("errors", errors),
         ("last error", "none" if s.last_error is None
          else f"{age(now - s.last_error_at) if s.last_error_at else 'at some time'}: {s.last_error}"),

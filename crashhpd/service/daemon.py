@@ -50,6 +50,7 @@ from .notify import Notifier
 from .reconcile import InFlight, Outcome, reconcile
 from .stats import Stats
 from .status import ControlCounters, HeaderInForce, Status, Verdict
+from .udev_takeover import UdevTakeover
 
 if TYPE_CHECKING:
     from .monitor import Drained  # pyudev is imported only where the monitor is built
@@ -103,6 +104,7 @@ class Parts:
     layout: Layout
     monitor: EventSource
     kernel: KernelState  # of the snapshot the parts were built on
+    udev: UdevTakeover
 
 
 # Builds the parts for a configuration, reusing what the previous parts already got right.
@@ -409,6 +411,9 @@ class Daemon:
         if new.monitor is not old.monitor:
             self._close_monitor(old.monitor)
             self._open_monitor()
+        if new.udev is not old.udev:
+            old.udev.release("the configuration changed")
+        new.udev.sync(new.backend.name)
         if new.cfg.control != old.cfg.control and self.control is not None:
             try:
                 self.control.reconfigure(new.cfg.control)
@@ -465,6 +470,8 @@ class Daemon:
             control_refused=control.refused,
             control_busy=control.busy,
             log_suppressed=control.log_suppressed,
+            udev_rule_inert=self.parts.udev.verdict.inert,
+            udev_rule_detail=self.parts.udev.verdict.detail,
         )
 
     def revision(self) -> int:
@@ -548,6 +555,7 @@ class Daemon:
     def _ready(self) -> None:
         if self.stopping:
             return
+        self.parts.udev.sync(self.backend.name)  # crashhpd does the distribution rule's job from now on
         self.notifier.ready(self.status_line())
         logger.info("ready: %s", self.status_line(), extra=log.fields("ready", backend=self.backend.name))
 
@@ -601,6 +609,7 @@ class Daemon:
             done.fail(CrashhpdError("crashhpd is stopping; no update was run"))
         self._asked = []
         self.notifier.stopping()
+        self.parts.udev.release("crashhpd stopped")
         if control is not None:
             control.close()
         logger.info("stopping: %s", self.status_line(), extra=log.fields("stopping", backend=self.backend.name))

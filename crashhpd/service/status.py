@@ -53,6 +53,8 @@ class Status:
     control_refused: int = 0  # requests refused for want of root (permission-denied)
     control_busy: int = 0  # requests and connections turned away ("busy"): over a budget or a limit
     log_suppressed: int = 0  # log lines about clients held back (one per peer per minute is logged)
+    udev_rule_inert: bool = False  # the distribution's per-event reload rule is overridden while crashhpd runs
+    udev_rule_detail: str = ""  # why, or why not, and by which files
 
 
 @dataclass(slots=True)
