@@ -109,6 +109,7 @@ def main(argv: list[str]) -> int:
         control = json.load(f)
     if argv[:1] in (["--version"], ["-v"]):
         _record(control, argv, {})
+        time.sleep(control.get("version_delay_s", 0))
         print(control.get("version", "kexec-tools 2.0.25"))
         return 0
     if "-p" not in argv:

@@ -169,6 +169,9 @@ class Daemon:
 
     def _open_monitor(self) -> None:
         self.parts.monitor.open()
+        self._watch_monitor()
+
+    def _watch_monitor(self) -> None:
         self._monitor_fd = self.parts.monitor.fileno()
         self._resume_monitor()
 
@@ -384,6 +387,7 @@ class Daemon:
             return
         try:
             new = self._build(new_cfg, self.parts)
+            self._prepare(new)
         except CrashhpdError as err:
             logger.error("config not reloaded, keeping the running one: %s", err, extra=log.fields("config-invalid"))
             self.notifier.ready(self.status_line())
@@ -398,7 +402,27 @@ class Daemon:
         reloaded.on_done(lambda _: self.notifier.ready(self.status_line()))  # after the reload's apply
         self.update("reload", [reloaded])
 
+    def _prepare(self, new: Parts) -> None:
+        """What can fail about the new parts, done before any is swapped in: a new uevent socket opened, the
+        control socket moved. On failure whatever was done is undone, and the running parts stay."""
+        old = self.parts
+        opened = new.monitor is not old.monitor
+        if opened:
+            try:
+                new.monitor.open()
+            except OSError as err:
+                raise CrashhpdError(f"cannot open the uevent monitor: {err.strerror or err}") from None
+        if new.cfg.control != old.cfg.control and self.control is not None:
+            try:
+                self.control.reconfigure(new.cfg.control)  # puts the old socket back when the new one fails
+            except CrashhpdError as err:
+                logger.error("control socket not changed: %s", err, extra=log.fields("control"))
+                if opened:
+                    new.monitor.close()
+                raise
+
     def _swap(self, new: Parts) -> None:
+        """Swap in parts _prepare() readied: nothing here can fail."""
         old = self.parts
         log.setup(new.cfg.log.level)
         self.debounce.quiet = new.cfg.debounce.quiet_ms / 1000
@@ -410,15 +434,10 @@ class Daemon:
         self._revision += 1
         if new.monitor is not old.monitor:
             self._close_monitor(old.monitor)
-            self._open_monitor()
+            self._watch_monitor()
         if new.udev is not old.udev:
             old.udev.release("the configuration changed")
         new.udev.sync(new.backend.name)
-        if new.cfg.control != old.cfg.control and self.control is not None:
-            try:
-                self.control.reconfigure(new.cfg.control)
-            except CrashhpdError as err:
-                logger.error("control socket not changed: %s", err, extra=log.fields("control"))
 
     # --- what the control requests ask -------------------------------------------------------
 
