@@ -28,6 +28,7 @@ from .service.monitor import EventMonitor
 from .service.notify import Notifier
 from .service.status import ControlCounters
 from .service.udev_takeover import UdevTakeover
+from .sysview.loaded_header import LoadedHeaderReader
 from .sysview.snapshot import read_boot_constants, read_snapshot
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ def build_parts(cfg: Config, old: Parts | None, context: pyudev.Context | None =
         monitor = EventMonitor(cfg.monitor.source, cfg.monitor.receive_buffer_bytes, context)
     udev = old.udev if old is not None and old.cfg.udev == cfg.udev else \
         UdevTakeover(cfg.root, cfg.udev.rules, cfg.udev.runtime_dir, enabled=cfg.udev.takeover)
-    return Parts(cfg, boot, backend, layout_for(cfg, backend), monitor, snapshot.kernel, udev)
+    reader = old.header_reader if old is not None and same_root else LoadedHeaderReader(cfg.root)
+    return Parts(cfg, boot, backend, layout_for(cfg, backend), monitor, snapshot.kernel, udev, reader)
 
 
 def control_server(cfg: Config, selector: selectors.BaseSelector, daemon: Daemon) -> ControlServer:

@@ -118,8 +118,10 @@ def kind_of(record: logging.LogRecord) -> str | None:
 
 
 def expected_argv(standin: Standin, *flags: str) -> list[str]:
+    """kexec -p, forced to kexec_load (-c) unless the flags ask for kexec_file_load (-s)."""
     r = standin.root
-    return [str(standin.path), "-p", *flags, f"--initrd={r}/var/lib/kdump/initrd.img",
+    syscall = [] if "-s" in flags else ["-c"]
+    return [str(standin.path), "-p", *syscall, *flags, f"--initrd={r}/var/lib/kdump/initrd.img",
             "--command-line=root=UUID=0b4e ro quiet nr_cpus=1 irqpoll", f"{r}/var/lib/kdump/vmlinuz"]
 
 
@@ -696,3 +698,15 @@ def test_a_hung_kexec_version_costs_at_most_the_probe_bound_whatever_timeout_s_s
     assert time.monotonic() - started < PROBE_TIMEOUT_S + 3
     health = b.health(kernel(root))
     assert not health.ok and "did not finish within 5 s" in health.detail
+
+
+def test_load_argv_forces_kexec_load_unless_file_load():
+    """kexec-tools 2.0.27 and later try kexec_file_load on a plain -p: then the kernel, not kexec-tools, would
+    build the header, and the kexec-tools layout crashhpd models would be the wrong one."""
+    from crashhpd.backends.kdump_discovery import CrashKernel
+    from crashhpd.backends.kexec import load_argv
+
+    crash = CrashKernel("/boot/vmlinuz", None, "root=/dev/vda1", "test")
+    assert load_argv("/usr/sbin/kexec", crash, file_load=False, hotplug=False)[:3] == ["/usr/sbin/kexec", "-p", "-c"]
+    assert load_argv("/usr/sbin/kexec", crash, file_load=True, hotplug=False)[:3] == ["/usr/sbin/kexec", "-p", "-s"]
+    assert "-c" not in load_argv("/usr/sbin/kexec", crash, file_load=True, hotplug=False)

@@ -134,8 +134,9 @@ def hotplug_blocker(wanted: bool, version: tuple[int, int, int] | None, kernel_h
 def load_argv(binary: str, crash: CrashKernel, file_load: bool, hotplug: bool) -> list[str]:
     """`kexec -p` replacing the loaded crash image in one call: never `-u` first, never a shell."""
     argv = [binary, "-p"]
-    if file_load:
-        argv.append("-s")
+    # -s: kexec_file_load, the kernel builds the header; -c: kexec_load, which a plain -p no longer means
+    # since kexec-tools 2.0.27 (it tries kexec_file_load first), and the kexec-tools layout models
+    argv.append("-s" if file_load else "-c")
     if hotplug:
         argv.append("--hotplug")
     if crash.initrd is not None:

@@ -100,12 +100,14 @@ def show_header(h: HeaderResult, _now: float) -> tuple[str, int]:
 
 
 def show_verify(v: VerifyResult, _now: float) -> tuple[str, int]:
+    against = ("; checked against the header the kernel holds" if v.source == "kernel"
+               else "; checked against crashhpd's record (the kernel's own header cannot be read)")
     if v.in_sync:
         return (f"in sync: generation {v.generation} is the header a fresh snapshot gives "
-                f"({v.cpus} CPUs, {v.ram_ranges} RAM ranges)"), EXIT_OK
+                f"({v.cpus} CPUs, {v.ram_ranges} RAM ranges){against}"), EXIT_OK
     lines = [f"DIFFERS: generation {v.generation} is not the header a fresh snapshot gives; applying it would change:",
              *(f"  {line}" for line in v.changes or ["(no visible change: the bytes differ)"]),
-             "crashhpctl reconcile applies it now"]
+             f"crashhpctl reconcile applies it now{against}"]
     return "\n".join(lines), EXIT_FAILED
 
 

@@ -38,10 +38,12 @@ from .. import __version__, log
 from ..backends.base import Backend, Watch
 from ..config import Config, ControlConfig
 from ..elfcorehdr.build import build_valid, changes
+from ..elfcorehdr.coverage import KernelView, view
 from ..elfcorehdr.layout import Layout
 from ..errors import BackendError, ConfigError, CrashhpdError, HeaderError
 from ..later import Later
 from ..sysview.kernel_state import KernelState
+from ..sysview.loaded_header import LoadedHeader, LoadedHeaderReader
 from ..sysview.snapshot import BootConstants, read_snapshot
 from .debounce import Debouncer
 from .health_log import HealthLog
@@ -105,6 +107,7 @@ class Parts:
     monitor: EventSource
     kernel: KernelState  # of the snapshot the parts were built on
     udev: UdevTakeover
+    header_reader: LoadedHeaderReader  # BTF and symbols parsed once per boot
 
 
 # Builds the parts for a configuration, reusing what the previous parts already got right.
@@ -151,6 +154,7 @@ class Daemon:
         self._previous_signals: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
         self._previous_wakeup_fd = -1
         self.health_log = HealthLog()
+        self.kernel_view = KernelView()  # the header the kernel holds, as the last update read it
         self._revision = 0  # see revision()
         self._tracebacks_logged: set[tuple[str, str, str]] = set()
         self._monitor_fd = -1
@@ -274,7 +278,7 @@ class Daemon:
         self._settle(update, self._begin)
 
     def _begin(self) -> Outcome | InFlight:
-        snapshot = read_snapshot(self.cfg.root, self.parts.boot)
+        snapshot = read_snapshot(self.cfg.root, self.parts.boot, self.parts.header_reader)
         self.kernel = snapshot.kernel
         return reconcile(self.backend, snapshot, self.parts.layout, self.clock)
 
@@ -322,6 +326,10 @@ class Daemon:
 
     def _succeeded(self, update: _Update, outcome: Outcome) -> None:
         built = outcome.built
+        loaded = built.snapshot.loaded_header
+        if outcome.applied is not None and loaded is not None:
+            loaded = self.parts.header_reader.read()  # the apply changed what the kernel holds: look again
+        self._watch_kernel(view(loaded, built))
         self.stats.cpus = len(built.model.cpu_notes)
         self.stats.ram_ranges = len(built.model.ram)
         self.stats.ram_bytes = sum(end - start + 1 for start, end in built.model.ram)
@@ -449,6 +457,7 @@ class Daemon:
         capacity = backend.capacity(self.kernel)
         header_bytes = state.header_size if state else 0
         control = self.control.counters() if self.control is not None else ControlCounters()
+        coverage = self.kernel_view.coverage
         return Status(
             version=__version__,
             pid=os.getpid(),
@@ -491,6 +500,15 @@ class Daemon:
             log_suppressed=control.log_suppressed,
             udev_rule_inert=self.parts.udev.verdict.inert,
             udev_rule_detail=self.parts.udev.verdict.detail,
+            crash_kernel_loaded=self.kernel.crash_loaded,
+            kernel_header_readable=self.kernel_view.readable,
+            kernel_header_unreadable_reason=self.kernel_view.unreadable_reason,
+            kernel_header_sha256=coverage.sha256 if coverage else None,
+            kernel_segment_bytes=self.kernel_view.segment_bytes,
+            kernel_header_in_sync=coverage.in_sync if coverage else None,
+            uncovered_ram_bytes=coverage.uncovered_ram_bytes if coverage else None,
+            missing_cpu_notes=coverage.missing_cpu_notes if coverage else None,
+            stale_ram_bytes=coverage.stale_ram_bytes if coverage else None,
         )
 
     def revision(self) -> int:
@@ -505,12 +523,40 @@ class Daemon:
         return HeaderInForce(data, applied, self.backend.capacity(self.kernel))
 
     def verify(self) -> Verdict:
-        """What an update would do now, without doing it: catches drift that no event announced."""
-        built = build_valid(read_snapshot(self.cfg.root, self.parts.boot), self.parts.layout)
-        loaded = self.backend.loaded(built.snapshot.kernel)
+        """What an update would do now, without doing it: catches drift that no event announced.
+
+        Against the header the kernel really holds whenever it can be read, else the backend's record of it.
+        """
+        built = build_valid(read_snapshot(self.cfg.root, self.parts.boot, self.parts.header_reader),
+                            self.parts.layout)
         state = self.backend.state()
+        generation = state.generation if state else 0
+        kernel = view(built.snapshot.loaded_header, built)
+        if kernel.coverage is not None:
+            return Verdict(kernel.coverage.in_sync, generation, kernel.coverage.changes, built, "kernel")
+        loaded = self.backend.loaded(built.snapshot.kernel)
         in_sync = loaded == built.data
-        return Verdict(in_sync, state.generation if state else 0, [] if in_sync else changes(loaded, built), built)
+        return Verdict(in_sync, generation, [] if in_sync else changes(loaded, built), built, "model")
+
+    def kernel_header(self) -> LoadedHeader:
+        """The header the kernel holds, read now (or why it cannot be)."""
+        return self.parts.header_reader.read()
+
+    def _watch_kernel(self, kernel: KernelView) -> None:
+        """Keep what the kernel holds for status; say so once when it starts (or stops) missing something."""
+        was = self.kernel_view.coverage
+        self.kernel_view = kernel
+        now = kernel.coverage
+        if now is None or (was is not None and was.in_sync == now.in_sync):
+            return
+        if not now.in_sync:
+            logger.warning("the kernel's header is stale: a dump taken now would miss %d bytes of RAM and %d CPU "
+                           "notes, and cover %d bytes that are gone: %s", now.uncovered_ram_bytes,
+                           now.missing_cpu_notes, now.stale_ram_bytes, "; ".join(now.changes) or "no visible change",
+                           extra=log.fields("kernel-header-stale", backend=self.backend.name))
+        elif was is not None:
+            logger.info("the kernel's header is current again", extra=log.fields("kernel-header-stale",
+                                                                                  backend=self.backend.name))
 
     def reconcile_now(self, reason: str) -> Done:
         """The update a burst would trigger, now: pending events are taken over, the debounce skipped.

@@ -113,6 +113,23 @@ def families(s: Status, now: float) -> list["Metric"]:
         _counter("crashhpd_log_suppressed", "Log lines about control clients held back (one per peer per minute).",
                  s.log_suppressed),
     ]
+    out.append(_gauge("crashhpd_kernel_header_readable",
+                      "1 when the header the kernel holds could be read back from its memory.",
+                      int(s.kernel_header_readable)))
+    if s.crash_kernel_loaded is not None:
+        out.append(_gauge("crashhpd_crash_kernel_loaded", "1 while a crash kernel is loaded (kexec_crash_loaded).",
+                          s.crash_kernel_loaded))
+    if s.kernel_header_in_sync is not None:
+        out.append(_gauge("crashhpd_kernel_header_in_sync",
+                          "1 when the kernel's header covers the RAM and CPUs a fresh snapshot has.",
+                          int(s.kernel_header_in_sync)))
+    for name, doc, value in (
+        ("crashhpd_uncovered_ram_bytes", "RAM a dump taken now would miss.", s.uncovered_ram_bytes),
+        ("crashhpd_stale_ram_bytes", "RAM the kernel's header covers that no longer exists.", s.stale_ram_bytes),
+        ("crashhpd_missing_cpu_notes", "CPUs without a note in the kernel's header.", s.missing_cpu_notes),
+    ):
+        if value is not None:
+            out.append(_gauge(name, doc, value))
     if s.capacity_bytes is not None:
         out.append(_gauge("crashhpd_segment_capacity_bytes", "Bytes the loaded segment can hold.", s.capacity_bytes))
     if s.fill_ratio is not None:

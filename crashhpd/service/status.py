@@ -55,6 +55,15 @@ class Status:
     log_suppressed: int = 0  # log lines about clients held back (one per peer per minute is logged)
     udev_rule_inert: bool = False  # the distribution's per-event reload rule is overridden while crashhpd runs
     udev_rule_detail: str = ""  # why, or why not, and by which files
+    crash_kernel_loaded: int | None = None  # /sys/kernel/kexec_crash_loaded; None: no kexec in this kernel
+    kernel_header_readable: bool = False  # the header the kernel holds could be read back from its memory
+    kernel_header_unreadable_reason: str | None = None  # why not (kptr_restrict, lockdown, no BTF, nothing loaded)
+    kernel_header_sha256: str | None = None
+    kernel_segment_bytes: int | None = None  # the loaded segment's real capacity (memsz)
+    kernel_header_in_sync: bool | None = None  # it covers what a fresh snapshot does; None: not readable
+    uncovered_ram_bytes: int | None = None  # RAM a dump taken now would miss
+    missing_cpu_notes: int | None = None  # CPUs whose registers a dump taken now would lose
+    stale_ram_bytes: int | None = None  # RAM the kernel's header covers that no longer exists (hot-removed)
 
 
 @dataclass(slots=True)
@@ -82,3 +91,4 @@ class Verdict:
     generation: int
     changes: list[str]
     built: Built
+    source: str = "model"  # "kernel": compared with the header the kernel holds; "model": with the backend's

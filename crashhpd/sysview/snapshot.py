@@ -19,6 +19,7 @@ from . import cpulist, iomem
 from .files import parse_int, read_int, read_text, under
 from .iomem import Resource
 from .kernel_state import KernelState, read_kernel_state
+from .loaded_header import LoadedHeader, LoadedHeaderReader
 from .ranges import Range
 
 CPU_DIR = "sys/devices/system/cpu"
@@ -61,6 +62,7 @@ class Snapshot:
     kernel: KernelState
     kernel_max: int | None = None
     crash_cma: tuple[Range, ...] = ()
+    loaded_header: LoadedHeader | None = None  # the header the kernel holds, when a reader was asked to look
     resources: tuple[Resource, ...] = ()  # every /proc/iomem line, in file order
 
     def cpu_set(self, which: str) -> frozenset[int]:
@@ -177,7 +179,8 @@ def read_boot_constants(root: str = "/") -> BootConstants:
                          kcore_kernel_map=kernel_map)
 
 
-def read_snapshot(root: str = "/", boot: BootConstants | None = None) -> Snapshot:
+def read_snapshot(root: str = "/", boot: BootConstants | None = None,
+                  header_reader: LoadedHeaderReader | None = None) -> Snapshot:
     """Everything the header depends on, read now; `boot` saves re-reading kallsyms and kcore."""
     iomem_path = under(root, "proc/iomem")
     resources = iomem.parse(_read_iomem(root), iomem_path)
@@ -210,4 +213,5 @@ def read_snapshot(root: str = "/", boot: BootConstants | None = None) -> Snapsho
         kernel_max=kernel_max,
         crash_cma=() if cma_text is None else parse_ranges(cma_text, under(root, "sys/kernel/kexec_crash_cma_ranges")),
         resources=tuple(resources),
+        loaded_header=None if header_reader is None else header_reader.read(),
     )

@@ -1,0 +1,103 @@
+"""The daemon reads back the header the kernel holds, verifies against it, and says what a dump would miss.
+
+The kernel is a fake one (tests/fakekcore.py: a kallsyms, a BTF blob and a
+/proc/kcore in which a crash image is loaded) because this machine's kernel
+has no kexec; the reader, the daemon, its socket and crashhpctl are real.
+The backend is the sandbox, which never touches the kernel: so a hot-add
+leaves the kernel's header stale, which is exactly what must be reported.
+"""
+
+import base64
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from daemonproc import CRASHHPD, DaemonProcess, daemon_status, wait_for, write_config
+from fakekcore import CrashKernel
+from faketree import BLOCK, QEMU_GUEST, QEMU_HOT_ADD_BASE, hot_added, make_tree, replace_iomem
+
+from crashhpd.elf import align_up
+from crashhpd.elfcorehdr.build import build_valid
+from crashhpd.elfcorehdr.layout import preset
+from crashhpd.elfcorehdr.pack import capacity
+from crashhpd.sysview.snapshot import read_snapshot
+
+CRASHHPCTL = str(Path(CRASHHPD).with_name("crashhpctl"))
+MEMSZ = align_up(capacity(64), 4096)
+
+
+def ctl(sock: Path, *args: str) -> tuple[int, dict]:
+    proc = subprocess.run([CRASHHPCTL, "--socket", str(sock), *args, "--json"], capture_output=True, text=True,
+                          timeout=30)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+@pytest.fixture
+def loaded(tmp_path: Path):
+    """A fake root whose kernel holds the header a fresh snapshot gives, and a daemon watching it."""
+    root = make_tree(tmp_path / "root", QEMU_GUEST)
+    crash = CrashKernel(root).install(b"\x7fELF", MEMSZ)  # kallsyms and kcore first: the header depends on them
+    header = build_valid(read_snapshot(str(root)), preset("kernel")).data
+    crash.fill(header, MEMSZ)
+    sock = tmp_path / "control.sock"
+    config = write_config(tmp_path / "crashhpd.toml", {
+        "root": str(root), "state_dir": str(tmp_path / "state"), "monitor": {"source": "kernel"},
+        "control": {"socket": str(sock)}, "log": {"level": "debug"},
+    })
+    d = DaemonProcess(tmp_path, config)
+    d.wait_ready()
+    yield root, sock, d, header
+    d.stop()
+
+
+def test_status_says_the_kernels_header_was_read_and_covers_everything(loaded):
+    _root, sock, _d, header = loaded
+    status = daemon_status(sock)
+    assert status["kernel_header_readable"] is True and status["kernel_header_unreadable_reason"] is None
+    assert status["kernel_segment_bytes"] == MEMSZ and status["kernel_header_in_sync"] is True
+    assert (status["uncovered_ram_bytes"], status["missing_cpu_notes"], status["stale_ram_bytes"]) == (0, 0, 0)
+    code, verdict = ctl(sock, "verify")
+    assert code == 0 and verdict["in_sync"] is True and verdict["source"] == "kernel"
+    code, held = ctl(sock, "header", "--kernel")
+    assert code == 0 and held["header_bytes"] == 64 + 56 * len(held["segments"])
+    assert base64.b64decode(held["data_base64"]) == header[:held["header_bytes"]]
+
+
+def test_a_hot_add_the_kernel_did_not_follow_is_what_a_dump_would_miss(loaded):
+    root, sock, d, _header = loaded
+    replace_iomem(root, hot_added(QEMU_GUEST, 2, QEMU_HOT_ADD_BASE))
+    code, verdict = ctl(sock, "verify")
+    assert code == 1 and verdict["source"] == "kernel" and verdict["in_sync"] is False
+    assert "+ RAM 0x440000000-0x44fffffff (256 MiB)" in verdict["changes"]
+    code, reply = ctl(sock, "reconcile")  # the sandbox applies; the kernel's own header stays as it was
+    assert code == 0 and reply["applied"] is True
+    status = daemon_status(sock)
+    assert status["kernel_header_in_sync"] is False and status["uncovered_ram_bytes"] == 2 * BLOCK
+    assert status["missing_cpu_notes"] == 0 and status["stale_ram_bytes"] == 0
+    wait_for(lambda: "the kernel's header is stale: a dump taken now would miss 268435456 bytes" in d.stderr(), 5,
+             "the stale header in the journal")
+    code, metrics = ctl(sock, "metrics")
+    assert "crashhpd_uncovered_ram_bytes 2.68435456e+08" in metrics["text"]
+    assert "crashhpd_kernel_header_in_sync 0.0" in metrics["text"]
+
+
+def test_where_the_kernels_memory_cannot_be_read_status_says_why_and_verify_uses_the_record(tmp_path):
+    root = make_tree(tmp_path / "root", QEMU_GUEST)  # no kcore, no BTF: nothing can be read back
+    sock = tmp_path / "control.sock"
+    config = write_config(tmp_path / "crashhpd.toml", {
+        "root": str(root), "state_dir": str(tmp_path / "state"), "monitor": {"source": "kernel"},
+        "control": {"socket": str(sock)},
+    })
+    d = DaemonProcess(tmp_path, config)
+    try:
+        d.wait_ready()
+        status = daemon_status(sock)
+        assert status["kernel_header_readable"] is False and status["kernel_header_unreadable_reason"]
+        assert status["uncovered_ram_bytes"] is None
+        code, verdict = ctl(sock, "verify")
+        assert code == 0 and verdict["source"] == "model"
+        code, error = ctl(sock, "header", "--kernel")
+        assert code == 1 and error["code"] == "no-header" and "cannot be read" in error["message"]
+    finally:
+        d.stop()
