@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """`crashhpd`: generate and inspect headers, and run the daemon.
 
 Every error the outside world can cause ends as one line on stderr and an

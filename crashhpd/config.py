@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """crashhpd's configuration: one TOML file, its drop-ins, validated as a whole.
 
 The daemon must start on a fresh host, so every key has a default and a missing

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """ELF64 core-header facts and x86_64 address-space landmarks, shared by every stage.
 
 The header crashhpd builds (elfcorehdr/), the one it reads back from the

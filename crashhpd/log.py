@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Logging for crashhpd: journald with structured fields when stderr goes there, plain lines otherwise.
 
 Modules log with the standard library (`logging.getLogger(__name__)`) and

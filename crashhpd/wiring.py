@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """`crashhpd run`: every part of the daemon built in one place and handed to the loop.
 
 The loop (service/daemon.py) never constructs anything itself: the monitor,

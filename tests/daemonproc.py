@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """A real `crashhpd run` process on a fake root, with a real sd_notify socket, for end-to-end tests."""
 
 import functools

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-only
 """A stand-in for kexec-tools' `kexec`, for tests on kernels that have no kexec_load (like this test VM's).
 
 It behaves towards crashhpd the way kexec and the kernel do, and nothing

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """crashhpd's commands, staged where an unprivileged user can run them, wherever the checkout is.
 
 Tests that run a client as `nobody` cannot use the virtualenv's scripts when

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The Prometheus alerting rules: promtool checks them and runs their unit tests; they use only exported metrics.
 
 The unit tests themselves (input series, the alerts expected at each time) are

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The real `crashhpd` console script as a subprocess: exit status 0 valid, 1 invalid, 2 usage or I/O error.
 
 Every error the outside world causes must be one line on stderr, never a traceback.

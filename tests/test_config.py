@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Configuration: real TOML files in a temporary directory, loaded the way the daemon loads them."""
 
 import re

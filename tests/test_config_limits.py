@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """A configuration that validates must be usable: no value that starts fine and fails later, no file that hangs.
 
 Each case used to pass validation and then kill the daemon (at start-up, at

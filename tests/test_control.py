@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The control socket of a real daemon process on a fake root, spoken to over real sockets.
 
 The root tree is fake; the daemon, its socket, SO_PEERCRED and the kernel

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """`crashhpctl` as a subprocess against a real daemon: both output forms and every exit status."""
 
 import base64

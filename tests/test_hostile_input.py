@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Input that must be refused, never applied, and never allowed to kill the daemon.
 
 Each case was a real failure: a RAM-less /proc/iomem built a "valid" header

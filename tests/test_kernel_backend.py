@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The passive `kernel` backend and `auto`'s choice, on fake /proc and /sys trees.
 
 The kernel's side (it rewriting the header on hotplug) cannot happen on this

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The kernel's kexec attributes, read in one place: sysview/kernel_state.py."""
 
 import pytest

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The daemon reads back the header the kernel holds, verifies against it, and says what a dump would miss.
 
 The kernel is a fake one (tests/fakekcore.py: a kallsyms, a BTF blob and a

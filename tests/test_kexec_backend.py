@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The kexec backend: argv, retries, load limit, dry run and persistence, against kexec-tools and a stand-in.
 
 This VM's kernel has no kexec_load (no /sys/kernel/kexec_crash_loaded), so

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """A kexec load runs beside the event loop: the real loop, in this process, while the stand-in kexec works.
 
 The Daemon here is crashhpd's own, built the way `crashhpd run` builds it

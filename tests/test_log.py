@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """crashhpd.log: operation fields, the plain stderr form and the journald native protocol.
 
 The journal tests bind a real datagram socket where sd_journal_send(3) writes

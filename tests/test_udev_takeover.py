@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """crashhpd silences the distribution's per-event reload rule only while it does that rule's job.
 
 The overrides land under the configured root's /run/udev/rules.d (a fake

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The unit's hardening leaves the daemon and kexec working: proven by running them under it, not by reading it.
 
 tests/unit_sandbox.py reproduces the unit's seccomp filter (SystemCallFilter=,

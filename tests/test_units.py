@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The shipped systemd unit and udev overrides, checked by systemd's tools and against a real kdump-tools package."""
 
 import json

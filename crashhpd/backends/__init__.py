@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Backends: how a header reaches the kernel (or a file standing in for it).
 
 `create` is the one place that maps the config's `backend` to a class, so

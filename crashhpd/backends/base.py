@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The one small interface every backend implements: what is loaded, how much fits, apply.
 
 The daemon never knows how a header reaches the kernel. It builds the header

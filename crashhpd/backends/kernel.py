@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The passive backend: the kernel rewrites the loaded header on hotplug (Linux 6.6+), crashhpd only watches.
 
 When the crash image was loaded with kexec_file_load (`kexec -s`) or with

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The kexec backend: reload the crash kernel with kexec-tools, once per burst, never unloading first.
 
 On kernels and kexec-tools that cannot update the loaded header in place

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The sandbox backend: a file that stands for the loaded elfcorehdr segment.
 
 It keeps the kernel segment's semantics (a fixed capacity, the header at

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """`crashhpctl`: ask the running crashhpd what it holds and does, check it, and make it act now.
 
 Exit status, which scripts rely on: 0 ok; 1 the daemon answered with an

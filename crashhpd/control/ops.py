@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The control operations: one table that the daemon's server and crashhpctl both read.
 
 Each row names an op, the function that answers it in the daemon (inside the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The control protocol: one JSON object per line each way, shared by the daemon and crashhpctl.
 
 A request is `{"v": 1, "op": "status"}` (`v` may be left out); a reply is

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """What crashhpctl prints for each reply: pure functions from a result to (text, exit status)."""
 
 import base64

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """What a dump taken now would miss: the header the kernel holds, against the one a fresh snapshot gives.
 
 Compared where it matters to a dump, not byte by byte: the RAM the

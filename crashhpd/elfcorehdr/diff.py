@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """What changed between two headers, in words an admin reads in the journal.
 
 RAM is compared as coverage, not entry by entry, so hot-adding a block that

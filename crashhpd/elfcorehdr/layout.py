@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """What a header says, decided from a snapshot: the two producers crashhpd can stand in for.
 
 `kernel` is what Linux 6.6+ builds in crash_prepare_elf64_headers() (x86:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The single-threaded event loop that turns hotplug bursts into header updates.
 
 One selector holds every fd (the uevent monitor, the signal pipe, the control

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Prometheus metrics: answered on the control socket and optionally kept as a node_exporter textfile.
 
 Counters and gauges are not kept twice: a collector reads them from the

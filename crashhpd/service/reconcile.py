@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """One reconcile: snapshot -> header -> validate -> compare with the backend -> apply if different.
 
 The data path of one update in one function, kept free of the event loop so

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """What the daemon has done so far: the counters and last outcomes that status is built from."""
 
 import time

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """What the daemon reports about itself: the one table of status fields.
 
 `crashhpctl status`, the control protocol's `status` reply, the metrics and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Take over from the distribution's udev reload rule, only while crashhpd does its job.
 
 Every distribution reloads the whole crash kernel on each hotplug event from a

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The kernel's kexec state: what is loaded, whether the kernel keeps the header itself, what it allows.
 
 These attributes change under crashhpd's feet (another loader, the kernel's

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The system as the header needs it: every kernel file read once per update, under a configurable root.
 
 One snapshot is what one update sees: RAM, CPUs and their notes, and the

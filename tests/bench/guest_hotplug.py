@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """crashhpd against Debian's udev rule on a real kernel: a 2 GiB hot-add each, in one QEMU guest on Linux 6.1.
 
 Run (as the e2e tests do, it fetches Debian's parts into .cache/e2e on first use):

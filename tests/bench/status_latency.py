@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """`status` round-trip latency on the control socket while the daemon works through an event storm.
 
 Run as root: .venv/bin/python tests/bench/status_latency.py [--requests 10000] [--rate 0]

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The guest's initramfs: busybox, kexec-tools, Debian's Python 3.11 running this checkout of crashhpd, the agent.
 
 One archive serves both kernels of a run: the first kernel gets it with a

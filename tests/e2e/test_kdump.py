@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Proof on real kernels: hot-add to a QEMU guest, crash it, and look for what was added in /proc/vmcore.
 
 Each test boots Debian's kernel with the crashhpd initramfs (see initramfs.py

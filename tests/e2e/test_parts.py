@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The e2e plumbing on its own: the skip reason for an unreachable registry, and the archives' contents."""
 
 import gzip

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The guest's half of the e2e test, run by /init in both kernels; it talks to the host over ttyS1.
 
 Every message is one line, `E2E <KIND> <json>` from the guest and `<COMMAND> <args>` from the
