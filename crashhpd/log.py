@@ -47,6 +47,7 @@ MESSAGE_IDS: Mapping[str, str] = MappingProxyType({
     "load-limit": "fb2c210bfc4549589ca7b2b1f62528bf",
     "control": "8b9d7c88c0924d80ae8258e1e800c744",
     "kernel-header-stale": "ad5c2f75b8b54bca994fb2d34454a2c9",
+    "model-drift": "a697cc5dcae6478582a3ca620e8a257e",
     "udev": "945d70f4be4f4e1795f060b1c091d4d5",
 })
 

@@ -102,3 +102,44 @@ def test_where_the_kernels_memory_cannot_be_read_status_says_why_and_verify_uses
         assert code == 1 and error["code"] == "no-header" and "cannot be read" in error["message"]
     finally:
         d.stop()
+
+
+# --- the kexec backend decides on what the kernel holds ---------------------------------------------
+
+
+def test_a_crash_kernel_already_right_at_start_costs_no_reload_and_a_hot_add_costs_one(tmp_path):
+    # stand-in kexec (this kernel has no kexec_load) on a fake kernel whose loaded header is read back
+    root = make_tree(tmp_path / "root", QEMU_GUEST, extra={
+        "sys/kernel/kexec_crash_loaded": "1\n", "proc/cmdline": "root=/dev/vda1 crashkernel=256M\n",
+        "var/lib/kdump/vmlinuz": "kernel", "var/lib/kdump/initrd.img": "initrd",
+    })
+    crash = CrashKernel(root).install(b"\x7fELF", MEMSZ)
+    crash.fill(build_valid(read_snapshot(str(root)), preset("kexec-tools")).data, MEMSZ)  # kdump-tools' load
+    control = tmp_path / "standin.json"
+    log = tmp_path / "standin.jsonl"
+    control.write_text(json.dumps({"root": str(root), "log": str(log), "version": "kexec-tools 2.0.25",
+                                   "outcomes": [], "default": {}}))
+    sock = tmp_path / "control.sock"
+    config = write_config(tmp_path / "crashhpd.toml", {
+        "root": str(root), "backend": "kexec", "state_dir": str(tmp_path / "state"),
+        "monitor": {"source": "kernel"}, "control": {"socket": str(sock)},
+        "kexec": {"binary": str(Path(__file__).parent / "kexec_standin.py")},
+    })
+
+    def loads() -> int:
+        return sum("-p" in json.loads(line)["argv"] for line in log.read_text().splitlines()) if log.exists() else 0
+
+    d = DaemonProcess(tmp_path, config, {"KEXEC_STANDIN_CONTROL": str(control)})
+    try:
+        d.wait_ready()
+        assert loads() == 0, "the kernel already holds the right header: a start-up reload would gain nothing"
+        assert daemon_status(sock)["kernel_header_in_sync"] is True
+        replace_iomem(root, hot_added(QEMU_GUEST, 1, QEMU_HOT_ADD_BASE))
+        code, reply = ctl(sock, "reconcile")
+        assert code == 0 and reply["applied"] is True and loads() == 1
+        # the stand-in cannot write the fake kernel's memory: the header read back after the load is the old
+        # one, which is what a reload that silently failed looks like
+        wait_for(lambda: "the kernel's header is stale" in d.stderr(), 5, "the stale header after the load")
+        assert "model drift" in d.stderr()
+    finally:
+        d.stop()

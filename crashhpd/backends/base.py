@@ -86,6 +86,9 @@ class Backend(Protocol):
 
     name: str
     layout: LayoutName  # the layout this backend's loader produces; the daemon builds in it
+    # An apply reloads the crash kernel: what the kernel holds is this backend's doing, so where it can be
+    # read back, whether to apply is decided by it, not by the backend's own record.
+    reloads: bool
 
     def loaded(self, kernel: KernelState) -> bytes | None:
         """The header bytes in force now (without segment padding), or None if nothing is loaded."""

@@ -38,6 +38,7 @@ def _state_text(value: int | None) -> str:
 class KernelBackend:
     name = "kernel"
     layout: LayoutName = "kernel"
+    reloads = False
 
     def __init__(self) -> None:
         self._expected: bytes | None = None

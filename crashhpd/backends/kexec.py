@@ -422,6 +422,7 @@ class StateStore:
 class KexecBackend:
     name = "kexec"
     layout: LayoutName = "kexec-tools"
+    reloads = True
 
     def __init__(self, cfg: KexecConfig, root: str, state_dir: str, kernel: KernelState) -> None:
         self._cfg = cfg

@@ -58,6 +58,7 @@ class SandboxBackend:
     """The segment as a file in `state_dir`; see the module docstring for the guarantees."""
 
     name = "sandbox"
+    reloads = False
     layout: LayoutName = "kernel"
 
     def __init__(self, state_dir: str, max_cpus: int,

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Protocol
 from .. import __version__, log
 from ..backends.base import Backend, Watch
 from ..config import Config, ControlConfig
-from ..elfcorehdr.build import build_valid, changes
+from ..elfcorehdr.build import Built, build_valid, changes
 from ..elfcorehdr.coverage import KernelView, view
 from ..elfcorehdr.layout import Layout
 from ..errors import BackendError, ConfigError, CrashhpdError, HeaderError
@@ -330,6 +330,8 @@ class Daemon:
         loaded = built.snapshot.loaded_header
         if outcome.applied is not None and loaded is not None:
             loaded = self.parts.header_reader.read()  # the apply changed what the kernel holds: look again
+            if self.backend.reloads:
+                self._confirm_load(loaded, built)
         self._watch_kernel(view(loaded, built))
         self.stats.cpus = len(built.model.cpu_notes)
         self.stats.ram_ranges = len(built.model.ram)
@@ -542,6 +544,19 @@ class Daemon:
     def kernel_header(self) -> LoadedHeader:
         """The header the kernel holds, read now (or why it cannot be)."""
         return self.parts.header_reader.read()
+
+    def _confirm_load(self, loaded: LoadedHeader, built: Built) -> None:
+        """After a reload: did it put in what was expected? Where kexec-tools built other bytes than the
+        model, say so (model drift): the skip-or-reload decision compares coverage, so it costs no dump."""
+        if not loaded.readable:
+            return
+        held = loaded.header
+        if built.data[:len(held)] == held and not any(built.data[len(held):]):
+            return
+        lines = changes(held, built)
+        logger.warning("model drift: the reload loaded another header than crashhpd's %s model%s",
+                       self.parts.layout.name, (": " + "; ".join(lines)) if lines else " (same RAM and CPUs, other bytes)",
+                       extra=log.fields("model-drift", backend=self.backend.name))
 
     def _watch_kernel(self, kernel: KernelView) -> None:
         """Keep what the kernel holds for status; say so once when it starts (or stops) missing something."""

@@ -23,7 +23,7 @@ client (the baseline, same run, same tree), then during the attack. Printed
 besides: how many of the attacker's requests were answered and how many
 turned away (busy).
 
-    .venv/bin/python tests/bench/status_latency.py --hostile --requests 2000
+    .venv/bin/python tests/bench/status_latency.py --hostile --requests 2000 [--crashhpd OTHER/bin/crashhpd]
 """
 
 import argparse
@@ -154,17 +154,17 @@ def attacker(path: str, stop: Event, answered: Synchronized, busy: Synchronized)
     answered.value, busy.value = ok, refused
 
 
-def hostile(requests: int) -> None:
+def hostile(requests: int, crashhpd: str | None) -> None:
     with tempfile.TemporaryDirectory() as work_dir:
         work = Path(work_dir)
         root = make_tree(work / "root", hot_added(QEMU_GUEST, 8000, QEMU_HOT_ADD_BASE, stride=2 * BLOCK))
         sock_path = str(work / "control.sock")
         os.chmod(work, 0o755)  # nobody must reach the socket
         config = write_config(work / "crashhpd.toml", {
-            "root": str(root), "monitor": {"source": "kernel"}, "state_dir": str(work / "state"),
+            "root": str(root), "monitor": {"source": "kernel"}, "sandbox": {"state_dir": str(work / "state")},
             "control": {"socket": sock_path, "group": "nogroup"}, "log": {"level": "info"},
         })
-        daemon = DaemonProcess(work, config)
+        daemon = DaemonProcess(work, config, command=[crashhpd, "run", "--config", str(config)] if crashhpd else None)
         stop = multiprocessing.Event()
         answered, busy = multiprocessing.Value("q", 0), multiprocessing.Value("q", 0)
         attack = multiprocessing.Process(target=attacker, args=(sock_path, stop, answered, busy))
@@ -197,11 +197,12 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=10_000, help="status requests per mode")
     ap.add_argument("--rate", type=float, default=0, help="events per second (0: as fast as one process can)")
     ap.add_argument("--hostile", action="store_true", help="a group member hammering verify and header instead")
+    ap.add_argument("--crashhpd", help="with --hostile: the crashhpd to measure (e.g. an older build's)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("status_latency.py needs root: it injects real kernel uevents or runs a client as nobody")
     if args.hostile:
-        hostile(args.requests)
+        hostile(args.requests, args.crashhpd)
         return
     with tempfile.TemporaryDirectory() as work_dir:
         work = Path(work_dir)
