@@ -554,9 +554,9 @@ class Daemon:
         if built.data[:len(held)] == held and not any(built.data[len(held):]):
             return
         lines = changes(held, built)
+        what = (": " + "; ".join(lines)) if lines else " (same RAM and CPUs, other bytes)"
         logger.warning("model drift: the reload loaded another header than crashhpd's %s model%s",
-                       self.parts.layout.name, (": " + "; ".join(lines)) if lines else " (same RAM and CPUs, other bytes)",
-                       extra=log.fields("model-drift", backend=self.backend.name))
+                       self.parts.layout.name, what, extra=log.fields("model-drift", backend=self.backend.name))
 
     def _watch_kernel(self, kernel: KernelView) -> None:
         """Keep what the kernel holds for status; say so once when it starts (or stops) missing something."""
