@@ -141,5 +141,7 @@ def test_a_crash_kernel_already_right_at_start_costs_no_reload_and_a_hot_add_cos
         # one, which is what a reload that silently failed looks like
         wait_for(lambda: "the kernel's header is stale" in d.stderr(), 5, "the stale header after the load")
         assert "model drift" in d.stderr()
+        status = daemon_status(sock)
+        assert status["errors"]["kernel-header-stale"] == 1 and status["uncovered_ram_bytes"] == BLOCK
     finally:
         d.stop()

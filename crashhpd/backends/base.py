@@ -25,6 +25,8 @@ from typing import Protocol
 from ..elfcorehdr.layout import LayoutName
 from ..sysview.kernel_state import KernelState
 
+KEEP_KERNEL_HEADER = frozenset({"kexec", "kernel"})  # the backends whose job is the header the kernel holds
+
 
 @dataclass(frozen=True, slots=True)
 class Applied:

@@ -36,7 +36,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
 from .. import __version__, log
-from ..backends.base import Backend, Watch
+from ..backends.base import KEEP_KERNEL_HEADER, Backend, Watch
 from ..config import Config, ControlConfig
 from ..elfcorehdr.build import Built, build_valid, changes
 from ..elfcorehdr.coverage import KernelView, view
@@ -566,10 +566,12 @@ class Daemon:
         if now is None or (was is not None and was.in_sync == now.in_sync):
             return
         if not now.in_sync:
-            logger.warning("the kernel's header is stale: a dump taken now would miss %d bytes of RAM and %d CPU "
-                           "notes, and cover %d bytes that are gone: %s", now.uncovered_ram_bytes,
-                           now.missing_cpu_notes, now.stale_ram_bytes, "; ".join(now.changes) or "no visible change",
-                           extra=log.fields("kernel-header-stale", backend=self.backend.name))
+            message = (f"the kernel's header is stale: a dump taken now would miss {now.uncovered_ram_bytes} bytes "
+                       f"of RAM and {now.missing_cpu_notes} CPU notes, and cover {now.stale_ram_bytes} bytes that "
+                       f"are gone: {'; '.join(now.changes) or 'no visible change'}")
+            if self.backend.name in KEEP_KERNEL_HEADER:  # its job, not done: an error, not only a report
+                self.stats.error("kernel-header-stale", message)
+            logger.warning("%s", message, extra=log.fields("kernel-header-stale", backend=self.backend.name))
         elif was is not None:
             logger.info("the kernel's header is current again", extra=log.fields("kernel-header-stale",
                                                                                   backend=self.backend.name))

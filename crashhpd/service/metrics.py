@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 TEXTFILE = "crashhpd.prom"
 TEXTFILE_MODE = 0o644  # node_exporter rarely runs as root
 # Always exported, so a rate() or an alert on a kind that has not happened yet still has a series.
-ERROR_KINDS = ("apply-failed", "snapshot-failed", "header-invalid", "events-lost", "internal")
+ERROR_KINDS = ("apply-failed", "snapshot-failed", "header-invalid", "events-lost", "internal", "kernel-header-stale")
 # From a sandbox apply (milliseconds) to a kexec reload that hits its timeout (60 s by default).
 APPLY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # The debounce alone is quiet_ms (200 ms) up to max_delay_ms (2 s); a reload adds seconds.

@@ -29,6 +29,7 @@ import subprocess
 from dataclasses import dataclass
 
 from .. import log
+from ..backends.base import KEEP_KERNEL_HEADER
 from ..safefile import SafeDir, read_file
 from ..sysview.files import under
 
@@ -37,7 +38,6 @@ logger = logging.getLogger(__name__)
 MARKER = b"# crashhpd: placed while it keeps the kdump header current; removed when it stops\n"
 ADMIN_DIR = "etc/udev/rules.d"
 UDEV_CONTROL = "run/udev/control"
-TAKING_BACKENDS = frozenset({"kexec", "kernel"})  # the backends that keep the header the kernel holds current
 MAX_RULE_BYTES = 64 * 1024
 RELOAD_TIMEOUT_S = 10.0
 
@@ -65,7 +65,7 @@ class UdevTakeover:
         if not self._enabled:
             self.verdict = Verdict(False, "udev takeover disabled ([udev] takeover = false): "
                                           "the distribution's rule reloads on every event")
-        elif backend in TAKING_BACKENDS:
+        elif backend in KEEP_KERNEL_HEADER:
             self.verdict = self._place(backend)
         else:
             self._remove(f"the {backend} backend does not load the crash kernel")
