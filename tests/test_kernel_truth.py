@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from daemonproc import CRASHHPD, DaemonProcess, daemon_status, wait_for, write_config
+from daemonproc import CRASHHPD, DaemonProcess, daemon_status, kexec_setup, wait_for, write_config
 from fakekcore import CrashKernel
 from faketree import BLOCK, QEMU_GUEST, QEMU_HOT_ADD_BASE, hot_added, make_tree, replace_iomem
 
@@ -109,27 +109,11 @@ def test_where_the_kernels_memory_cannot_be_read_status_says_why_and_verify_uses
 
 def test_a_crash_kernel_already_right_at_start_costs_no_reload_and_a_hot_add_costs_one(tmp_path):
     # stand-in kexec (this kernel has no kexec_load) on a fake kernel whose loaded header is read back
-    root = make_tree(tmp_path / "root", QEMU_GUEST, extra={
-        "sys/kernel/kexec_crash_loaded": "1\n", "proc/cmdline": "root=/dev/vda1 crashkernel=256M\n",
-        "var/lib/kdump/vmlinuz": "kernel", "var/lib/kdump/initrd.img": "initrd",
-    })
+    setup = kexec_setup(tmp_path, QEMU_GUEST)
+    root, sock, loads = setup.root, setup.socket, setup.loads
     crash = CrashKernel(root).install(b"\x7fELF", MEMSZ)
     crash.fill(build_valid(read_snapshot(str(root)), preset("kexec-tools")).data, MEMSZ)  # kdump-tools' load
-    control = tmp_path / "standin.json"
-    log = tmp_path / "standin.jsonl"
-    control.write_text(json.dumps({"root": str(root), "log": str(log), "version": "kexec-tools 2.0.25",
-                                   "outcomes": [], "default": {}}))
-    sock = tmp_path / "control.sock"
-    config = write_config(tmp_path / "crashhpd.toml", {
-        "root": str(root), "backend": "kexec", "state_dir": str(tmp_path / "state"),
-        "monitor": {"source": "kernel"}, "control": {"socket": str(sock)},
-        "kexec": {"binary": str(Path(__file__).parent / "kexec_standin.py")},
-    })
-
-    def loads() -> int:
-        return sum("-p" in json.loads(line)["argv"] for line in log.read_text().splitlines()) if log.exists() else 0
-
-    d = DaemonProcess(tmp_path, config, {"KEXEC_STANDIN_CONTROL": str(control)})
+    d = DaemonProcess(tmp_path, setup.config, setup.env())
     try:
         d.wait_ready()
         assert loads() == 0, "the kernel already holds the right header: a start-up reload would gain nothing"

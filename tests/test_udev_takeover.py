@@ -6,14 +6,13 @@ tree here, so the host's udev is never touched, nor told to reload), from
 the project's own udev/ files, as the package ships them.
 """
 
-import json
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
-from daemonproc import CRASHHPD, DaemonProcess, daemon_status, write_config
-from faketree import make_tree, write
+from daemonproc import CRASHHPD, DaemonProcess, daemon_status, kexec_setup
+from faketree import write
 
 from crashhpd.service.udev_takeover import MARKER, UdevTakeover
 
@@ -80,20 +79,9 @@ def test_missing_override_files_are_a_warning_and_the_rule_stays_active(tmp_path
 @pytest.mark.root
 def test_the_daemon_takes_over_while_it_runs_and_gives_back_when_it_stops(tmp_path):
     # stand-in kexec: this kernel has no kexec_load
-    root = make_tree(tmp_path / "root", FIXTURE, extra={
-        "sys/kernel/kexec_crash_loaded": "1\n", "proc/cmdline": "root=/dev/vda1 crashkernel=256M\n",
-        "var/lib/kdump/vmlinuz": "kernel", "var/lib/kdump/initrd.img": "initrd",
-    })
-    control = tmp_path / "standin.json"
-    control.write_text(json.dumps({"root": str(root), "log": str(tmp_path / "standin.jsonl"),
-                                   "version": "kexec-tools 2.0.25", "outcomes": [], "default": {}}))
-    sock = tmp_path / "control.sock"
-    config = write_config(tmp_path / "crashhpd.toml", {
-        "root": str(root), "backend": "kexec", "state_dir": str(tmp_path / "state"),
-        "monitor": {"source": "kernel"}, "control": {"socket": str(sock)},
-        "kexec": {"binary": str(STANDIN)}, "udev": {"rules": str(UDEV)},
-    })
-    d = DaemonProcess(tmp_path, config, {"KEXEC_STANDIN_CONTROL": str(control)})
+    setup = kexec_setup(tmp_path, FIXTURE, udev={"rules": str(UDEV)})
+    root, sock, config = setup.root, setup.socket, setup.config
+    d = DaemonProcess(tmp_path, config, setup.env())
     try:
         d.wait_ready()
         assert set(placed(root)) == set(RULES)
@@ -109,7 +97,7 @@ def test_the_daemon_takes_over_while_it_runs_and_gives_back_when_it_stops(tmp_pa
     finally:
         d.stop()
     (tmp_path / "again").mkdir()
-    d = DaemonProcess(tmp_path / "again", config, {"KEXEC_STANDIN_CONTROL": str(control)})
+    d = DaemonProcess(tmp_path / "again", config, setup.env())
     try:
         d.wait_ready()
         assert set(placed(root)) == set(RULES)
