@@ -65,6 +65,9 @@ def reconcile(backend: Backend, snapshot: Snapshot, layout: Layout,
     current = backend.loaded(snapshot.kernel)
     if current == built.data or _kernel_has_it(backend, snapshot, built):
         return Outcome(built, None, [], clock() - started)
+    loaded = snapshot.loaded_header
+    if backend.reloads and loaded is not None and loaded.readable:
+        current = loaded.header  # what the reload replaces: the diff says what it brings to the kernel
     lines = changes(current, built)
     applied = backend.begin(built.data, snapshot.kernel)
     if isinstance(applied, Applied):

@@ -79,7 +79,21 @@ def one_reload(seen: dict[str, Any]) -> dict[str, Any]:
     check(guest, len(reloads) == 1, f"{len(reloads)} kexec -p runs for one hot-add burst: {reloads}")
     check(guest, status["applies"] == ready["status"]["applies"] + 1, f"crashhpd's own count disagrees: {status}")
     check(guest, settled["verify"]["in_sync"], f"crashhpctl verify: {settled['verify']}")
+    assert_the_kernels_header_read_back(seen)
     return status
+
+
+def assert_the_kernels_header_read_back(seen: dict[str, Any]) -> None:
+    """crashhpd read the header the real kernel holds (BTF, kallsyms, /proc/kcore) and found it complete,
+    at boot and after the hot-add: the reader works on this kernel, and verify used it."""
+    guest = seen["guest"]
+    for when in ("ready", "settled"):
+        status = seen[when]["status"]
+        check(guest, status["kernel_header_readable"] is True,
+              f"the kernel's header could not be read back ({when}): {status['kernel_header_unreadable_reason']}")
+        check(guest, (status["kernel_header_in_sync"], status["uncovered_ram_bytes"], status["missing_cpu_notes"],
+                      status["stale_ram_bytes"]) == (True, 0, 0, 0), f"the kernel's header misses something: {status}")
+    check(guest, seen["settled"]["verify"]["source"] == "kernel", f"verify did not use it: {seen['settled']['verify']}")
 
 
 def assert_dimm_saved(seen: dict[str, Any]) -> None:
@@ -122,6 +136,7 @@ def test_kernel_that_updates_the_header_itself_gets_no_reload(qemu: Qemu, boot: 
     check(guest, status["events_received"] >= BLOCK_EVENTS, f"crashhpd missed the hot-add: {status}")
     check(guest, settled["kexec_loads"] == [], f"kexec ran under the kernel backend: {settled['kexec_loads']}")
     check(guest, settled["verify"]["in_sync"], f"crashhpctl verify says out of sync: {settled['verify']}")
+    assert_the_kernels_header_read_back(seen)  # the header the kernel rewrote itself, read back
     assert_dimm_saved(seen)
 
 
