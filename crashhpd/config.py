@@ -167,6 +167,14 @@ class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class KernelConfig(_Section):
+    """The passive backend: the kernel keeps the header, crashhpd checks its work."""
+
+    # When the kernel did not update its header after a burst (it read back stale), reload the crash kernel
+    # once with kexec_file_load (`kexec -p -s`, a freshly sized segment), as [kexec] says; [kexec] dry_run holds.
+    recover: bool = True
+
+
 class KexecConfig(_Section):
     """How the kexec backend reloads the crash kernel when the kernel cannot update the header itself."""
 
@@ -197,6 +205,7 @@ class Config(_Section):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     udev: UdevConfig = Field(default_factory=UdevConfig)
+    kernel: KernelConfig = Field(default_factory=KernelConfig)
     kexec: KexecConfig = Field(default_factory=KexecConfig)
     _sources: tuple[str, ...] = PrivateAttr(default=())
 

@@ -181,6 +181,7 @@ BAD = {
     "metrics.textfile_dir": '"textfile"',
     "log.level": '"verbose"',
     "udev.takeover": '"yes"',
+    "kernel.recover": '"yes"',
     "udev.rules": '"udev"',
     "udev.runtime_dir": '"run/udev/rules.d"',
     "kexec.binary": '"sbin/kexec"',

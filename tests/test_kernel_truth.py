@@ -129,3 +129,34 @@ def test_a_crash_kernel_already_right_at_start_costs_no_reload_and_a_hot_add_cos
         assert status["errors"]["kernel-header-stale"] == 1 and status["uncovered_ram_bytes"] == BLOCK
     finally:
         d.stop()
+
+
+# --- the passive backend guards the kernel's own rewrite ---------------------------------------------
+
+
+@pytest.mark.parametrize("recover", [True, False])
+def test_a_kernel_that_did_not_update_its_header_is_reloaded_once_with_kexec_file_load(tmp_path, recover):
+    # stand-in kexec and a fake kernel: the kernel "fails" its own rewrite because the fake one never rewrites
+    setup = kexec_setup(tmp_path, QEMU_GUEST, backend="kernel", kernel={"recover": recover})
+    root, sock = setup.root, setup.socket
+    for attr in ("sys/devices/system/cpu/crash_hotplug", "sys/devices/system/memory/crash_hotplug"):
+        (root / attr).write_text("1\n")  # a 6.6+ kernel that says it updates the header itself
+    crash = CrashKernel(root).install(b"\x7fELF", MEMSZ)
+    crash.fill(build_valid(read_snapshot(str(root)), preset("kernel")).data, MEMSZ)
+    d = DaemonProcess(tmp_path, setup.config, setup.env())
+    try:
+        d.wait_ready()
+        assert daemon_status(sock)["backend"] == "kernel" and setup.loads() == 0
+        replace_iomem(root, hot_added(QEMU_GUEST, 1, QEMU_HOT_ADD_BASE))
+        ctl(sock, "reconcile")  # as a burst would: the kernel should have rewritten its header by now
+        wait_for(lambda: "the kernel's header is stale" in d.stderr(), 5, "the kernel's failure noticed")
+        if recover:
+            wait_for(lambda: setup.loads() == 1, 10, "the one recovery load")
+            (call,) = [json.loads(line) for line in setup.standin_log.read_text().splitlines() if "-p" in line]
+            assert call["argv"][:2] == ["-p", "-s"]  # kexec_file_load: the kernel sizes a new segment
+        status = daemon_status(sock)
+        assert status["errors"]["kernel-header-stale"] >= 1 and status["uncovered_ram_bytes"] == BLOCK
+        ctl(sock, "status")
+        assert setup.loads() == (1 if recover else 0)  # never more than once for one stale spell
+    finally:
+        d.stop()

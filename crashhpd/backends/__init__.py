@@ -39,4 +39,10 @@ def create(config: Config, snapshot: Snapshot) -> Backend:
         return KexecBackend(config.kexec, config.root, config.state_dir, snapshot.kernel)
     from .kernel import KernelBackend
 
-    return KernelBackend()
+    recovery = None
+    if config.kernel.recover:
+        from .kexec import KexecBackend
+
+        recovery = KexecBackend(config.kexec.model_copy(update={"file_load": True}), config.root, config.state_dir,
+                                snapshot.kernel, defer_to_the_kernel=False)
+    return KernelBackend(recovery)

@@ -424,8 +424,12 @@ class KexecBackend:
     layout: LayoutName = "kexec-tools"
     reloads = True
 
-    def __init__(self, cfg: KexecConfig, root: str, state_dir: str, kernel: KernelState) -> None:
+    def __init__(self, cfg: KexecConfig, root: str, state_dir: str, kernel: KernelState,
+                 defer_to_the_kernel: bool = True) -> None:
+        """`defer_to_the_kernel`: record instead of reloading while the kernel updates the header itself
+        (crash_hotplug reads 1); False for the passive backend's recovery, which reloads because it did not."""
         self._cfg = cfg
+        self._defer = defer_to_the_kernel
         self._root = root
         self._store = StateStore(state_dir)
         self._tool: Tool | None = None
@@ -469,7 +473,7 @@ class KexecBackend:
 
         BackendError (with a retry delay) on any failure, here or from the Load's finish().
         """
-        if kernel.updates_header:
+        if kernel.updates_header and self._defer:
             return self._record_passive(header, kernel)
         self._passive = False
         try:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from .. import __version__, log
 from ..backends.base import KEEP_KERNEL_HEADER, Backend, Watch
+from ..backends.kernel import KernelBackend
 from ..config import Config, ControlConfig
 from ..elfcorehdr.build import Built, build_valid, changes
 from ..elfcorehdr.coverage import KernelView, view
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BATCH_S = 0.01  # during a burst the uevent socket is read at most this often
+RECOVER_REASON = "recover"  # an update that reloads for a kernel that did not update its own header
 STOP_GRACE_S = 20.0  # SIGTERM during an apply: how long it may still run; below the unit's TimeoutStopSec=30s
 
 Done = Later[tuple[Outcome | None, int]]  # an update's outcome (None: it failed) and the events it took over
@@ -157,6 +159,7 @@ class Daemon:
         self.health_log = HealthLog()
         self.kernel_view = KernelView()  # the header the kernel holds, as the last update read it
         self._revision = 0  # see revision()
+        self._recover_wanted = False  # the kernel did not update its header: reload once, when nothing else runs
         self._tracebacks_logged: set[tuple[str, str, str]] = set()
         self._monitor_fd = -1
         self._wake_r, self._wake_w = socket.socketpair()
@@ -276,12 +279,17 @@ class Daemon:
         self.stats.updates += 1
         self.stats.events_coalesced += max(update.events - 1, 0)
         self.retry_at = None
-        self._settle(update, self._begin)
+        self._settle(update, lambda: self._begin(recover=reason == RECOVER_REASON))
 
-    def _begin(self) -> Outcome | InFlight:
+    def _begin(self, recover: bool = False) -> Outcome | InFlight:
         snapshot = read_snapshot(self.cfg.root, self.parts.boot, self.parts.header_reader)
         self.kernel = snapshot.kernel
-        return reconcile(self.backend, snapshot, self.parts.layout, self.clock)
+        backend = self._recovery() if recover else None
+        return reconcile(backend or self.backend, snapshot, self.parts.layout, self.clock)
+
+    def _recovery(self) -> Backend | None:
+        """The passive backend's way to reload, when the kernel did not update its header; None: there is none."""
+        return self.backend.recovery if isinstance(self.backend, KernelBackend) else None
 
     def _settle(self, update: _Update, step: Callable[[], Outcome | InFlight]) -> None:
         """Take the update's next step; once it has an outcome (or failed), account for it and end it."""
@@ -571,6 +579,9 @@ class Daemon:
                        f"are gone: {'; '.join(now.changes) or 'no visible change'}")
             if self.backend.name in KEEP_KERNEL_HEADER:  # its job, not done: an error, not only a report
                 self.stats.error("kernel-header-stale", message)
+            if self._recovery() is not None:  # once per stale spell: a reload that does not fix it is not repeated
+                self._recover_wanted = True
+                message += "; reloading the crash kernel once ([kernel] recover)"
             logger.warning("%s", message, extra=log.fields("kernel-header-stale", backend=self.backend.name))
         elif was is not None:
             logger.info("the kernel's header is current again", extra=log.fields("kernel-header-stale",
@@ -632,6 +643,9 @@ class Daemon:
             self.update(asked[0][0], [done for _, done in asked])
         elif self.debounce.ready(now):
             self.update("events")
+        elif self._recover_wanted:
+            self._recover_wanted = False
+            self.update(RECOVER_REASON)
         elif self.retry_at is not None and now >= self.retry_at:
             self.update("retry")
 
