@@ -160,3 +160,33 @@ def test_a_kernel_that_did_not_update_its_header_is_reloaded_once_with_kexec_fil
         assert setup.loads() == (1 if recover else 0)  # never more than once for one stale spell
     finally:
         d.stop()
+
+
+def test_the_kernels_own_complaint_in_its_log_is_an_error_at_once(tmp_path):
+    """/dev/kmsg stands in as a FIFO under the fake root: the kernel's record format, written by the test."""
+    import os
+
+    root = make_tree(tmp_path / "root", QEMU_GUEST)
+    (root / "dev").mkdir()
+    os.mkfifo(root / "dev/kmsg")
+    kernel = os.open(root / "dev/kmsg", os.O_RDWR)  # the kernel's end, open before the daemon reads
+    sock = tmp_path / "control.sock"
+    config = write_config(tmp_path / "crashhpd.toml", {
+        "root": str(root), "state_dir": str(tmp_path / "state"), "monitor": {"source": "kernel"},
+        "control": {"socket": str(sock)},
+    })
+    d = DaemonProcess(tmp_path, config)
+    try:
+        d.wait_ready()
+        assert daemon_status(sock)["kernel_log_watched"] is True
+        os.write(kernel, b"6,1201,23456789,-;memory: something unrelated\n")
+        os.write(kernel, b"3,1202,23456790,-;crash hp: update elfcorehdr elfsz 8192 > memsz 4096\n")
+        wait_for(lambda: daemon_status(sock)["kernel_log_complaint"] is not None, 5, "the complaint read")
+        status = daemon_status(sock)
+        assert status["kernel_log_complaint"] == ("the kernel could not update the loaded header: "
+                                                  "crash hp: update elfcorehdr elfsz 8192 > memsz 4096")
+        assert status["errors"] == {"kernel-header-stale": 1}
+        assert "something unrelated" not in d.stderr()
+    finally:
+        d.stop()
+        os.close(kernel)

@@ -42,13 +42,14 @@ from ..config import Config, ControlConfig
 from ..elfcorehdr.build import Built, build_valid, changes
 from ..elfcorehdr.coverage import KernelView, view
 from ..elfcorehdr.layout import Layout
-from ..errors import BackendError, ConfigError, CrashhpdError, HeaderError
+from ..errors import BackendError, ConfigError, CrashhpdError, HeaderError, quoted
 from ..later import Later
 from ..sysview.kernel_state import KernelState
 from ..sysview.loaded_header import LoadedHeader, LoadedHeaderReader
 from ..sysview.snapshot import BootConstants, read_snapshot
 from .debounce import Debouncer
 from .health_log import HealthLog
+from .kmsg import KernelLog
 from .metrics import Metrics
 from .notify import Notifier
 from .reconcile import InFlight, Outcome, reconcile
@@ -160,6 +161,9 @@ class Daemon:
         self.kernel_view = KernelView()  # the header the kernel holds, as the last update read it
         self._revision = 0  # see revision()
         self._recover_wanted = False  # the kernel did not update its header: reload once, when nothing else runs
+        self.kernel_log = KernelLog(parts.cfg.root)
+        self._kernel_log_watched = False
+        self.kernel_log_complaint: str | None = None  # the kernel's last word on a failed header rewrite
         self._tracebacks_logged: set[tuple[str, str, str]] = set()
         self._monitor_fd = -1
         self._wake_r, self._wake_w = socket.socketpair()
@@ -192,6 +196,33 @@ class Daemon:
     def _resume_monitor(self) -> None:
         self.monitor_resume_at = None
         self.selector.register(self._monitor_fd, selectors.EVENT_READ, self._on_uevents)
+
+    def _open_kernel_log(self) -> None:
+        reason = self.kernel_log.open()
+        if reason is not None:
+            logger.debug("not watching the kernel's log for failed header rewrites: %s", reason)
+            return
+        self.selector.register(self.kernel_log.fileno(), selectors.EVENT_READ, self._on_kernel_log)
+        self._kernel_log_watched = True
+
+    def _close_kernel_log(self) -> None:
+        if self._kernel_log_watched:
+            self.selector.unregister(self.kernel_log.fileno())
+            self._kernel_log_watched = False
+        self.kernel_log.close()
+
+    def _on_kernel_log(self, _mask: int) -> None:
+        """The kernel says it could not update the loaded header: an error now, and a check at once."""
+        drained = self.kernel_log.drain()
+        for line in drained.lines:
+            message = f"the kernel could not update the loaded header: {quoted(line.strip())}"
+            self.kernel_log_complaint = message
+            self.stats.error("kernel-header-stale", message)
+            logger.warning("%s", message, extra=log.fields("kernel-header-stale", backend=self.backend.name))
+        if drained.lines:
+            self.debounce.event(self.clock(), 0)  # read the header back after the quiet window
+        if drained.ended:
+            self._close_kernel_log()
 
     def _install_signals(self) -> None:
         for fd in (self._wake_r, self._wake_w):
@@ -520,6 +551,8 @@ class Daemon:
             uncovered_ram_bytes=coverage.uncovered_ram_bytes if coverage else None,
             missing_cpu_notes=coverage.missing_cpu_notes if coverage else None,
             stale_ram_bytes=coverage.stale_ram_bytes if coverage else None,
+            kernel_log_watched=self._kernel_log_watched,
+            kernel_log_complaint=self.kernel_log_complaint,
         )
 
     def revision(self) -> int:
@@ -667,6 +700,7 @@ class Daemon:
 
     def _serve(self, control: Server | None) -> int:
         self._open_monitor()  # before the first snapshot, so nothing happens unseen in between
+        self._open_kernel_log()
         if control is not None:
             control.open()
         logger.info("crashhpd started: backend %s, layout %s, root %s, uevents from %s, configuration %s",
@@ -706,6 +740,7 @@ class Daemon:
             done.fail(CrashhpdError("crashhpd is stopping; no update was run"))
         self._asked = []
         self.notifier.stopping()
+        self._close_kernel_log()
         self.parts.udev.release("crashhpd stopped")
         if control is not None:
             control.close()

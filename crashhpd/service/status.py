@@ -65,6 +65,8 @@ class Status:
     uncovered_ram_bytes: int | None = None  # RAM a dump taken now would miss
     missing_cpu_notes: int | None = None  # CPUs whose registers a dump taken now would lose
     stale_ram_bytes: int | None = None  # RAM the kernel's header covers that no longer exists (hot-removed)
+    kernel_log_watched: bool = False  # /dev/kmsg is read for the kernel's `crash hp:` lines
+    kernel_log_complaint: str | None = None  # the last such line: the kernel could not update its header
 
 
 @dataclass(slots=True)
