@@ -639,7 +639,8 @@ class Daemon:
         return self.metrics.text(self.status())
 
     def _next_update_in(self) -> float | None:
-        due = [t for t in (self.debounce.due(), self.retry_at) if t is not None]
+        due = [t for t in (self.debounce.due(), self.retry_at, self.clock() if self._recover_wanted else None)
+               if t is not None]
         return max(min(due) - self.clock(), 0.0) if due else None
 
     # --- the loop ------------------------------------------------------------------------------
@@ -663,7 +664,7 @@ class Daemon:
             assert self.applying.inflight is not None
             candidates.append(self.applying.inflight.pending.deadline())
         elif not self.stopping:
-            candidates += [self.debounce.due(), self.retry_at]
+            candidates += [self.debounce.due(), self.retry_at, self.clock() if self._recover_wanted else None]
         due = [t for t in candidates if t is not None]
         return min(due) if due else None
 

@@ -140,6 +140,29 @@ def test_kernel_that_updates_the_header_itself_gets_no_reload(qemu: Qemu, boot: 
     assert_dimm_saved(seen)
 
 
+def test_a_kernel_that_does_not_update_its_header_is_caught_and_recovered(qemu: Qemu, boot: Boot,
+                                                                         tmp_path: Path) -> None:
+    """6.12 with an image loaded by kexec_load (no --hotplug): the kernel leaves its header alone on hotplug.
+    crashhpd, told the backend is `kernel`, reads the header back, sees the DIMM missing, and reloads once
+    with kexec_file_load, after which the DIMM is in the vmcore."""
+    seen = run_guest(qemu, boot, tmp_path, "6.12", "stale")
+    guest, ready, settled = seen["guest"], seen["ready"], seen["settled"]
+    check(guest, "-c" in seen["loaded"]["argv"], f"not loaded with kexec_load: {seen['loaded']}")
+    check(guest, ready["status"]["backend"] == "kernel" and ready["status"]["kernel_header_in_sync"] is True,
+          f"not the passive backend on a complete header: {ready['status']}")
+    status = settled["status"]
+    check(guest, status["errors"].get("kernel-header-stale", 0) >= 1, f"the stale header went unseen: {status}")
+    console = guest.console.read_text(errors="replace")
+    check(guest, f"a dump taken now would miss {DIMM} bytes of RAM" in console,
+          "the journal line does not say the whole DIMM was missing")
+    reloads = settled["kexec_loads"][len(ready["kexec_loads"]):]
+    check(guest, len(reloads) == 1 and "-s" in reloads[0]["args"].split(),
+          f"not exactly one kexec_file_load recovery: {reloads}")
+    check(guest, (status["kernel_header_in_sync"], status["uncovered_ram_bytes"]) == (True, 0),
+          f"still stale after the recovery: {status}")
+    assert_dimm_saved(seen)
+
+
 def test_kexec_backend_gets_a_hot_added_cpus_note_into_the_vmcore(qemu: Qemu, boot: Boot, tmp_path: Path) -> None:
     seen = run_guest(qemu, boot, tmp_path, "6.1", "kexec", plug="cpu")
     status = one_reload(seen)
