@@ -66,7 +66,9 @@ def test_generate_writes_the_header_of_the_layout(virtio, tmp_path, layout, size
     expected += [ram(*r) for r in high]
     assert program_headers(data) == expected and len(data) == size
     # 671 MiB + 0x8bee0000 + 1 GiB + 4 x 128 MiB (+ 0x9ec00 below 1 MiB) = 4.34 GiB either way
-    assert result.stderr.decode() == (
+    assert result.stderr.decode() == (  # the fake tree has no /proc/kcore, and says so
+        "crashhpd: warning: the direct-map base is unknown (/proc/kcore cannot be read): RAM p_vaddr assume "
+        "0xffff888000000000, wrong under KASLR; run as root with CAP_SYS_RAWIO, or give --page-offset\n"
         f"crashhpd: {size} bytes, {len(expected)} program headers: 4 CPU notes, a VMCOREINFO note, a kernel image, "
         f"{len(expected) - 6} RAM ranges (4.3 GiB)\n")
 
@@ -304,3 +306,14 @@ def test_invalid_config_exits_78_naming_the_key(tmp_path):
     assert proc.returncode == 78
     assert "debounce.max_delay_ms" in proc.stderr and "bogus" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_an_unknown_direct_map_base_is_said_not_silently_assumed(virtio, tmp_path):
+    """Without a readable /proc/kcore the base is the non-KASLR default, which is wrong under KASLR."""
+    result = crashhpd("generate", "--root", str(virtio), "-o", str(tmp_path / "h"))
+    assert result.returncode == 0 and "the direct-map base is unknown" in result.stderr.decode()
+    told = crashhpd("generate", "--root", str(virtio), "--page-offset", "0xffff9a0000000000", "-o", str(tmp_path / "h"))
+    assert "direct-map base is unknown" not in told.stderr.decode()
+    inspected = crashhpd("inspect", str(tmp_path / "h"), "--root", str(virtio), "--json")
+    assert json.loads(inspected.stdout)["direct_map_base_known"] is False
+    assert "cannot be checked" in inspected.stderr.decode()

@@ -23,6 +23,7 @@ class Stats:
     cpus: int = 0
     ram_ranges: int = 0
     ram_bytes: int = 0  # RAM the header covers
+    page_offset_guessed: bool = False  # the last header's direct-map base was the default, not the kernel's
     in_sync: bool = False
 
     def error(self, kind: str, message: str) -> None:

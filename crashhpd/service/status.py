@@ -65,6 +65,7 @@ class Status:
     uncovered_ram_bytes: int | None = None  # RAM a dump taken now would miss
     missing_cpu_notes: int | None = None  # CPUs whose registers a dump taken now would lose
     stale_ram_bytes: int | None = None  # RAM the kernel's header covers that no longer exists (hot-removed)
+    direct_map_base_known: bool = True  # False: /proc/kcore unreadable, RAM p_vaddr assume the non-KASLR base
     kernel_log_watched: bool = False  # /dev/kmsg is read for the kernel's `crash hp:` lines
     kernel_log_complaint: str | None = None  # the last such line: the kernel could not update its header
 

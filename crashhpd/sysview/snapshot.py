@@ -19,7 +19,7 @@ from ..errors import ParseError, SnapshotError
 from . import cpulist, iomem
 from .files import parse_int, read_int, read_text, under
 from .iomem import Resource
-from .kernel_state import KernelState, read_kernel_state
+from .kernel_state import KernelState, kexec_path, read_kernel_state
 from .loaded_header import LoadedHeader, LoadedHeaderReader
 from .ranges import Range
 
@@ -194,7 +194,8 @@ def read_snapshot(root: str = "/", boot: BootConstants | None = None,
     code = iomem.named(resources, "Kernel code")
     bss = iomem.named(resources, "Kernel bss")
     vmcoreinfo_text = read_text(root, "sys/kernel/vmcoreinfo")
-    cma_text = read_text(root, "sys/kernel/kexec_crash_cma_ranges")
+    cma_rel = kexec_path(root, "sys/kernel/kexec_crash_cma_ranges")
+    cma_text = read_text(root, cma_rel)
     kernel_max = read_int(root, f"{CPU_DIR}/kernel_max")
     return Snapshot(
         root=root,
@@ -212,7 +213,7 @@ def read_snapshot(root: str = "/", boot: BootConstants | None = None,
         boot=boot if boot is not None else read_boot_constants(root),
         kernel=read_kernel_state(root),
         kernel_max=kernel_max,
-        crash_cma=() if cma_text is None else parse_ranges(cma_text, under(root, "sys/kernel/kexec_crash_cma_ranges")),
+        crash_cma=() if cma_text is None else parse_ranges(cma_text, under(root, cma_rel)),
         resources=tuple(resources),
         loaded_header=None if header_reader is None else header_reader.read(),
     )
