@@ -173,3 +173,23 @@ def test_the_passive_backend_models_the_kernels_own_cpu_set_whatever_cpus_says(t
     assert parts.layout.cpus == "present"
     sandbox = build_parts(validate([("test", {"root": str(root), "state_dir": str(tmp_path / "state")})]), None)
     assert sandbox.layout.cpus == "online"  # the sandbox keeps what cpus says
+
+
+def test_status_names_the_possible_cpus_sysfs_gives_no_note_for(tmp_path, fixtures):
+    import selectors
+
+    from crashhpd import config as config_mod
+    from crashhpd.service.daemon import Daemon
+    from crashhpd.service.metrics import Metrics
+    from crashhpd.service.notify import Notifier
+    from crashhpd.wiring import build_parts
+
+    root = make_tree(tmp_path / "root", (fixtures / "iomem/qemu-kvm-crashkernel.txt").read_text(),
+                     possible="0-5", present="0-3", extra={CPU_ATTR: "1\n", MEM_ATTR: "1\n", LOADED: "1\n"})
+    cfg = config_mod.validate([("test", {"root": str(root), "backend": "kernel", "kernel": {"recover": False}})])
+    parts = build_parts(cfg, None)
+    daemon = Daemon(parts, build_parts, selectors.DefaultSelector(), Metrics(), Notifier(),
+                    None, None, config_mod.load)
+    daemon.update("events")
+    status = daemon.status()
+    assert status.cpus == 4 and status.cpus_without_notes == [4, 5]

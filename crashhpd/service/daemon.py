@@ -376,6 +376,7 @@ class Daemon:
         self.stats.ram_ranges = len(built.model.ram)
         self.stats.ram_bytes = sum(end - start + 1 for start, end in built.model.ram)
         self.stats.page_offset_guessed = built.model.page_offset_guessed
+        self.stats.cpus_without_notes = list(built.model.cpus_without_notes)
         self.stats.in_sync = True
         self.stats.last_duration_s = outcome.duration_s
         duration_us = int((self.clock() - update.started) * 1e6)
@@ -553,6 +554,7 @@ class Daemon:
             missing_cpu_notes=coverage.missing_cpu_notes if coverage else None,
             stale_ram_bytes=coverage.stale_ram_bytes if coverage else None,
             direct_map_base_known=not stats.page_offset_guessed,
+            cpus_without_notes=list(stats.cpus_without_notes),
             kernel_log_watched=self._kernel_log_watched,
             kernel_log_complaint=self.kernel_log_complaint,
         )

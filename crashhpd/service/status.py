@@ -7,7 +7,7 @@ place. Admins' scripts read these names over the socket: within a protocol
 version a field is never renamed or removed, only added.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..backends.base import Applied
 from ..elfcorehdr.build import Built
@@ -66,6 +66,8 @@ class Status:
     missing_cpu_notes: int | None = None  # CPUs whose registers a dump taken now would lose
     stale_ram_bytes: int | None = None  # RAM the kernel's header covers that no longer exists (hot-removed)
     direct_map_base_known: bool = True  # False: /proc/kcore unreadable, RAM p_vaddr assume the non-KASLR base
+    # CPUs of the layout's set that sysfs gives no crash_notes address (possible, not present): not modelled
+    cpus_without_notes: list[int] = field(default_factory=list)
     kernel_log_watched: bool = False  # /dev/kmsg is read for the kernel's `crash hp:` lines
     kernel_log_complaint: str | None = None  # the last such line: the kernel could not update its header
 

@@ -94,6 +94,22 @@ def assert_the_kernels_header_read_back(seen: dict[str, Any]) -> None:
         check(guest, (status["kernel_header_in_sync"], status["uncovered_ram_bytes"], status["missing_cpu_notes"],
                       status["stale_ram_bytes"]) == (True, 0, 0, 0), f"the kernel's header misses something: {status}")
     check(guest, seen["settled"]["verify"]["source"] == "kernel", f"verify did not use it: {seen['settled']['verify']}")
+    assert_the_kdump_kernel_used_what_was_read(seen)
+
+
+def assert_the_kdump_kernel_used_what_was_read(seen: dict[str, Any]) -> None:
+    """What crashhpd read back is what the kdump kernel turned into /proc/vmcore: the same PT_LOADs (address
+    and size; the kdump kernel rewrites only their file offsets) and one NT_PRSTATUS per CPU note."""
+    guest, read, vmcore = seen["guest"], seen["settled"]["kernel_header"], seen["vmcore"]
+
+    def loads(segments: list[dict[str, Any]]) -> list[tuple[int, int]]:
+        return sorted((s["paddr"], s["memsz"]) for s in segments if s["type"] == "PT_LOAD" and s["memsz"])
+
+    check(guest, loads(read) == loads(vmcore["segments"]),
+          f"the vmcore's PT_LOADs are not the header read back: {loads(read)} against {loads(vmcore['segments'])}")
+    cpu_notes = sum(1 for s in read if s["type"] == "PT_NOTE") - 1  # all but VMCOREINFO
+    check(guest, vmcore["prstatus"] == cpu_notes,
+          f"{vmcore['prstatus']} NT_PRSTATUS in the vmcore, {cpu_notes} CPU notes in the header read back")
 
 
 def assert_dimm_saved(seen: dict[str, Any]) -> None:
