@@ -94,6 +94,10 @@ def assert_the_kernels_header_read_back(seen: dict[str, Any]) -> None:
         check(guest, (status["kernel_header_in_sync"], status["uncovered_ram_bytes"], status["missing_cpu_notes"],
                       status["stale_ram_bytes"]) == (True, 0, 0, 0), f"the kernel's header misses something: {status}")
     check(guest, seen["settled"]["verify"]["source"] == "kernel", f"verify did not use it: {seen['settled']['verify']}")
+    settled = seen["settled"]
+    check(guest, settled["kernel_header"] == settled["model_header"],
+          f"the header read back is not crashhpd's model of it, field for field: {settled['kernel_header']} "
+          f"against {settled['model_header']}")
     assert_the_kdump_kernel_used_what_was_read(seen)
 
 

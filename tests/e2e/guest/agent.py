@@ -202,7 +202,8 @@ def settle(what: list[str], daemon: bool, events_before: int) -> dict[str, Any]:
     result: dict[str, Any] = {"online_at": uptime()}
     if daemon:
         result.update(status=daemon_idle(events_before, deadline), verify=control("verify"),
-                      kernel_header=control("kernel-header")["segments"], kexec_loads=kexec_loads())
+                      kernel_header=control("kernel-header")["segments"], model_header=control("header")["segments"],
+                      kexec_loads=kexec_loads())
     return result
 
 
