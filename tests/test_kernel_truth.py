@@ -190,3 +190,24 @@ def test_the_kernels_own_complaint_in_its_log_is_an_error_at_once(tmp_path):
     finally:
         d.stop()
         os.close(kernel)
+
+
+def test_notes_of_possible_cpus_sysfs_cannot_give_are_taken_from_the_kernels_header(tmp_path):
+    """6.6+ writes a note per possible CPU; sysfs has crash_notes only for present ones (0-3 of 0-5 here)."""
+    from dataclasses import replace
+
+    from crashhpd.elfcorehdr.pack import build
+    from crashhpd.sysview.loaded_header import LoadedHeaderReader
+
+    root = make_tree(tmp_path / "root", QEMU_GUEST, possible="0-5", present="0-3")
+    crash = CrashKernel(root).install(b"\x7fELF", MEMSZ)
+    model = build_valid(read_snapshot(str(root)), preset("kernel", "present")).model
+    absent = ((4, 0x13FC1B000, 368), (5, 0x13FC1C000, 368))  # where the kernel put the two absent CPUs' notes
+    crash.fill(build(replace(model, cpu_notes=model.cpu_notes + absent)), MEMSZ)
+    snapshot = read_snapshot(str(root), header_reader=LoadedHeaderReader(str(root)))
+    assert {cpu: note.addr for cpu, note in snapshot.crash_notes.items() if cpu >= 4} == {4: 0x13FC1B000,
+                                                                                           5: 0x13FC1C000}
+    built = build_valid(snapshot, preset("kernel", "possible"))
+    assert built.model.cpus_without_notes == () and len(built.model.cpu_notes) == 6
+    without = build_valid(read_snapshot(str(root)), preset("kernel", "possible"))  # nobody read the kernel's
+    assert without.model.cpus_without_notes == (4, 5)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from ..elf import notes_of
 from ..errors import ParseError, SnapshotError
 from . import cpulist, iomem
 from .files import parse_int, read_int, read_text, under
@@ -197,23 +198,45 @@ def read_snapshot(root: str = "/", boot: BootConstants | None = None,
     cma_rel = kexec_path(root, "sys/kernel/kexec_crash_cma_ranges")
     cma_text = read_text(root, cma_rel)
     kernel_max = read_int(root, f"{CPU_DIR}/kernel_max")
+    possible = _read_cpus(root, "possible")
+    vmcoreinfo = None if vmcoreinfo_text is None else parse_vmcoreinfo(vmcoreinfo_text,
+                                                                       under(root, "sys/kernel/vmcoreinfo"))
+    loaded = None if header_reader is None else header_reader.read()
+    crash_notes = _read_crash_notes(root)
+    if loaded is not None and loaded.readable and possible is not None:
+        crash_notes = _with_notes_of_absent_cpus(crash_notes, possible, vmcoreinfo, loaded.header)
     return Snapshot(
         root=root,
         ram=ram,
         crash_kernel=tuple(iomem.named(resources, iomem.CRASH_KERNEL)),
         kernel_code=code[0] if code else None,
         kernel_bss=bss[0] if bss else None,
-        cpus_possible=_read_cpus(root, "possible"),
+        cpus_possible=possible,
         cpus_present=_read_cpus(root, "present"),
         cpus_online=online,
-        crash_notes=_read_crash_notes(root),
-        vmcoreinfo=None
-        if vmcoreinfo_text is None
-        else parse_vmcoreinfo(vmcoreinfo_text, under(root, "sys/kernel/vmcoreinfo")),
+        crash_notes=crash_notes,
+        vmcoreinfo=vmcoreinfo,
         boot=boot if boot is not None else read_boot_constants(root),
         kernel=read_kernel_state(root),
         kernel_max=kernel_max,
         crash_cma=() if cma_text is None else parse_ranges(cma_text, under(root, cma_rel)),
         resources=tuple(resources),
-        loaded_header=None if header_reader is None else header_reader.read(),
+        loaded_header=loaded,
     )
+
+
+def _with_notes_of_absent_cpus(notes: dict[int, CpuNote], possible: frozenset[int],
+                               vmcoreinfo: tuple[int, int] | None, kernel_header: bytes) -> dict[int, CpuNote]:
+    """The notes sysfs lists, and those of possible CPUs it cannot (not present), from the kernel's own header.
+
+    Linux 6.6+ writes one note per possible CPU, in CPU order, beside VMCOREINFO; sysfs has crash_notes only
+    for present CPUs. Where the kernel's header has exactly one note per possible CPU and agrees with every
+    address sysfs gives, the rest are taken from it; otherwise nothing is guessed.
+    """
+    cpu_notes = [note for note in notes_of(kernel_header) if vmcoreinfo is None or note[0] != vmcoreinfo[0]]
+    if len(cpu_notes) != len(possible):
+        return notes
+    by_cpu = dict(zip(sorted(possible), cpu_notes))
+    if any(by_cpu.get(cpu, (None,))[0] != note.addr for cpu, note in notes.items()):
+        return notes  # the order is not what it seems: guess nothing
+    return {**{cpu: CpuNote(addr, size) for cpu, (addr, size) in by_cpu.items()}, **notes}
