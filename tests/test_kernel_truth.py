@@ -34,6 +34,18 @@ def ctl(sock: Path, *args: str) -> tuple[int, dict]:
     return proc.returncode, json.loads(proc.stdout)
 
 
+def sandbox_daemon(tmp_path: Path, root: Path, **tables: object) -> tuple[Path, DaemonProcess]:
+    """The control socket and a started daemon with the sandbox backend on `root`."""
+    sock = tmp_path / "control.sock"
+    config = write_config(tmp_path / "crashhpd.toml", {
+        "root": str(root), "state_dir": str(tmp_path / "state"), "monitor": {"source": "kernel"},
+        "control": {"socket": str(sock)}, **tables,
+    })
+    d = DaemonProcess(tmp_path, config)
+    d.wait_ready()
+    return sock, d
+
+
 @pytest.fixture
 def loaded(tmp_path: Path):
     """A fake root whose kernel holds the header a fresh snapshot gives, and a daemon watching it."""
@@ -41,13 +53,7 @@ def loaded(tmp_path: Path):
     crash = CrashKernel(root).install(b"\x7fELF", MEMSZ)  # kallsyms and kcore first: the header depends on them
     header = build_valid(read_snapshot(str(root)), preset("kernel")).data
     crash.fill(header, MEMSZ)
-    sock = tmp_path / "control.sock"
-    config = write_config(tmp_path / "crashhpd.toml", {
-        "root": str(root), "state_dir": str(tmp_path / "state"), "monitor": {"source": "kernel"},
-        "control": {"socket": str(sock)}, "log": {"level": "debug"},
-    })
-    d = DaemonProcess(tmp_path, config)
-    d.wait_ready()
+    sock, d = sandbox_daemon(tmp_path, root, log={"level": "debug"})
     yield root, sock, d, header
     d.stop()
 
@@ -85,14 +91,8 @@ def test_a_hot_add_the_kernel_did_not_follow_is_what_a_dump_would_miss(loaded):
 
 def test_where_the_kernels_memory_cannot_be_read_status_says_why_and_verify_uses_the_record(tmp_path):
     root = make_tree(tmp_path / "root", QEMU_GUEST)  # no kcore, no BTF: nothing can be read back
-    sock = tmp_path / "control.sock"
-    config = write_config(tmp_path / "crashhpd.toml", {
-        "root": str(root), "state_dir": str(tmp_path / "state"), "monitor": {"source": "kernel"},
-        "control": {"socket": str(sock)},
-    })
-    d = DaemonProcess(tmp_path, config)
+    sock, d = sandbox_daemon(tmp_path, root)
     try:
-        d.wait_ready()
         status = daemon_status(sock)
         assert status["kernel_header_readable"] is False and status["kernel_header_unreadable_reason"]
         assert status["uncovered_ram_bytes"] is None
@@ -170,14 +170,8 @@ def test_the_kernels_own_complaint_in_its_log_is_an_error_at_once(tmp_path):
     (root / "dev").mkdir()
     os.mkfifo(root / "dev/kmsg")
     kernel = os.open(root / "dev/kmsg", os.O_RDWR)  # the kernel's end, open before the daemon reads
-    sock = tmp_path / "control.sock"
-    config = write_config(tmp_path / "crashhpd.toml", {
-        "root": str(root), "state_dir": str(tmp_path / "state"), "monitor": {"source": "kernel"},
-        "control": {"socket": str(sock)},
-    })
-    d = DaemonProcess(tmp_path, config)
+    sock, d = sandbox_daemon(tmp_path, root)
     try:
-        d.wait_ready()
         assert daemon_status(sock)["kernel_log_watched"] is True
         os.write(kernel, b"6,1201,23456789,-;memory: something unrelated\n")
         os.write(kernel, b"3,1202,23456790,-;crash hp: update elfcorehdr elfsz 8192 > memsz 4096\n")
