@@ -36,20 +36,20 @@ from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
 from .. import __version__, log
-from ..backends.base import KEEP_KERNEL_HEADER, Backend, Watch
+from ..backends.base import Backend, Watch
 from ..backends.kernel import KernelBackend
 from ..config import Config, ControlConfig
-from ..elfcorehdr.build import Built, build_valid, changes
-from ..elfcorehdr.coverage import KernelView, view
+from ..elfcorehdr.build import build_valid, changes
+from ..elfcorehdr.coverage import view
 from ..elfcorehdr.layout import Layout
-from ..errors import BackendError, ConfigError, CrashhpdError, HeaderError, quoted
+from ..errors import BackendError, ConfigError, CrashhpdError, HeaderError
 from ..later import Later
 from ..sysview.kernel_state import KernelState
 from ..sysview.loaded_header import LoadedHeader, LoadedHeaderReader
 from ..sysview.snapshot import BootConstants, read_snapshot
 from .debounce import Debouncer
 from .health_log import HealthLog
-from .kmsg import KernelLog
+from .kernel_watch import KernelWatch
 from .metrics import Metrics
 from .notify import Notifier
 from .reconcile import InFlight, Outcome, reconcile
@@ -158,12 +158,9 @@ class Daemon:
         self._previous_signals: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
         self._previous_wakeup_fd = -1
         self.health_log = HealthLog()
-        self.kernel_view = KernelView()  # the header the kernel holds, as the last update read it
         self._revision = 0  # see revision()
-        self._recover_wanted = False  # the kernel did not update its header: reload once, when nothing else runs
-        self.kernel_log = KernelLog(parts.cfg.root)
-        self._kernel_log_watched = False
-        self.kernel_log_complaint: str | None = None  # the kernel's last word on a failed header rewrite
+        self.kernel_watch = KernelWatch(parts.cfg.root, self.selector, lambda: self.backend.name, self.stats.error,
+                                        lambda: self.debounce.event(self.clock(), 0))
         self._tracebacks_logged: set[tuple[str, str, str]] = set()
         self._monitor_fd = -1
         self._wake_r, self._wake_w = socket.socketpair()
@@ -196,33 +193,6 @@ class Daemon:
     def _resume_monitor(self) -> None:
         self.monitor_resume_at = None
         self.selector.register(self._monitor_fd, selectors.EVENT_READ, self._on_uevents)
-
-    def _open_kernel_log(self) -> None:
-        reason = self.kernel_log.open()
-        if reason is not None:
-            logger.debug("not watching the kernel's log for failed header rewrites: %s", reason)
-            return
-        self.selector.register(self.kernel_log.fileno(), selectors.EVENT_READ, self._on_kernel_log)
-        self._kernel_log_watched = True
-
-    def _close_kernel_log(self) -> None:
-        if self._kernel_log_watched:
-            self.selector.unregister(self.kernel_log.fileno())
-            self._kernel_log_watched = False
-        self.kernel_log.close()
-
-    def _on_kernel_log(self, _mask: int) -> None:
-        """The kernel says it could not update the loaded header: an error now, and a check at once."""
-        drained = self.kernel_log.drain()
-        for line in drained.lines:
-            message = f"the kernel could not update the loaded header: {quoted(line.strip())}"
-            self.kernel_log_complaint = message
-            self.stats.error("kernel-header-stale", message)
-            logger.warning("%s", message, extra=log.fields("kernel-header-stale", backend=self.backend.name))
-        if drained.lines:
-            self.debounce.event(self.clock(), 0)  # read the header back after the quiet window
-        if drained.ended:
-            self._close_kernel_log()
 
     def _install_signals(self) -> None:
         for fd in (self._wake_r, self._wake_w):
@@ -318,6 +288,10 @@ class Daemon:
         backend = self._recovery() if recover else None
         return reconcile(backend or self.backend, snapshot, self.parts.layout, self.clock)
 
+    def _recover_at(self) -> float | None:
+        """Now, when the kernel left its header stale and a reload was asked for: else never."""
+        return self.clock() if self.kernel_watch.recover_wanted else None
+
     def _recovery(self) -> Backend | None:
         """The passive backend's way to reload, when the kernel did not update its header; None: there is none."""
         return self.backend.recovery if isinstance(self.backend, KernelBackend) else None
@@ -369,9 +343,9 @@ class Daemon:
         loaded = built.snapshot.loaded_header
         if outcome.applied is not None and loaded is not None:
             loaded = self.parts.header_reader.read()  # the apply changed what the kernel holds: look again
-            if self.backend.reloads:
-                self._confirm_load(loaded, built)
-        self._watch_kernel(view(loaded, built))
+        self.kernel_watch.updated(loaded, built, self.parts.layout.name,
+                                  reloaded=outcome.applied is not None and self.backend.reloads,
+                                  can_recover=self._recovery() is not None)
         self.stats.cpus = len(built.model.cpu_notes)
         self.stats.ram_ranges = len(built.model.ram)
         self.stats.ram_bytes = sum(end - start + 1 for start, end in built.model.ram)
@@ -501,7 +475,7 @@ class Daemon:
         capacity = backend.capacity(self.kernel)
         header_bytes = state.header_size if state else 0
         control = self.control.counters() if self.control is not None else ControlCounters()
-        coverage = self.kernel_view.coverage
+        coverage = self.kernel_watch.view.coverage
         return Status(
             version=__version__,
             pid=os.getpid(),
@@ -545,18 +519,18 @@ class Daemon:
             udev_rule_inert=self.parts.udev.verdict.inert,
             udev_rule_detail=self.parts.udev.verdict.detail,
             crash_kernel_loaded=self.kernel.crash_loaded,
-            kernel_header_readable=self.kernel_view.readable,
-            kernel_header_unreadable_reason=self.kernel_view.unreadable_reason,
+            kernel_header_readable=self.kernel_watch.view.readable,
+            kernel_header_unreadable_reason=self.kernel_watch.view.unreadable_reason,
             kernel_header_sha256=coverage.sha256 if coverage else None,
-            kernel_segment_bytes=self.kernel_view.segment_bytes,
+            kernel_segment_bytes=self.kernel_watch.view.segment_bytes,
             kernel_header_in_sync=coverage.in_sync if coverage else None,
             uncovered_ram_bytes=coverage.uncovered_ram_bytes if coverage else None,
             missing_cpu_notes=coverage.missing_cpu_notes if coverage else None,
             stale_ram_bytes=coverage.stale_ram_bytes if coverage else None,
             direct_map_base_known=not stats.page_offset_guessed,
             cpus_without_notes=list(stats.cpus_without_notes),
-            kernel_log_watched=self._kernel_log_watched,
-            kernel_log_complaint=self.kernel_log_complaint,
+            kernel_log_watched=self.kernel_watch.log_watched,
+            kernel_log_complaint=self.kernel_watch.complaint,
         )
 
     def revision(self) -> int:
@@ -590,40 +564,6 @@ class Daemon:
         """The header the kernel holds, read now (or why it cannot be)."""
         return self.parts.header_reader.read()
 
-    def _confirm_load(self, loaded: LoadedHeader, built: Built) -> None:
-        """After a reload: did it put in what was expected? Where kexec-tools built other bytes than the
-        model, say so (model drift): the skip-or-reload decision compares coverage, so it costs no dump."""
-        if not loaded.readable:
-            return
-        held = loaded.header
-        if built.data[:len(held)] == held and not any(built.data[len(held):]):
-            return
-        lines = changes(held, built)
-        what = (": " + "; ".join(lines)) if lines else " (same RAM and CPUs, other bytes)"
-        logger.warning("model drift: the reload loaded another header than crashhpd's %s model%s",
-                       self.parts.layout.name, what, extra=log.fields("model-drift", backend=self.backend.name))
-
-    def _watch_kernel(self, kernel: KernelView) -> None:
-        """Keep what the kernel holds for status; say so once when it starts (or stops) missing something."""
-        was = self.kernel_view.coverage
-        self.kernel_view = kernel
-        now = kernel.coverage
-        if now is None or (was is not None and was.in_sync == now.in_sync):
-            return
-        if not now.in_sync:
-            message = (f"the kernel's header is stale: a dump taken now would miss {now.uncovered_ram_bytes} bytes "
-                       f"of RAM and {now.missing_cpu_notes} CPU notes, and cover {now.stale_ram_bytes} bytes that "
-                       f"are gone: {'; '.join(now.changes) or 'no visible change'}")
-            if self.backend.name in KEEP_KERNEL_HEADER:  # its job, not done: an error, not only a report
-                self.stats.error("kernel-header-stale", message)
-            if self._recovery() is not None:  # once per stale spell: a reload that does not fix it is not repeated
-                self._recover_wanted = True
-                message += "; reloading the crash kernel once ([kernel] recover)"
-            logger.warning("%s", message, extra=log.fields("kernel-header-stale", backend=self.backend.name))
-        elif was is not None:
-            logger.info("the kernel's header is current again", extra=log.fields("kernel-header-stale",
-                                                                                  backend=self.backend.name))
-
     def reconcile_now(self, reason: str) -> Done:
         """The update a burst would trigger, now: pending events are taken over, the debounce skipped.
 
@@ -643,7 +583,7 @@ class Daemon:
         return self.metrics.text(self.status())
 
     def _next_update_in(self) -> float | None:
-        due = [t for t in (self.debounce.due(), self.retry_at, self.clock() if self._recover_wanted else None)
+        due = [t for t in (self.debounce.due(), self.retry_at, self._recover_at())
                if t is not None]
         return max(min(due) - self.clock(), 0.0) if due else None
 
@@ -668,7 +608,7 @@ class Daemon:
             assert self.applying.inflight is not None
             candidates.append(self.applying.inflight.pending.deadline())
         elif not self.stopping:
-            candidates += [self.debounce.due(), self.retry_at, self.clock() if self._recover_wanted else None]
+            candidates += [self.debounce.due(), self.retry_at, self._recover_at()]
         due = [t for t in candidates if t is not None]
         return min(due) if due else None
 
@@ -681,8 +621,8 @@ class Daemon:
             self.update(asked[0][0], [done for _, done in asked])
         elif self.debounce.ready(now):
             self.update("events")
-        elif self._recover_wanted:
-            self._recover_wanted = False
+        elif self.kernel_watch.recover_wanted:
+            self.kernel_watch.recover_wanted = False
             self.update(RECOVER_REASON)
         elif self.retry_at is not None and now >= self.retry_at:
             self.update("retry")
@@ -705,7 +645,7 @@ class Daemon:
 
     def _serve(self, control: Server | None) -> int:
         self._open_monitor()  # before the first snapshot, so nothing happens unseen in between
-        self._open_kernel_log()
+        self.kernel_watch.open()
         if control is not None:
             control.open()
         logger.info("crashhpd started: backend %s, layout %s, root %s, uevents from %s, configuration %s",
@@ -745,7 +685,7 @@ class Daemon:
             done.fail(CrashhpdError("crashhpd is stopping; no update was run"))
         self._asked = []
         self.notifier.stopping()
-        self._close_kernel_log()
+        self.kernel_watch.close()
         self.parts.udev.release("crashhpd stopped")
         if control is not None:
             control.close()
