@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 # Shortcuts; each goes through .ci/setup, which installs whatever is missing first.
 .PHONY: run test test-fast e2e lint deb
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """`crashhpd`: generate and inspect headers, and run the daemon.
 
 Every error the outside world can cause ends as one line on stderr and an
@@ -21,6 +22,8 @@ from .sysview.ranges import size_text
 from .sysview.snapshot import read_snapshot
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+GUESSED_BASE = ("the direct-map base is unknown (/proc/kcore cannot be read): RAM p_vaddr assume 0x{:x}, "
+                "wrong under KASLR; run as root with CAP_SYS_RAWIO, or give --page-offset")
 
 
 def _page_offset(text: str) -> int:
@@ -56,7 +59,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", default=None,
                      help="config file (default /etc/crashhpd/crashhpd.toml and its .d/ drop-ins)")
     run.add_argument("--root", default=None, help="root of the /proc and /sys to read; overrides the config's root")
+
+    release = sub.add_parser("release-udev", help="remove the udev overrides a daemon placed and could not remove "
+                                                  "(the unit's ExecStopPost): the distribution's rule applies again")
+    release.add_argument("--config", default=None, help="config file (default /etc/crashhpd/crashhpd.toml)")
     return ap
+
+
+def release_udev(args: argparse.Namespace) -> int:
+    from . import config as config_mod
+    from .service.udev_takeover import UdevTakeover
+
+    cfg = config_mod.load(args.config)
+    UdevTakeover(cfg.root, cfg.udev.rules, cfg.udev.runtime_dir).release("crashhpd is not running")
+    return EXIT_OK
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -78,6 +94,8 @@ def generate(args: argparse.Namespace) -> int:
     else:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
+    if model.page_offset_guessed:  # after the write: a generate that failed has nothing to warn about
+        print(f"crashhpd: warning: {GUESSED_BASE.format(model.page_offset)}", file=sys.stderr)
     ram_bytes = sum(end - start + 1 for start, end in model.ram)
     print(f"crashhpd: {len(data)} bytes, {model.phnum} program headers: {len(model.cpu_notes)} CPU notes, "
           f"{'a' if model.vmcoreinfo else 'no'} VMCOREINFO note, {'a' if model.image else 'no'} kernel image, "
@@ -89,6 +107,10 @@ def inspect(args: argparse.Namespace) -> int:
     with open(args.file, "rb") as f:
         data = f.read()
     snapshot = read_snapshot(args.root) if args.root else None
+    base_known = snapshot is None or snapshot.boot.direct_map_base is not None
+    if not base_known:
+        print("crashhpd: warning: the direct-map base is unknown (/proc/kcore cannot be read): the RAM p_vaddr "
+              "of this header cannot be checked against the system's", file=sys.stderr)
     header: ParsedHeader | None
     try:
         header = parse(data)
@@ -97,7 +119,8 @@ def inspect(args: argparse.Namespace) -> int:
         problems, header = [str(err)], None
     if args.json:
         print(json.dumps({"file": args.file, "valid": not problems, "problems": problems,
-                          "header": header.to_json() if header else None}, indent=2))
+                          "header": header.to_json() if header else None,
+                          "direct_map_base_known": base_known if snapshot is not None else None}, indent=2))
     else:
         if header is not None:
             print(table(header))
@@ -114,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .wiring import run  # pulls in pyudev, journald and the config; only the daemon needs them
 
         return run(args.config, args.root)
-    handlers = {"generate": generate, "inspect": inspect}
+    handlers = {"generate": generate, "inspect": inspect, "release-udev": release_udev}
     try:
         return handlers[args.command](args)
     except CrashhpdError as err:

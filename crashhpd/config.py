@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """crashhpd's configuration: one TOML file, its drop-ins, validated as a whole.
 
 The daemon must start on a fresh host, so every key has a default and a missing
@@ -152,10 +153,26 @@ class MetricsConfig(_Section):
     textfile_dir: AbsPath | None = None
 
 
+class UdevConfig(_Section):
+    """Whether, and with which files, crashhpd silences the distribution's per-event reload rule while it runs."""
+
+    takeover: bool = True
+    rules: AbsPath = "/usr/share/crashhpd/udev"  # the override files (udev/*.rules in the source tree)
+    runtime_dir: AbsPath = "/run/udev/rules.d"  # under root: where udev looks before the packaged rules
+
+
 class LogConfig(_Section):
     """How much goes to the journal."""
 
     level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class KernelConfig(_Section):
+    """The passive backend: the kernel keeps the header, crashhpd checks its work."""
+
+    # When the kernel did not update its header after a burst (it read back stale), reload the crash kernel
+    # once with kexec_file_load (`kexec -p -s`, a freshly sized segment), as [kexec] says; [kexec] dry_run holds.
+    recover: bool = True
 
 
 class KexecConfig(_Section):
@@ -187,6 +204,8 @@ class Config(_Section):
     control: ControlConfig = Field(default_factory=ControlConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    udev: UdevConfig = Field(default_factory=UdevConfig)
+    kernel: KernelConfig = Field(default_factory=KernelConfig)
     kexec: KexecConfig = Field(default_factory=KexecConfig)
     _sources: tuple[str, ...] = PrivateAttr(default=())
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """ELF64 core-header facts and x86_64 address-space landmarks, shared by every stage.
 
 The header crashhpd builds (elfcorehdr/), the one it reads back from the
@@ -22,6 +23,22 @@ EV_CURRENT = 1
 PN_XNUM = 0xFFFF
 MAX_PHNUM = PN_XNUM - 1
 E_IDENT = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)  # ELFCLASS64, LSB, EV_CURRENT, SYSV
+
+
+def notes_of(header: bytes) -> list[tuple[int, int]]:
+    """(p_paddr, p_memsz) of every PT_NOTE of an ELF64 header, in order; [] when it is not one."""
+    if len(header) < EHDR_SIZE or header[:4] != E_IDENT[:4]:
+        return []
+    phoff, phnum = EHDR.unpack_from(header)[5], EHDR.unpack_from(header)[10]
+    notes = []
+    for i in range(phnum):
+        at = phoff + i * PHDR_SIZE
+        if at + PHDR_SIZE > len(header):
+            break
+        p_type, _flags, _offset, _vaddr, paddr, _filesz, memsz, _align = PHDR.unpack_from(header, at)
+        if p_type == PT_NOTE:
+            notes.append((paddr, memsz))
+    return notes
 
 
 def align_up(value: int, align: int) -> int:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Errors that carry one clear line for the admin.
 
 Every failure that comes from the outside world (a file, a config, a loader)

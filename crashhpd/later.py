@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """A result the event loop hands out before it has it: resolved (or failed) later, on a later turn.
 
 The loop has no threads and no asyncio, so this is all a promise needs to

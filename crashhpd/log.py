@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Logging for crashhpd: journald with structured fields when stderr goes there, plain lines otherwise.
 
 Modules log with the standard library (`logging.getLogger(__name__)`) and
@@ -45,6 +46,9 @@ MESSAGE_IDS: Mapping[str, str] = MappingProxyType({
     "passive": "9c44778e2e26470a9a5fa1bcc0df82cc",
     "load-limit": "fb2c210bfc4549589ca7b2b1f62528bf",
     "control": "8b9d7c88c0924d80ae8258e1e800c744",
+    "kernel-header-stale": "ad5c2f75b8b54bca994fb2d34454a2c9",
+    "model-drift": "a697cc5dcae6478582a3ca620e8a257e",
+    "udev": "945d70f4be4f4e1795f060b1c091d4d5",
 })
 
 LEVELS: Mapping[str, int] = MappingProxyType({

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Files replaced whole, in one directory, without following anything planted there.
 
 Every file crashhpd writes (the sandbox segment and its state.json, the

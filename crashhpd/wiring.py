@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """`crashhpd run`: every part of the daemon built in one place and handed to the loop.
 
 The loop (service/daemon.py) never constructs anything itself: the monitor,
@@ -20,13 +21,16 @@ from .backends.base import Backend
 from .config import Config
 from .control import ops
 from .control.server import ControlError, ControlServer
-from .elfcorehdr.layout import Layout, preset
+from .elfcorehdr.layout import CpuSet, Layout, preset
 from .errors import ConfigError, CrashhpdError
 from .service.daemon import Daemon, Parts
 from .service.metrics import Metrics
 from .service.monitor import EventMonitor
 from .service.notify import Notifier
 from .service.status import ControlCounters
+from .service.udev_takeover import UdevTakeover
+from .sysview.kernel_state import KernelState
+from .sysview.loaded_header import LoadedHeaderReader
 from .sysview.snapshot import read_boot_constants, read_snapshot
 
 logger = logging.getLogger(__name__)
@@ -37,10 +41,21 @@ EX_FATAL = 1
 BACKEND_KEYS = ("root", "backend", "state_dir", "sandbox", "kexec")
 
 
-def layout_for(cfg: Config, backend: Backend) -> Layout:
-    """The config's layout, else the one the backend's loader produces."""
+def layout_for(cfg: Config, backend: Backend, kernel: KernelState) -> Layout:
+    """The config's layout, else the one the backend's loader produces.
+
+    For the passive backend the CPU set is the running kernel's, whatever `cpus` says: Linux 6.6+ (the
+    kernels that publish crash_hotplug) writes a note for every possible CPU, earlier ones for every
+    present CPU; `cpus` chooses only for the sandbox, which stands in for no kernel in particular.
+    """
     name = cfg.layout or backend.layout
-    return preset(name, cfg.cpus if name == "kernel" else None, cfg.page_offset)
+    if name != "kernel":
+        return preset(name, None, cfg.page_offset)
+    if backend.name == "kernel":
+        cpus: CpuSet = "present" if kernel.crash_hotplug_cpu is None and kernel.crash_hotplug_memory is None \
+            else "possible"
+        return preset(name, cpus, cfg.page_offset)
+    return preset(name, cfg.cpus, cfg.page_offset)
 
 
 def build_parts(cfg: Config, old: Parts | None, context: pyudev.Context | None = None) -> Parts:
@@ -60,7 +75,11 @@ def build_parts(cfg: Config, old: Parts | None, context: pyudev.Context | None =
         monitor = old.monitor
     else:
         monitor = EventMonitor(cfg.monitor.source, cfg.monitor.receive_buffer_bytes, context)
-    return Parts(cfg, boot, backend, layout_for(cfg, backend), monitor, snapshot.kernel)
+    udev = old.udev if old is not None and old.cfg.udev == cfg.udev else \
+        UdevTakeover(cfg.root, cfg.udev.rules, cfg.udev.runtime_dir, enabled=cfg.udev.takeover)
+    reader = old.header_reader if old is not None and same_root else LoadedHeaderReader(cfg.root)
+    return Parts(cfg, boot, backend, layout_for(cfg, backend, snapshot.kernel), monitor, snapshot.kernel, udev,
+                 reader)
 
 
 def control_server(cfg: Config, selector: selectors.BaseSelector, daemon: Daemon) -> ControlServer:

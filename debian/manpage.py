@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Write a command's man page from its argparse parser, so the page cannot drift from the options.
 
     python3 debian/manpage.py crashhpd|crashhpctl OUTPUT

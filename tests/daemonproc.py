@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """A real `crashhpd run` process on a fake root, with a real sd_notify socket, for end-to-end tests."""
 
 import functools
@@ -11,6 +12,7 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -203,3 +205,47 @@ def generated(root: Path, layout: str = "kernel") -> bytes:
     """What `crashhpd generate` builds for the tree now: the reference the daemon must match."""
     return subprocess.run([CRASHHPD, "generate", "--root", str(root), "--layout", layout],
                           capture_output=True, check=True).stdout
+
+
+STANDIN = Path(__file__).with_name("kexec_standin.py")
+DEBIAN_KDUMP = {  # what a Debian host with a crash kernel loaded at boot shows the kexec backend
+    "sys/kernel/kexec_crash_loaded": "1\n", "proc/cmdline": "root=/dev/vda1 quiet crashkernel=256M\n",
+    "var/lib/kdump/vmlinuz": "kernel", "var/lib/kdump/initrd.img": "initrd",
+}
+
+
+@dataclass(frozen=True)
+class KexecSetup:
+    """A fake Debian root for the kexec backend, the stand-in kexec's script and log, and a config for both."""
+
+    root: Path
+    standin_control: Path
+    standin_log: Path
+    socket: Path
+    config: Path
+
+    def env(self) -> dict[str, str]:
+        return {"KEXEC_STANDIN_CONTROL": str(self.standin_control)}
+
+    def loads(self) -> int:
+        """`kexec -p` runs the stand-in saw."""
+        if not self.standin_log.exists():
+            return 0
+        return sum("-p" in json.loads(line)["argv"] for line in self.standin_log.read_text().splitlines())
+
+
+def kexec_setup(tmp_path: Path, iomem: str, **tables: object) -> KexecSetup:
+    """The kexec backend with the stand-in kexec (the machines here have no kexec_load) on a fake root."""
+    from faketree import make_tree
+
+    root = make_tree(tmp_path / "root", iomem, extra=DEBIAN_KDUMP)
+    control, log = tmp_path / "standin.json", tmp_path / "standin.jsonl"
+    control.write_text(json.dumps({"root": str(root), "log": str(log), "version": "kexec-tools 2.0.25",
+                                   "outcomes": [], "default": {}}))
+    sock = tmp_path / "control.sock"
+    config = write_config(tmp_path / "crashhpd.toml", {
+        "root": str(root), "backend": "kexec", "state_dir": str(tmp_path / "state"),
+        "monitor": {"source": "kernel"}, "control": {"socket": str(sock)}, "kexec": {"binary": str(STANDIN)},
+        **tables,
+    })
+    return KexecSetup(root, control, log, sock, config)

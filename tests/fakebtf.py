@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Raw BTF blobs as the kernel encodes them (include/uapi/linux/btf.h), for the BTF and loaded-header tests.
 
 `BtfBuilder` appends types one by one, on its own or after a real blob's;

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """A fake running kernel with a crash image loaded: a /proc/kcore, a kallsyms and a BTF blob under a root.
 
 - `FakeKcore` writes an ELF64 core file like /proc/kcore: PT_LOADs that map

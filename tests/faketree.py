@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Fake /proc and /sys trees: real files in the layout the kernel uses, under a temporary root.
 
 Every test that needs a system view builds one of these and points crashhpd's

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The package's own import graph, read from the source with `ast`: levels, cycles and modules per folder.
 
     python3 tests/import_graph.py [PACKAGE_DIR]     # default: the crashhpd/ beside tests/

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-only
 """A stand-in for kexec-tools' `kexec`, for tests on kernels that have no kexec_load (like this test VM's).
 
 It behaves towards crashhpd the way kexec and the kernel do, and nothing
@@ -109,6 +110,7 @@ def main(argv: list[str]) -> int:
         control = json.load(f)
     if argv[:1] in (["--version"], ["-v"]):
         _record(control, argv, {})
+        time.sleep(control.get("version_delay_s", 0))
         print(control.get("version", "kexec-tools 2.0.25"))
         return 0
     if "-p" not in argv:

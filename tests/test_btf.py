@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The BTF reader on synthetic blobs built like the kernel's, and on this host's own /sys/kernel/btf/vmlinux."""
 
 import os

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The real `crashhpd` console script as a subprocess: exit status 0 valid, 1 invalid, 2 usage or I/O error.
 
 Every error the outside world causes must be one line on stderr, never a traceback.
@@ -13,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nobody
 import pytest
 from daemonproc import write_config
 from faketree import make_tree
@@ -64,7 +66,9 @@ def test_generate_writes_the_header_of_the_layout(virtio, tmp_path, layout, size
     expected += [ram(*r) for r in high]
     assert program_headers(data) == expected and len(data) == size
     # 671 MiB + 0x8bee0000 + 1 GiB + 4 x 128 MiB (+ 0x9ec00 below 1 MiB) = 4.34 GiB either way
-    assert result.stderr.decode() == (
+    assert result.stderr.decode() == (  # the fake tree has no /proc/kcore, and says so
+        "crashhpd: warning: the direct-map base is unknown (/proc/kcore cannot be read): RAM p_vaddr assume "
+        "0xffff888000000000, wrong under KASLR; run as root with CAP_SYS_RAWIO, or give --page-offset\n"
         f"crashhpd: {size} bytes, {len(expected)} program headers: 4 CPU notes, a VMCOREINFO note, a kernel image, "
         f"{len(expected) - 6} RAM ranges (4.3 GiB)\n")
 
@@ -246,7 +250,8 @@ def test_generate_all_zero_iomem_is_refused_as_a_non_root_view(tmp_path):
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux) to drop to nobody")
 def test_generate_as_nobody_on_the_real_proc_is_refused():
     """The kernel shows every /proc/iomem address as 0 to a reader without CAP_SYS_ADMIN."""
-    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(CRASHHPD), "generate"],
+    crashhpd_cmd = nobody.staged().crashhpd  # the checkout may be where nobody cannot enter (/root)
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", crashhpd_cmd, "generate"],
                             capture_output=True, timeout=60)
     assert_one_line_error(result, 2, "/proc/iomem: every address reads 0", "run as root")
 
@@ -301,3 +306,14 @@ def test_invalid_config_exits_78_naming_the_key(tmp_path):
     assert proc.returncode == 78
     assert "debounce.max_delay_ms" in proc.stderr and "bogus" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_an_unknown_direct_map_base_is_said_not_silently_assumed(virtio, tmp_path):
+    """Without a readable /proc/kcore the base is the non-KASLR default, which is wrong under KASLR."""
+    result = crashhpd("generate", "--root", str(virtio), "-o", str(tmp_path / "h"))
+    assert result.returncode == 0 and "the direct-map base is unknown" in result.stderr.decode()
+    told = crashhpd("generate", "--root", str(virtio), "--page-offset", "0xffff9a0000000000", "-o", str(tmp_path / "h"))
+    assert "direct-map base is unknown" not in told.stderr.decode()
+    inspected = crashhpd("inspect", str(tmp_path / "h"), "--root", str(virtio), "--json")
+    assert json.loads(inspected.stdout)["direct_map_base_known"] is False
+    assert "cannot be checked" in inspected.stderr.decode()

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Configuration: real TOML files in a temporary directory, loaded the way the daemon loads them."""
 
 import re
@@ -179,6 +180,10 @@ BAD = {
     "control.max_request_bytes": "0",
     "metrics.textfile_dir": '"textfile"',
     "log.level": '"verbose"',
+    "udev.takeover": '"yes"',
+    "kernel.recover": '"yes"',
+    "udev.rules": '"udev"',
+    "udev.runtime_dir": '"run/udev/rules.d"',
     "kexec.binary": '"sbin/kexec"',
     "kexec.kernel": '"vmlinuz"',
     "kexec.initrd": "42",

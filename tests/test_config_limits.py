@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """A configuration that validates must be usable: no value that starts fine and fails later, no file that hangs.
 
 Each case used to pass validation and then kill the daemon (at start-up, at
@@ -92,3 +93,4 @@ def test_forty_thousand_unknown_keys_are_reported_in_linear_time(tmp_path):
     small, large = seconds(4000), seconds(40_000)
     # quadratic, the large file took 28 s here and 100 times the small one; linear it is about 10 times
     assert large < 30 * max(small, 0.01)
+

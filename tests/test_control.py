@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The control socket of a real daemon process on a fake root, spoken to over real sockets.
 
 The root tree is fake; the daemon, its socket, SO_PEERCRED and the kernel
@@ -18,7 +19,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import faketree
+import nobody
 import pytest
 from daemonproc import (
     CRASHHPD,
@@ -265,7 +266,7 @@ def test_a_non_root_peer_may_read_but_not_reconcile(env):
               f"    s = socket.socket(socket.AF_UNIX); s.connect({str(env.socket)!r})\n"
               f"    s.sendall(json.dumps({{'op': op}}).encode() + b'\\n')\n"
               f"    print(s.makefile().readline(), end='')\n")
-    proc = run_as_nobody(sys.executable, "-c", client)
+    proc = run_as_nobody(nobody.staged().python, "-c", client)
     assert proc.returncode == 0, proc.stderr
     status, refused = (json.loads(line) for line in proc.stdout.splitlines())
     assert status["ok"] is True and status["result"]["generation"] == 1
@@ -277,7 +278,7 @@ def test_a_non_root_peer_may_read_but_not_reconcile(env):
 
 def test_a_peer_outside_the_group_cannot_connect(env):
     env.start()  # group root
-    proc = run_as_nobody(sys.executable, "-c",
+    proc = run_as_nobody(nobody.staged().python, "-c",
                          f"import socket; socket.socket(socket.AF_UNIX).connect({str(env.socket)!r})")
     assert proc.returncode != 0 and "PermissionError" in proc.stderr
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Members of the socket's group, as attackers: they may read, never hold the loop, lock root out or flood the log.
 
 The clients are real processes running as other uids (nobody, and spare uids

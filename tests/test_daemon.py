@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The daemon as a real process on a fake root, driven by real kernel uevents.
 
 The root tree is fake (crashhpd reads it as it would read / inside a guest);

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The Debian package: `make deb` builds it, lintian accepts it, and what it installs runs.
 
 The package is never installed on this host: its postinst would enable and start a

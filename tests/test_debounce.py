@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The debounce policy, driven by an injected clock: no sleeping."""
 
 from crashhpd.service.debounce import Debouncer

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The differ on headers built from real trees before and after a hotplug: the lines an admin reads."""
 
 from pathlib import Path

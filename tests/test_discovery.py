@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Finding the crash kernel, initrd and command line the way kdump-config and kdumpctl do, on real files."""
 
 from pathlib import Path

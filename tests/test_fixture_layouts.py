@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Every /proc/iomem fixture, in both layouts: the whole program-header list, written out by hand.
 
 The expected tables are typed from the x86_64 elfcorehdr rules (kernel/crash_core.c for the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Golden bytes: one small system, every Ehdr and Phdr field read at its hand-computed offset.
 
 The values are worked out by hand from the ELF64 layout (Ehdr 64 bytes, Phdr 56 bytes,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """This machine's real /proc and /sys: `generate` and `inspect --root /` on the running kernel.
 
 The expected RAM is read from /proc/iomem here, with a reader of the test's own, and cut with

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Input that must be refused, never applied, and never allowed to kill the daemon.
 
 Each case was a real failure: a RAM-less /proc/iomem built a "valid" header
@@ -241,3 +242,18 @@ def test_sighup_to_an_unusable_root_keeps_everything_that_runs(daemon, tmp_path,
     write(root, "proc/iomem", FIXTURE + "440000000-447ffffff : System RAM\n")  # the old root is still the one read
     code, reply = ctl(sock, "reconcile")
     assert code == 0 and reply["applied"] is True and "+ RAM 0x440000000-0x447ffffff (128 MiB)" in reply["changes"]
+
+
+def test_sighup_whose_socket_cannot_be_made_changes_nothing_else_either(daemon):
+    import signal
+
+    from daemonproc import wait_for
+
+    root, state_dir, sock, d = daemon
+    config = Path(d.proc.args[-1])
+    text = config.read_text().replace(f'root = "{root}"', f'root = "{root}"\nlayout = "kexec-tools"')
+    config.write_text(text.replace(f'socket = "{sock}"', f'socket = "{sock}"\ngroup = "crashhpd-no-such-group"'))
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: "config not reloaded, keeping the running one" in d.stderr(), 10, "the refused reload")
+    code, status = ctl(sock, "status")
+    assert code == 0 and status["layout"] == "kernel"  # the new layout came with the socket: neither applies

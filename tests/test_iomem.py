@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """/proc/iomem parsing: the resource tree, which lines are RAM, and refusing what cannot be trusted."""
 
 import pytest

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The passive `kernel` backend and `auto`'s choice, on fake /proc and /sys trees.
 
 The kernel's side (it rewriting the header on hotplug) cannot happen on this
@@ -154,3 +155,41 @@ def test_the_real_host_has_no_kernel_updated_header():
         pytest.skip("this kernel has kexec; the expectation below is for the test VM's kernel without it")
     assert choose(kernel("/")) == "kexec"
     assert not KernelBackend().health(kernel("/")).ok
+
+
+def test_the_passive_backend_models_the_kernels_own_cpu_set_whatever_cpus_says(tmp_path, fixtures):
+    """6.6+ writes a note per possible CPU and ignores online/offline: an offline CPU keeps its note."""
+    from crashhpd.config import validate
+    from crashhpd.wiring import build_parts
+
+    root = make_tree(tmp_path / "root", (fixtures / "iomem/qemu-kvm-crashkernel.txt").read_text(),
+                     possible="0-3", online="0-2", extra={CPU_ATTR: "1\n", MEM_ATTR: "1\n", LOADED: "1\n"})
+    for cpus in ("online", "present", "possible"):
+        parts = build_parts(validate([("test", {"root": str(root), "backend": "kernel", "cpus": cpus})]), None)
+        assert parts.layout.cpus == "possible"
+    old = make_tree(tmp_path / "old", (fixtures / "iomem/qemu-kvm-crashkernel.txt").read_text(),
+                    possible="0-7", present="0-3", online="0-2", extra={LOADED: "1\n"})  # before 6.6
+    parts = build_parts(validate([("test", {"root": str(old), "backend": "kernel"})]), None)
+    assert parts.layout.cpus == "present"
+    sandbox = build_parts(validate([("test", {"root": str(root), "state_dir": str(tmp_path / "state")})]), None)
+    assert sandbox.layout.cpus == "online"  # the sandbox keeps what cpus says
+
+
+def test_status_names_the_possible_cpus_sysfs_gives_no_note_for(tmp_path, fixtures):
+    import selectors
+
+    from crashhpd import config as config_mod
+    from crashhpd.service.daemon import Daemon
+    from crashhpd.service.metrics import Metrics
+    from crashhpd.service.notify import Notifier
+    from crashhpd.wiring import build_parts
+
+    root = make_tree(tmp_path / "root", (fixtures / "iomem/qemu-kvm-crashkernel.txt").read_text(),
+                     possible="0-5", present="0-3", extra={CPU_ATTR: "1\n", MEM_ATTR: "1\n", LOADED: "1\n"})
+    cfg = config_mod.validate([("test", {"root": str(root), "backend": "kernel", "kernel": {"recover": False}})])
+    parts = build_parts(cfg, None)
+    daemon = Daemon(parts, build_parts, selectors.DefaultSelector(), Metrics(), Notifier(),
+                    None, None, config_mod.load)
+    daemon.update("events")
+    status = daemon.status()
+    assert status.cpus == 4 and status.cpus_without_notes == [4, 5]

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The kernel's kexec attributes, read in one place: sysview/kernel_state.py."""
 
 import pytest
@@ -35,3 +36,20 @@ def test_a_garbled_attribute_is_a_parse_error_naming_the_file(tmp_path):
     write(tmp_path, "sys/kernel/kexec_crash_loaded", "yes\n")
     with pytest.raises(ParseError, match="kexec_crash_loaded:1: expected a number"):
         read_kernel_state(str(tmp_path))
+
+
+def test_the_kexec_attributes_are_read_under_their_new_names_too(tmp_path):
+    """Newer kernels publish them under /sys/kernel/kexec/; the old names may be gone."""
+    from crashhpd.sysview.snapshot import read_snapshot
+
+    write(tmp_path, "proc/iomem", "00100000-3fffffff : System RAM\n  01000000-1fffffff : Crash kernel\n"
+                                  "40000000-7fffffff : System RAM\n")
+    write(tmp_path, "sys/kernel/kexec/crash_loaded", "1\n")
+    write(tmp_path, "sys/kernel/kexec/crash_size", "268435456\n")
+    write(tmp_path, "sys/kernel/kexec/crash_elfcorehdr_size", "917616\n")
+    write(tmp_path, "sys/kernel/kexec/crash_cma_ranges", "50000000-5fffffff\n")
+    state = read_kernel_state(str(tmp_path))
+    assert (state.crash_loaded, state.crash_size, state.elfcorehdr_size) == (1, 268435456, 917616)
+    assert read_snapshot(str(tmp_path)).crash_cma == ((0x50000000, 0x5FFFFFFF),)
+    write(tmp_path, "sys/kernel/kexec_crash_loaded", "0\n")  # where both are there, the old name is read
+    assert read_kernel_state(str(tmp_path)).crash_loaded == 0

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The kexec backend: argv, retries, load limit, dry run and persistence, against kexec-tools and a stand-in.
 
 This VM's kernel has no kexec_load (no /sys/kernel/kexec_crash_loaded), so
@@ -51,9 +52,11 @@ class Standin:
     control: Path
     root: Path
 
-    def script(self, *outcomes: dict, default: dict | None = None, version: str = "kexec-tools 2.0.25") -> None:
+    def script(self, *outcomes: dict, default: dict | None = None, version: str = "kexec-tools 2.0.25",
+               version_delay_s: float = 0) -> None:
         self.control.write_text(json.dumps({"root": str(self.root), "log": str(self.log), "version": version,
-                                            "outcomes": list(outcomes), "default": default or {}}))
+                                            "version_delay_s": version_delay_s, "outcomes": list(outcomes),
+                                            "default": default or {}}))
 
     @property
     def log(self) -> Path:
@@ -116,8 +119,10 @@ def kind_of(record: logging.LogRecord) -> str | None:
 
 
 def expected_argv(standin: Standin, *flags: str) -> list[str]:
+    """kexec -p, forced to kexec_load (-c) unless the flags ask for kexec_file_load (-s)."""
     r = standin.root
-    return [str(standin.path), "-p", *flags, f"--initrd={r}/var/lib/kdump/initrd.img",
+    syscall = [] if "-s" in flags else ["-c"]
+    return [str(standin.path), "-p", *syscall, *flags, f"--initrd={r}/var/lib/kdump/initrd.img",
             "--command-line=root=UUID=0b4e ro quiet nr_cpus=1 irqpoll", f"{r}/var/lib/kdump/vmlinuz"]
 
 
@@ -642,3 +647,67 @@ def test_daemon_storm_during_failing_reloads_ends_in_one_load_of_the_newest_head
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- kexec gone, state not writable ---------------------------------------------------------------
+
+
+def test_a_kexec_removed_after_start_up_is_retried_with_backoff_and_unhealthy(standin, root, tmp_path):
+    # stand-in: it is removed from under the backend after its version was asked
+    b = backend(standin, tmp_path / "state")
+    assert b.health(kernel(root)).ok
+    standin.path.unlink()
+    errors = failing_applies(b, root, 3)
+    assert str(errors[0]) == f"{standin.path}: cannot run: No such file or directory"
+    assert all(str(standin.path) in str(e) for e in errors)  # then: not an executable file, looked for again
+    assert [e.retry_after for e in errors] == [1.0, 2.0, 4.0]
+    health = b.health(kernel(root))
+    assert not health.ok and str(standin.path) in health.detail
+    standin.path.symlink_to(STANDIN)  # reinstalled: the next try succeeds and clears it
+    b.apply(model(root), kernel(root))
+    assert b.health(kernel(root)).ok
+
+
+def test_a_state_dir_that_cannot_be_written_makes_the_backend_unhealthy(standin, root, tmp_path, caplog):
+    # stand-in: a real load needs a kernel with kexec_load
+    state_dir = tmp_path / "state"
+    b = backend(standin, state_dir)
+    b.apply(model(root), kernel(root))
+    subprocess.run(["chattr", "+i", str(state_dir)], check=True)  # read-only even for root
+    try:
+        hot_add(root, 1)
+        with caplog.at_level(logging.WARNING, logger="crashhpd"):
+            b.apply(model(root), kernel(root))  # the load itself succeeds
+        health = b.health(kernel(root))
+        assert not health.ok and health.detail.startswith("cannot save the kexec state: ")
+        assert health.detail.endswith("a restart will reload once")
+    finally:
+        subprocess.run(["chattr", "-i", str(state_dir)], check=True)
+    hot_add(root, 2)
+    b.apply(model(root), kernel(root))
+    assert b.health(kernel(root)).ok
+
+
+def test_a_hung_kexec_version_costs_at_most_the_probe_bound_whatever_timeout_s_says(standin, root, tmp_path):
+    # stand-in: a kexec whose --version hangs; it is the one kexec run inside the daemon's loop,
+    # so it must end well before any watchdog, even with timeout_s at its 600 s maximum
+    from crashhpd.backends.kexec import PROBE_TIMEOUT_S
+
+    standin.script(version_delay_s=60)
+    started = time.monotonic()
+    b = backend(standin, tmp_path / "state", timeout_s=600)
+    assert time.monotonic() - started < PROBE_TIMEOUT_S + 3
+    health = b.health(kernel(root))
+    assert not health.ok and "did not finish within 5 s" in health.detail
+
+
+def test_load_argv_forces_kexec_load_unless_file_load():
+    """kexec-tools 2.0.27 and later try kexec_file_load on a plain -p: then the kernel, not kexec-tools, would
+    build the header, and the kexec-tools layout crashhpd models would be the wrong one."""
+    from crashhpd.backends.kdump_discovery import CrashKernel
+    from crashhpd.backends.kexec import load_argv
+
+    crash = CrashKernel("/boot/vmlinuz", None, "root=/dev/vda1", "test")
+    assert load_argv("/usr/sbin/kexec", crash, file_load=False, hotplug=False)[:3] == ["/usr/sbin/kexec", "-p", "-c"]
+    assert load_argv("/usr/sbin/kexec", crash, file_load=True, hotplug=False)[:3] == ["/usr/sbin/kexec", "-p", "-s"]
+    assert "-c" not in load_argv("/usr/sbin/kexec", crash, file_load=True, hotplug=False)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """A kexec load runs beside the event loop: the real loop, in this process, while the stand-in kexec works.
 
 The Daemon here is crashhpd's own, built the way `crashhpd run` builds it
@@ -41,6 +42,8 @@ from crashhpd.service.metrics import Metrics
 from crashhpd.service.monitor import Drained
 from crashhpd.service.notify import Notifier
 from crashhpd.wiring import build_parts, control_server
+
+UDEV_RULES = Path(__file__).resolve().parent.parent / "udev"
 
 LOAD_S = 1.0  # what one scripted load takes
 FAST_S = 0.1  # a status round trip slower than this blocked on something
@@ -89,6 +92,7 @@ class Loop:
             "sandbox": {"state_dir": str(self.state_dir)},
             "control": {"socket": self.socket, **tables.get("control", {})},
             "kexec": {"binary": str(standin.path), **tables.get("kexec", {})},
+            "udev": {"rules": str(UDEV_RULES)},  # the overrides go to the fake root's /run/udev/rules.d
         }
         self.config = write_config(tmp_path / "crashhpd.toml", self.tables)
         cfg = config_mod.load(str(self.config), None)

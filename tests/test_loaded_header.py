@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Reading the elfcorehdr the kernel holds, on fake kernels: kallsyms, BTF and a /proc/kcore under a root."""
 
 import errno

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """crashhpd.log: operation fields, the plain stderr form and the journald native protocol.
 
 The journal tests bind a real datagram socket where sd_journal_send(3) writes
@@ -25,7 +26,7 @@ JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 KINDS = ["started", "ready", "reload", "config-invalid", "applied", "skipped", "apply-failed", "events-lost",
          "snapshot-failed", "retry", "stopping", "kexec-load", "kexec-failed", "no-crash-kernel", "passive",
          "load-limit", "control", "header-invalid", "backend-health", "startup-failed",
-         "internal"]
+         "internal", "udev", "kernel-header-stale", "model-drift"]
 
 # Logs one operation with every contract field, a filtered debug line and a multi-line error.
 CHILD = '''\

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Prometheus metrics: the exposition a real daemon serves, its histograms after real uevents, the textfile."""
 
 import logging

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """crashhpd.notify: the exact sd_notify datagrams, on a real socket in both address forms."""
 
 import logging

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Property tests: random valid nested /proc/iomem trees, and random garbage in every kernel file.
 
 The RAM a header must cover is computed here by an independent point sweep (expected_ram),

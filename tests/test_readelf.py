@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """A second, unrelated ELF reader: binutils' `readelf -lW` must list the program headers crashhpd wrote."""
 
 import shutil

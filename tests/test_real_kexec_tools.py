@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The `kexec-tools` layout against the real kexec-tools: `kexec -p` on each fake tree, byte for byte.
 
 Each case builds a fake root (faketree.make_tree, plus a synthetic /proc/kcore, which kexec-tools

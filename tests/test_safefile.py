@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """crashhpd.safefile on real files: symlinks, FIFOs and devices planted where it reads and writes, other owners."""
 
 import errno

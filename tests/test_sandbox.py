@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The sandbox backend on real files: a real tmpfs for the full disk, real SIGKILLs, a real concurrent reader."""
 
 import hashlib

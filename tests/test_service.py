@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The real event loop in this process, around a fake event source: no root, no kernel uevents.
 
 The loop is crashhpd's own (service/daemon.py `Daemon`), wired as `crashhpd

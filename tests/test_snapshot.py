@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The snapshot reader on real files: optional files, malformed values, and what each value means."""
 
 import os

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The package's shape: no import cycle, and every module imports only from its own stage or the ones below.
 
 The stages, lowest first, are the data path's: what the kernel shows
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 from import_graph import cycles, graph, modules
 
-PACKAGE = Path(__file__).resolve().parent.parent / "crashhpd"
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "crashhpd"
 
 STAGES = [  # lowest first; a module's stage is its folder's, or its own name for the top-level modules
     ("base", {"crashhpd", "crashhpd.errors", "crashhpd.elf", "crashhpd.later", "crashhpd.log",
@@ -71,3 +73,17 @@ def test_the_layering_by_name(edges, folder, forbidden):
     found = sorted(f"{m} imports {d}" for m, deps in edges.items() if m.startswith(f"crashhpd.{folder}")
                    for d in deps if any(d == f"crashhpd.{f}" or d.startswith(f"crashhpd.{f}.") for f in forbidden))
     assert found == []
+
+
+def test_every_source_file_says_its_license():
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files", "*.py", ".ci/*", "Makefile", "systemd/*", "udev/*.rules"],
+                             capture_output=True, text=True, cwd=REPO, check=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout: nothing tells which files are the project's")
+    def head(name: str) -> str:
+        return "".join((REPO / name).read_text().splitlines(True)[:2])
+
+    missing = [name for name in tracked if "SPDX-License-Identifier: GPL-2.0-only" not in head(name)]
+    assert missing == []

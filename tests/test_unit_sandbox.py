@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The unit's hardening leaves the daemon and kexec working: proven by running them under it, not by reading it.
 
 tests/unit_sandbox.py reproduces the unit's seccomp filter (SystemCallFilter=,
@@ -13,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import unit_sandbox
-from daemonproc import CRASHHPD, DaemonProcess, wait_for, write_config
-from faketree import make_tree
+from daemonproc import CRASHHPD, DaemonProcess, kexec_setup, wait_for
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(unit_sandbox.available() is not None, reason=unit_sandbox.available() or "")]
@@ -72,20 +72,9 @@ def test_the_reproduced_filter_bites(tmp_path, bzimage):
 
 def test_the_daemon_serves_under_the_units_restrictions(tmp_path):
     # stand-in kexec: this kernel has no kexec_load, and the real one is proven above
-    root = make_tree(tmp_path / "root", FIXTURE, extra={
-        "sys/kernel/kexec_crash_loaded": "1\n", "proc/cmdline": "root=/dev/vda1 quiet crashkernel=256M\n",
-        "var/lib/kdump/vmlinuz": "kernel", "var/lib/kdump/initrd.img": "initrd",
-    })
-    control = tmp_path / "standin.json"
-    control.write_text(json.dumps({"root": str(root), "log": str(tmp_path / "standin.jsonl"),
-                                   "version": "kexec-tools 2.0.25", "outcomes": [], "default": {}}))
-    sock = tmp_path / "control.sock"
-    config = write_config(tmp_path / "crashhpd.toml", {
-        "root": str(root), "backend": "kexec", "state_dir": str(tmp_path / "state"),
-        "monitor": {"source": "kernel"}, "control": {"socket": str(sock)},
-        "metrics": {"textfile_dir": str(tmp_path)}, "kexec": {"binary": str(STANDIN)},
-    })
-    d = DaemonProcess(tmp_path, config, {"KEXEC_STANDIN_CONTROL": str(control)},
+    setup = kexec_setup(tmp_path, FIXTURE, metrics={"textfile_dir": str(tmp_path)})
+    sock, config = setup.socket, setup.config
+    d = DaemonProcess(tmp_path, config, setup.env(),
                       command=unit_sandbox.sandboxed([CRASHHPD, "run", "--config", str(config)], spec(tmp_path)))
     try:
         d.wait_ready()

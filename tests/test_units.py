@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The shipped systemd unit and udev overrides, checked by systemd's tools and against a real kdump-tools package."""
 
 import json
@@ -30,14 +31,14 @@ def directives(text: str) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def verifiable_unit(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The unit with ExecStart at this venv's crashhpd: `verify` insists the binary exists."""
+    """The unit with ExecStart and ExecStopPost at this venv's crashhpd: `verify` insists the binary exists."""
     binary = Path(sys.executable).parent / "crashhpd"
     if not binary.exists():
         pytest.skip(f"no crashhpd console script beside {sys.executable}")
     text = UNIT.read_text()
     assert "ExecStart=/usr/bin/crashhpd run\n" in text
     unit = tmp_path_factory.mktemp("unit") / UNIT.name
-    unit.write_text(text.replace("ExecStart=/usr/bin/crashhpd run", f"ExecStart={binary} run"))
+    unit.write_text(text.replace("=/usr/bin/crashhpd ", f"={binary} "))
     return unit
 
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Run a command under the restrictions systemd/crashhpd.service puts on the daemon, without systemd.
 
 The machines the suite runs on have no systemd as PID 1, so `systemd-run

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Backends: how a header reaches the kernel (or a file standing in for it).
 
 `create` is the one place that maps the config's `backend` to a class, so
@@ -38,4 +39,10 @@ def create(config: Config, snapshot: Snapshot) -> Backend:
         return KexecBackend(config.kexec, config.root, config.state_dir, snapshot.kernel)
     from .kernel import KernelBackend
 
-    return KernelBackend()
+    recovery = None
+    if config.kernel.recover:
+        from .kexec import KexecBackend
+
+        recovery = KexecBackend(config.kexec.model_copy(update={"file_load": True}), config.root, config.state_dir,
+                                snapshot.kernel, defer_to_the_kernel=False)
+    return KernelBackend(recovery)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The one small interface every backend implements: what is loaded, how much fits, apply.
 
 The daemon never knows how a header reaches the kernel. It builds the header
@@ -23,6 +24,8 @@ from typing import Protocol
 
 from ..elfcorehdr.layout import LayoutName
 from ..sysview.kernel_state import KernelState
+
+KEEP_KERNEL_HEADER = frozenset({"kexec", "kernel"})  # the backends whose job is the header the kernel holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,9 @@ class Backend(Protocol):
 
     name: str
     layout: LayoutName  # the layout this backend's loader produces; the daemon builds in it
+    # An apply reloads the crash kernel: what the kernel holds is this backend's doing, so where it can be
+    # read back, whether to apply is decided by it, not by the backend's own record.
+    reloads: bool
 
     def loaded(self, kernel: KernelState) -> bytes | None:
         """The header bytes in force now (without segment padding), or None if nothing is loaded."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Which crash kernel to load, found the way the distributions find it.
 
 A reload must load the same crash kernel, initrd and command line that the

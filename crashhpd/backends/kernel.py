@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The passive backend: the kernel rewrites the loaded header on hotplug (Linux 6.6+), crashhpd only watches.
 
 When the crash image was loaded with kexec_file_load (`kexec -s`) or with
@@ -18,7 +19,7 @@ from ..elf import EHDR_SIZE, align_up
 from ..elfcorehdr.layout import LayoutName
 from ..errors import BackendError
 from ..sysview.kernel_state import CRASH_LOADED, KernelState
-from .base import Applied, Health
+from .base import Applied, Backend, Health
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,11 @@ def _state_text(value: int | None) -> str:
 class KernelBackend:
     name = "kernel"
     layout: LayoutName = "kernel"
+    reloads = False
 
-    def __init__(self) -> None:
+    def __init__(self, recovery: "Backend | None" = None) -> None:
+        # reloads the crash kernel (kexec -p -s) when the kernel failed to update its header; None: never
+        self.recovery = recovery
         self._expected: bytes | None = None
         self._state: Applied | None = None
 

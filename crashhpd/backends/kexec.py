@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The kexec backend: reload the crash kernel with kexec-tools, once per burst, never unloading first.
 
 On kernels and kexec-tools that cannot update the loaded header in place
@@ -67,6 +68,7 @@ HEADER_FILE = "kexec-elfcorehdr"
 DIR_MODE = 0o700
 FILE_MODE = 0o600  # the model header is as secret as /proc/kallsyms and /proc/iomem
 STATE_LIMIT = 64 * 1024  # the record is a few hundred bytes; its argv is one command line
+PROBE_TIMEOUT_S = 5.0  # `kexec --version`, the one kexec run inside the loop: milliseconds, never a watchdog's worth
 STDERR_CHARS = 240  # enough of kexec's complaint for one readable line
 OUTPUT_CAP = 64 * 1024  # bytes of each of kexec's streams kept: the tail, which carries its complaint
 READ_CHUNK = 65536
@@ -133,8 +135,9 @@ def hotplug_blocker(wanted: bool, version: tuple[int, int, int] | None, kernel_h
 def load_argv(binary: str, crash: CrashKernel, file_load: bool, hotplug: bool) -> list[str]:
     """`kexec -p` replacing the loaded crash image in one call: never `-u` first, never a shell."""
     argv = [binary, "-p"]
-    if file_load:
-        argv.append("-s")
+    # -s: kexec_file_load, the kernel builds the header; -c: kexec_load, which a plain -p no longer means
+    # since kexec-tools 2.0.27 (it tries kexec_file_load first), and the kexec-tools layout models
+    argv.append("-s" if file_load else "-c")
     if hotplug:
         argv.append("--hotplug")
     if crash.initrd is not None:
@@ -345,6 +348,8 @@ def probe(binary: str | None, timeout_s: float) -> Tool:
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
         raise BackendError(f"kexec.binary {path}: not an executable file")
     answer = run([path, "--version"], timeout_s)
+    if answer.timed_out:
+        raise BackendError(f"{path} --version did not finish within {timeout_s:g} s; killed it")
     text = (answer.stdout + answer.stderr).strip()
     version = parse_kexec_version(text)
     if version is None:
@@ -370,6 +375,7 @@ class StateStore:
         self.state_path = os.path.join(state_dir, STATE_FILE)
         self.header_path = os.path.join(state_dir, HEADER_FILE)
         self._dir = state_dir
+        self.problem: str | None = None  # why the last save failed, until one succeeds
 
     def load(self) -> tuple[Record, bytes] | None:
         """The persisted load, or None when there is none or it does not hold together."""
@@ -397,14 +403,17 @@ class StateStore:
         return record, header
 
     def save(self, record: Record, header: bytes) -> None:
-        """Persist; a failure only costs one needless reload after a restart, so it is logged, not raised."""
+        """Persist; a failure only costs one needless reload after a restart, so it is logged, not raised,
+        and said in `problem` (the backend's health) until a save succeeds again."""
         try:
             with SafeDir(self._dir, DIR_MODE) as d:
                 d.write(HEADER_FILE, header, FILE_MODE)
                 d.write(STATE_FILE, json.dumps(asdict(record)).encode(), FILE_MODE)
         except OSError as err:
-            logger.warning("cannot save the kexec state: %s; a restart will reload once", describe(err, self._dir),
-                           extra=log.fields("kexec-load"))
+            self.problem = f"cannot save the kexec state: {describe(err, self._dir)}; a restart will reload once"
+            logger.warning("%s", self.problem, extra=log.fields("kexec-load"))
+            return
+        self.problem = None
 
 
 # --- the backend --------------------------------------------------------------------------------
@@ -413,9 +422,14 @@ class StateStore:
 class KexecBackend:
     name = "kexec"
     layout: LayoutName = "kexec-tools"
+    reloads = True
 
-    def __init__(self, cfg: KexecConfig, root: str, state_dir: str, kernel: KernelState) -> None:
+    def __init__(self, cfg: KexecConfig, root: str, state_dir: str, kernel: KernelState,
+                 defer_to_the_kernel: bool = True) -> None:
+        """`defer_to_the_kernel`: record instead of reloading while the kernel updates the header itself
+        (crash_hotplug reads 1); False for the passive backend's recovery, which reloads because it did not."""
         self._cfg = cfg
+        self._defer = defer_to_the_kernel
         self._root = root
         self._store = StateStore(state_dir)
         self._tool: Tool | None = None
@@ -459,7 +473,7 @@ class KexecBackend:
 
         BackendError (with a retry delay) on any failure, here or from the Load's finish().
         """
-        if kernel.updates_header:
+        if kernel.updates_header and self._defer:
             return self._record_passive(header, kernel)
         self._passive = False
         try:
@@ -476,7 +490,12 @@ class KexecBackend:
         if self._failures:
             logger.info("retrying the crash kernel reload (attempt %d)", self._failures + 1,
                         extra=log.fields("retry", attempt=self._failures + 1, backend=self.name))
-        return Load(argv, self._cfg.timeout_s, lambda result: self._loaded(result, header, argv, kernel))
+        try:
+            return Load(argv, self._cfg.timeout_s, lambda result: self._loaded(result, header, argv, kernel))
+        except BackendError as err:  # kexec could not be started at all (removed since it was probed)
+            self._tool = None  # look for it again on the next try
+            self._failed_to_start(str(err))
+            raise BackendError(str(err), retry_after=self._retry_after) from None
 
     def apply(self, header: bytes, kernel: KernelState) -> Applied:
         """Reload the crash kernel once for this header, waiting for kexec: begin() and settle()."""
@@ -516,7 +535,11 @@ class KexecBackend:
         """Everything is looked up again on each load, so fixing a config file needs no restart."""
         cfg = self._cfg
         crash = discover(self._root, cfg.kernel, cfg.initrd, cfg.cmdline, cfg.append)
-        tool = self._probe()
+        try:
+            tool = self._probe()
+        except BackendError as err:  # kexec missing or broken: worth trying again, backed off
+            self._failed_to_start(str(err))
+            raise BackendError(str(err), retry_after=self._retry_after) from None
         file_load = cfg.file_load or kernel.kexec_load_forbidden
         hotplug = self._hotplug_blocker(tool, file_load, kernel) is None
         self._argv = load_argv(tool.path, crash, file_load, hotplug)
@@ -526,7 +549,7 @@ class KexecBackend:
         """The kexec binary, asked once; a binary that was missing is looked for again on the next load."""
         if self._tool is None:
             try:
-                self._tool = probe(self._cfg.binary, self._cfg.timeout_s)
+                self._tool = probe(self._cfg.binary, min(self._cfg.timeout_s, PROBE_TIMEOUT_S))
             except BackendError as err:
                 self._probe_error = str(err)
                 raise
@@ -549,6 +572,14 @@ class KexecBackend:
             self._fail(result)
         self._succeeded(result)
         return self._remember(header, argv, kernel, persist=True)
+
+    def _failed_to_start(self, message: str) -> None:
+        """Counted and backed off like a failed load: the next burst, or the retry timer, tries again."""
+        self._failures += 1
+        self._retry_after = self._backoff.take()
+        self._failure = message
+        logger.error("%s; retrying in %g s", message, self._retry_after,
+                     extra=log.fields("kexec-failed", retry_after_s=self._retry_after, backend=self.name))
 
     def _fail(self, result: Run) -> NoReturn:
         """Count, log and raise; the retry delay depends on whether a crash kernel is still loaded.
@@ -625,6 +656,8 @@ class KexecBackend:
         if self._failure:
             retry = f"; retrying in {self._retry_after:g} s" if self._retry_after is not None else ""
             return False, f"last reload failed: {self._failure}{retry}"
+        if self._store.problem is not None:
+            return False, self._store.problem
         if kernel.updates_header:
             return True, ("the kernel updates the header now (crash_hotplug reads 1); crashhpd does not reload, "
                           "and the next start picks the passive kernel backend")

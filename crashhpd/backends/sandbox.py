@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The sandbox backend: a file that stands for the loaded elfcorehdr segment.
 
 It keeps the kernel segment's semantics (a fixed capacity, the header at
@@ -57,6 +58,7 @@ class SandboxBackend:
     """The segment as a file in `state_dir`; see the module docstring for the guarantees."""
 
     name = "sandbox"
+    reloads = False
     layout: LayoutName = "kernel"
 
     def __init__(self, state_dir: str, max_cpus: int,

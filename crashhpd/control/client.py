@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """`crashhpctl`: ask the running crashhpd what it holds and does, check it, and make it act now.
 
 Exit status, which scripts rely on: 0 ok; 1 the daemon answered with an
@@ -121,7 +122,10 @@ def _parser() -> argparse.ArgumentParser:
     json_flag.add_argument("--json", action="store_true", help="print the reply's result (or error) as JSON")
     sub = ap.add_subparsers(dest="op", required=True, metavar="COMMAND")
     for op in OPS.values():
-        sub.add_parser(op.name, parents=[json_flag], help=op.help, description=op.help)
+        command = sub.add_parser(op.name, parents=[json_flag], help=op.help, description=op.help)
+        if op.name == "header":
+            command.add_argument("--kernel", action="store_const", const="kernel-header", dest="asked",
+                                 help="the header the kernel holds, read back from its memory, not crashhpd's")
     return ap
 
 
@@ -133,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"crashhpctl: {err}", file=sys.stderr)
         return EXIT_USAGE
+    args.op = getattr(args, "asked", None) or args.op
     timeout = args.timeout or OPS[args.op].timeout_s
     try:
         reply = request(path, args.op, timeout)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """What one client of the socket may cost: a request budget per uid, and one log line per peer per interval.
 
 Members of the socket's group are trusted to read, not to spend the loop's

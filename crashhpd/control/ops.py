@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The control operations: one table that the daemon's server and crashhpctl both read.
 
 Each row names an op, the function that answers it in the daemon (inside the
@@ -12,6 +13,7 @@ the hotplug tracking matters more than the admin's query.
 """
 
 import base64
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +27,7 @@ from ..errors import CrashhpdError
 from ..later import Later
 from ..service.reconcile import Outcome
 from ..service.status import ControlCounters, HeaderInForce, Status, Verdict
+from ..sysview.loaded_header import LoadedHeader
 from . import render
 from .limits import Budgets, LogLimit
 from .protocol import (
@@ -53,6 +56,8 @@ class Target(Protocol):
 
     def header_in_force(self) -> HeaderInForce | None: ...
 
+    def kernel_header(self) -> LoadedHeader: ...
+
     def verify(self) -> Verdict: ...
 
     def reconcile_now(self, reason: str) -> Later[tuple[Outcome | None, int]]:
@@ -77,16 +82,28 @@ def header(target: Target) -> HeaderResult:
     found = target.header_in_force()
     if found is None:
         raise RequestError("no-header", f"the {target.status().backend} backend holds no header yet")
+    return _header_result(found.data, found.applied.generation, found.capacity)
+
+
+def kernel_header(target: Target) -> HeaderResult:
+    """The header the kernel holds, read back from its memory now."""
+    loaded = target.kernel_header()
+    if not loaded.readable:
+        raise RequestError("no-header", f"the kernel's header cannot be read: {loaded.reason}")
+    return _header_result(loaded.header, target.status().generation, loaded.memsz)
+
+
+def _header_result(data: bytes, generation: int, capacity: int | None) -> HeaderResult:
     try:
-        segments = parse(found.data).to_json()["segments"]
+        segments = parse(data).to_json()["segments"]
     except NotAHeader as err:
-        raise RequestError("failed", f"the header in force cannot be read: {err}") from None
+        raise RequestError("failed", f"the header cannot be read: {err}") from None
     return HeaderResult.model_validate({
-        "generation": found.applied.generation,
-        "sha256": found.applied.sha256,
-        "header_bytes": len(found.data),
-        "capacity_bytes": found.capacity,
-        "data_base64": base64.b64encode(found.data).decode(),
+        "generation": generation,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "header_bytes": len(data),
+        "capacity_bytes": capacity,
+        "data_base64": base64.b64encode(data).decode(),
         "segments": segments,
     })
 
@@ -99,6 +116,7 @@ def verify(target: Target) -> VerifyResult:
         changes=verdict.changes,
         cpus=len(verdict.built.model.cpu_notes),
         ram_ranges=len(verdict.built.model.ram),
+        source=verdict.source,
     )
 
 
@@ -152,6 +170,8 @@ OPS: Mapping[str, Op] = MappingProxyType({op.name: op for op in (
     Op("reconcile", reconcile, ReconcileResult, render.show_reconcile,
        "rescan and apply now, without waiting for the debounce (root only)", privileged=True, timeout_s=120.0),
     Op("metrics", metrics, MetricsResult, render.show_metrics, "the Prometheus metrics"),
+    Op("kernel-header", kernel_header, HeaderResult, render.show_header,
+       "the header the kernel holds, read back from its memory (also: header --kernel)"),
 )})
 
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The control protocol: one JSON object per line each way, shared by the daemon and crashhpctl.
 
 A request is `{"v": 1, "op": "status"}` (`v` may be left out); a reply is
@@ -78,11 +79,12 @@ class HeaderResult(_Received):
 
 
 class VerifyResult(_Received):
-    in_sync: bool  # the header in force is byte for byte the one a fresh snapshot gives
+    in_sync: bool  # the header in force covers what a fresh snapshot's does
     generation: int
     changes: list[str]  # what applying the fresh header would change
     cpus: int
     ram_ranges: int
+    source: str = "model"  # "kernel": the header the kernel holds, read back; "model": the backend's record
 
 
 class ReconcileResult(_Received):

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """What crashhpctl prints for each reply: pure functions from a result to (text, exit status)."""
 
 import base64
@@ -64,6 +65,7 @@ def show_status(s: Status, now: float) -> tuple[str, int]:
         ("apply", f"running for {s.apply_running_s or 0:.1f} s; the next update waits for it" if s.applying
          else "none running"),
         ("crash_hotplug", hotplug),
+        ("udev rule", f"{'inert' if s.udev_rule_inert else 'ACTIVE'}: {s.udev_rule_detail}"),
         ("errors", errors),
         ("last error", "none" if s.last_error is None
          else f"{age(now - s.last_error_at) if s.last_error_at else 'at some time'}: {s.last_error}"),
@@ -99,12 +101,14 @@ def show_header(h: HeaderResult, _now: float) -> tuple[str, int]:
 
 
 def show_verify(v: VerifyResult, _now: float) -> tuple[str, int]:
+    against = ("; checked against the header the kernel holds" if v.source == "kernel"
+               else "; checked against crashhpd's record (the kernel's own header cannot be read)")
     if v.in_sync:
         return (f"in sync: generation {v.generation} is the header a fresh snapshot gives "
-                f"({v.cpus} CPUs, {v.ram_ranges} RAM ranges)"), EXIT_OK
+                f"({v.cpus} CPUs, {v.ram_ranges} RAM ranges){against}"), EXIT_OK
     lines = [f"DIFFERS: generation {v.generation} is not the header a fresh snapshot gives; applying it would change:",
              *(f"  {line}" for line in v.changes or ["(no visible change: the bytes differ)"]),
-             "crashhpctl reconcile applies it now"]
+             f"crashhpctl reconcile applies it now{against}"]
     return "\n".join(lines), EXIT_FAILED
 
 

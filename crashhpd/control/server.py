@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The control socket, served from the daemon's own selector loop.
 
 Hotplug tracking must never wait for an admin's client, so nothing here

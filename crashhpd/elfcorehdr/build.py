@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The one way a header is made: plan -> pack -> parse -> check, for the CLI, the daemon, tests and benchmarks.
 
 A header that breaks any rule never leaves this function, so nothing that

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """What changed between two headers, in words an admin reads in the journal.
 
 RAM is compared as coverage, not entry by entry, so hot-adding a block that
@@ -39,7 +40,7 @@ def diff(
     new_image = [s for s in new.segments if s.is_image]
     if old_image != new_image:
         lines.append(f"~ kernel image {_image_text(old_image)} -> {_image_text(new_image)}")
-    old_ram, new_ram = _merged(old.ram), _merged(new.ram)
+    old_ram, new_ram = merged(old.ram), merged(new.ram)
     lines += [_ram_line("-", r) for r in subtract(old_ram, new_ram)]
     lines += [_ram_line("+", r) for r in subtract(new_ram, old_ram)]
     if not lines and old != new:
@@ -54,7 +55,7 @@ def _image_text(segs: list[Segment]) -> str:
     return ", ".join(f"0x{s.paddr:x}+0x{s.memsz:x}@0x{s.vaddr:x}" for s in segs) or "none"
 
 
-def _merged(ranges: list[Range]) -> list[Range]:
+def merged(ranges: list[Range]) -> list[Range]:
     """Adjacent entries joined, so a split of one range into two reads as no change in coverage."""
     out: list[Range] = []
     for start, end in sorted(ranges):

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """What a header says, decided from a snapshot: the two producers crashhpd can stand in for.
 
 `kernel` is what Linux 6.6+ builds in crash_prepare_elf64_headers() (x86:
@@ -70,6 +71,7 @@ class HeaderModel:
     cpus_without_notes: tuple[int, ...] = ()
     sized_for: int = 0  # program headers the buffer has room for, when more than it holds (kexec-tools)
     ram_offsets: tuple[tuple[int, int], ...] = ()  # (index in ram, p_offset) where p_offset is not the start
+    page_offset_guessed: bool = False  # neither configured nor read from /proc/kcore: the non-KASLR default
 
     @property
     def phnum(self) -> int:
@@ -231,4 +233,5 @@ def plan(snapshot: Snapshot, layout: Layout) -> HeaderModel:
         cpus_without_notes=tuple(missing),
         sized_for=sized_for,
         ram_offsets=offsets,
+        page_offset_guessed=layout.page_offset is None and snapshot.boot.direct_map_base is None,
     )

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Pack a HeaderModel into the bytes of an ELF64 core header, exactly as the kernel lays them out.
 
 This runs on every hotplug burst and at 16k program headers, so it is plain

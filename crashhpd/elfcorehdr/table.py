@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """A header's program headers as a table, the way `readelf -lW` shows them, plus what each one is."""
 
 from ..sysview.ranges import size_text

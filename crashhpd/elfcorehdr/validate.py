@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Read a header back with pyelftools and check it the way the kdump kernel will rely on it.
 
 The kdump kernel's own checks (fs/proc/vmcore.c) are few and it does not look

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The single-threaded event loop that turns hotplug bursts into header updates.
 
 One selector holds every fd (the uevent monitor, the signal pipe, the control
@@ -36,20 +37,25 @@ from typing import TYPE_CHECKING, Protocol
 
 from .. import __version__, log
 from ..backends.base import Backend, Watch
+from ..backends.kernel import KernelBackend
 from ..config import Config, ControlConfig
 from ..elfcorehdr.build import build_valid, changes
+from ..elfcorehdr.coverage import view
 from ..elfcorehdr.layout import Layout
 from ..errors import BackendError, ConfigError, CrashhpdError, HeaderError
 from ..later import Later
 from ..sysview.kernel_state import KernelState
+from ..sysview.loaded_header import LoadedHeader, LoadedHeaderReader
 from ..sysview.snapshot import BootConstants, read_snapshot
 from .debounce import Debouncer
 from .health_log import HealthLog
+from .kernel_watch import KernelWatch
 from .metrics import Metrics
 from .notify import Notifier
 from .reconcile import InFlight, Outcome, reconcile
 from .stats import Stats
 from .status import ControlCounters, HeaderInForce, Status, Verdict
+from .udev_takeover import UdevTakeover
 
 if TYPE_CHECKING:
     from .monitor import Drained  # pyudev is imported only where the monitor is built
@@ -57,6 +63,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BATCH_S = 0.01  # during a burst the uevent socket is read at most this often
+RECOVER_REASON = "recover"  # an update that reloads for a kernel that did not update its own header
 STOP_GRACE_S = 20.0  # SIGTERM during an apply: how long it may still run; below the unit's TimeoutStopSec=30s
 
 Done = Later[tuple[Outcome | None, int]]  # an update's outcome (None: it failed) and the events it took over
@@ -103,6 +110,8 @@ class Parts:
     layout: Layout
     monitor: EventSource
     kernel: KernelState  # of the snapshot the parts were built on
+    udev: UdevTakeover
+    header_reader: LoadedHeaderReader  # BTF and symbols parsed once per boot
 
 
 # Builds the parts for a configuration, reusing what the previous parts already got right.
@@ -150,6 +159,8 @@ class Daemon:
         self._previous_wakeup_fd = -1
         self.health_log = HealthLog()
         self._revision = 0  # see revision()
+        self.kernel_watch = KernelWatch(parts.cfg.root, self.selector, lambda: self.backend.name, self.stats.error,
+                                        lambda: self.debounce.event(self.clock(), 0))
         self._tracebacks_logged: set[tuple[str, str, str]] = set()
         self._monitor_fd = -1
         self._wake_r, self._wake_w = socket.socketpair()
@@ -167,6 +178,9 @@ class Daemon:
 
     def _open_monitor(self) -> None:
         self.parts.monitor.open()
+        self._watch_monitor()
+
+    def _watch_monitor(self) -> None:
         self._monitor_fd = self.parts.monitor.fileno()
         self._resume_monitor()
 
@@ -266,12 +280,21 @@ class Daemon:
         self.stats.updates += 1
         self.stats.events_coalesced += max(update.events - 1, 0)
         self.retry_at = None
-        self._settle(update, self._begin)
+        self._settle(update, lambda: self._begin(recover=reason == RECOVER_REASON))
 
-    def _begin(self) -> Outcome | InFlight:
-        snapshot = read_snapshot(self.cfg.root, self.parts.boot)
+    def _begin(self, recover: bool = False) -> Outcome | InFlight:
+        snapshot = read_snapshot(self.cfg.root, self.parts.boot, self.parts.header_reader)
         self.kernel = snapshot.kernel
-        return reconcile(self.backend, snapshot, self.parts.layout, self.clock)
+        backend = self._recovery() if recover else None
+        return reconcile(backend or self.backend, snapshot, self.parts.layout, self.clock)
+
+    def _recover_at(self) -> float | None:
+        """Now, when the kernel left its header stale and a reload was asked for: else never."""
+        return self.clock() if self.kernel_watch.recover_wanted else None
+
+    def _recovery(self) -> Backend | None:
+        """The passive backend's way to reload, when the kernel did not update its header; None: there is none."""
+        return self.backend.recovery if isinstance(self.backend, KernelBackend) else None
 
     def _settle(self, update: _Update, step: Callable[[], Outcome | InFlight]) -> None:
         """Take the update's next step; once it has an outcome (or failed), account for it and end it."""
@@ -317,9 +340,17 @@ class Daemon:
 
     def _succeeded(self, update: _Update, outcome: Outcome) -> None:
         built = outcome.built
+        loaded = built.snapshot.loaded_header
+        if outcome.applied is not None and loaded is not None:
+            loaded = self.parts.header_reader.read()  # the apply changed what the kernel holds: look again
+        self.kernel_watch.updated(loaded, built, self.parts.layout.name,
+                                  reloaded=outcome.applied is not None and self.backend.reloads,
+                                  can_recover=self._recovery() is not None)
         self.stats.cpus = len(built.model.cpu_notes)
         self.stats.ram_ranges = len(built.model.ram)
         self.stats.ram_bytes = sum(end - start + 1 for start, end in built.model.ram)
+        self.stats.page_offset_guessed = built.model.page_offset_guessed
+        self.stats.cpus_without_notes = list(built.model.cpus_without_notes)
         self.stats.in_sync = True
         self.stats.last_duration_s = outcome.duration_s
         duration_us = int((self.clock() - update.started) * 1e6)
@@ -382,6 +413,7 @@ class Daemon:
             return
         try:
             new = self._build(new_cfg, self.parts)
+            self._prepare(new)
         except CrashhpdError as err:
             logger.error("config not reloaded, keeping the running one: %s", err, extra=log.fields("config-invalid"))
             self.notifier.ready(self.status_line())
@@ -396,7 +428,27 @@ class Daemon:
         reloaded.on_done(lambda _: self.notifier.ready(self.status_line()))  # after the reload's apply
         self.update("reload", [reloaded])
 
+    def _prepare(self, new: Parts) -> None:
+        """What can fail about the new parts, done before any is swapped in: a new uevent socket opened, the
+        control socket moved. On failure whatever was done is undone, and the running parts stay."""
+        old = self.parts
+        opened = new.monitor is not old.monitor
+        if opened:
+            try:
+                new.monitor.open()
+            except OSError as err:
+                raise CrashhpdError(f"cannot open the uevent monitor: {err.strerror or err}") from None
+        if new.cfg.control != old.cfg.control and self.control is not None:
+            try:
+                self.control.reconfigure(new.cfg.control)  # puts the old socket back when the new one fails
+            except CrashhpdError as err:
+                logger.error("control socket not changed: %s", err, extra=log.fields("control"))
+                if opened:
+                    new.monitor.close()
+                raise
+
     def _swap(self, new: Parts) -> None:
+        """Swap in parts _prepare() readied: nothing here can fail."""
         old = self.parts
         log.setup(new.cfg.log.level)
         self.debounce.quiet = new.cfg.debounce.quiet_ms / 1000
@@ -408,12 +460,10 @@ class Daemon:
         self._revision += 1
         if new.monitor is not old.monitor:
             self._close_monitor(old.monitor)
-            self._open_monitor()
-        if new.cfg.control != old.cfg.control and self.control is not None:
-            try:
-                self.control.reconfigure(new.cfg.control)
-            except CrashhpdError as err:
-                logger.error("control socket not changed: %s", err, extra=log.fields("control"))
+            self._watch_monitor()
+        if new.udev is not old.udev:
+            old.udev.release("the configuration changed")
+        new.udev.sync(new.backend.name)
 
     # --- what the control requests ask -------------------------------------------------------
 
@@ -425,6 +475,7 @@ class Daemon:
         capacity = backend.capacity(self.kernel)
         header_bytes = state.header_size if state else 0
         control = self.control.counters() if self.control is not None else ControlCounters()
+        coverage = self.kernel_watch.view.coverage
         return Status(
             version=__version__,
             pid=os.getpid(),
@@ -465,6 +516,21 @@ class Daemon:
             control_refused=control.refused,
             control_busy=control.busy,
             log_suppressed=control.log_suppressed,
+            udev_rule_inert=self.parts.udev.verdict.inert,
+            udev_rule_detail=self.parts.udev.verdict.detail,
+            crash_kernel_loaded=self.kernel.crash_loaded,
+            kernel_header_readable=self.kernel_watch.view.readable,
+            kernel_header_unreadable_reason=self.kernel_watch.view.unreadable_reason,
+            kernel_header_sha256=coverage.sha256 if coverage else None,
+            kernel_segment_bytes=self.kernel_watch.view.segment_bytes,
+            kernel_header_in_sync=coverage.in_sync if coverage else None,
+            uncovered_ram_bytes=coverage.uncovered_ram_bytes if coverage else None,
+            missing_cpu_notes=coverage.missing_cpu_notes if coverage else None,
+            stale_ram_bytes=coverage.stale_ram_bytes if coverage else None,
+            direct_map_base_known=not stats.page_offset_guessed,
+            cpus_without_notes=list(stats.cpus_without_notes),
+            kernel_log_watched=self.kernel_watch.log_watched,
+            kernel_log_complaint=self.kernel_watch.complaint,
         )
 
     def revision(self) -> int:
@@ -479,12 +545,24 @@ class Daemon:
         return HeaderInForce(data, applied, self.backend.capacity(self.kernel))
 
     def verify(self) -> Verdict:
-        """What an update would do now, without doing it: catches drift that no event announced."""
-        built = build_valid(read_snapshot(self.cfg.root, self.parts.boot), self.parts.layout)
-        loaded = self.backend.loaded(built.snapshot.kernel)
+        """What an update would do now, without doing it: catches drift that no event announced.
+
+        Against the header the kernel really holds whenever it can be read, else the backend's record of it.
+        """
+        built = build_valid(read_snapshot(self.cfg.root, self.parts.boot, self.parts.header_reader),
+                            self.parts.layout)
         state = self.backend.state()
+        generation = state.generation if state else 0
+        kernel = view(built.snapshot.loaded_header, built)
+        if kernel.coverage is not None:
+            return Verdict(kernel.coverage.in_sync, generation, kernel.coverage.changes, built, "kernel")
+        loaded = self.backend.loaded(built.snapshot.kernel)
         in_sync = loaded == built.data
-        return Verdict(in_sync, state.generation if state else 0, [] if in_sync else changes(loaded, built), built)
+        return Verdict(in_sync, generation, [] if in_sync else changes(loaded, built), built, "model")
+
+    def kernel_header(self) -> LoadedHeader:
+        """The header the kernel holds, read now (or why it cannot be)."""
+        return self.parts.header_reader.read()
 
     def reconcile_now(self, reason: str) -> Done:
         """The update a burst would trigger, now: pending events are taken over, the debounce skipped.
@@ -505,7 +583,8 @@ class Daemon:
         return self.metrics.text(self.status())
 
     def _next_update_in(self) -> float | None:
-        due = [t for t in (self.debounce.due(), self.retry_at) if t is not None]
+        due = [t for t in (self.debounce.due(), self.retry_at, self._recover_at())
+               if t is not None]
         return max(min(due) - self.clock(), 0.0) if due else None
 
     # --- the loop ------------------------------------------------------------------------------
@@ -529,7 +608,7 @@ class Daemon:
             assert self.applying.inflight is not None
             candidates.append(self.applying.inflight.pending.deadline())
         elif not self.stopping:
-            candidates += [self.debounce.due(), self.retry_at]
+            candidates += [self.debounce.due(), self.retry_at, self._recover_at()]
         due = [t for t in candidates if t is not None]
         return min(due) if due else None
 
@@ -542,12 +621,16 @@ class Daemon:
             self.update(asked[0][0], [done for _, done in asked])
         elif self.debounce.ready(now):
             self.update("events")
+        elif self.kernel_watch.recover_wanted:
+            self.kernel_watch.recover_wanted = False
+            self.update(RECOVER_REASON)
         elif self.retry_at is not None and now >= self.retry_at:
             self.update("retry")
 
     def _ready(self) -> None:
         if self.stopping:
             return
+        self.parts.udev.sync(self.backend.name)  # crashhpd does the distribution rule's job from now on
         self.notifier.ready(self.status_line())
         logger.info("ready: %s", self.status_line(), extra=log.fields("ready", backend=self.backend.name))
 
@@ -562,6 +645,7 @@ class Daemon:
 
     def _serve(self, control: Server | None) -> int:
         self._open_monitor()  # before the first snapshot, so nothing happens unseen in between
+        self.kernel_watch.open()
         if control is not None:
             control.open()
         logger.info("crashhpd started: backend %s, layout %s, root %s, uevents from %s, configuration %s",
@@ -601,6 +685,8 @@ class Daemon:
             done.fail(CrashhpdError("crashhpd is stopping; no update was run"))
         self._asked = []
         self.notifier.stopping()
+        self.kernel_watch.close()
+        self.parts.udev.release("crashhpd stopped")
         if control is not None:
             control.close()
         logger.info("stopping: %s", self.status_line(), extra=log.fields("stopping", backend=self.backend.name))

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """When to act on a burst of events: a trailing quiet window, capped by a maximum delay.
 
 Hot-adding 480 GiB is 7680 events in a few seconds. Waiting for `quiet`

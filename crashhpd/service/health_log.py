@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The journal's view of backend health: one line per change of verdict, never one per poll.
 
 Backends judge themselves purely (status asks on every request), so the

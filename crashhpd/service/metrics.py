@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Prometheus metrics: answered on the control socket and optionally kept as a node_exporter textfile.
 
 Counters and gauges are not kept twice: a collector reads them from the
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 TEXTFILE = "crashhpd.prom"
 TEXTFILE_MODE = 0o644  # node_exporter rarely runs as root
 # Always exported, so a rate() or an alert on a kind that has not happened yet still has a series.
-ERROR_KINDS = ("apply-failed", "snapshot-failed", "header-invalid", "events-lost", "internal")
+ERROR_KINDS = ("apply-failed", "snapshot-failed", "header-invalid", "events-lost", "internal", "kernel-header-stale")
 # From a sandbox apply (milliseconds) to a kexec reload that hits its timeout (60 s by default).
 APPLY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # The debounce alone is quiet_ms (200 ms) up to max_delay_ms (2 s); a reload adds seconds.
@@ -113,6 +114,23 @@ def families(s: Status, now: float) -> list["Metric"]:
         _counter("crashhpd_log_suppressed", "Log lines about control clients held back (one per peer per minute).",
                  s.log_suppressed),
     ]
+    out.append(_gauge("crashhpd_kernel_header_readable",
+                      "1 when the header the kernel holds could be read back from its memory.",
+                      int(s.kernel_header_readable)))
+    if s.crash_kernel_loaded is not None:
+        out.append(_gauge("crashhpd_crash_kernel_loaded", "1 while a crash kernel is loaded (kexec_crash_loaded).",
+                          s.crash_kernel_loaded))
+    if s.kernel_header_in_sync is not None:
+        out.append(_gauge("crashhpd_kernel_header_in_sync",
+                          "1 when the kernel's header covers the RAM and CPUs a fresh snapshot has.",
+                          int(s.kernel_header_in_sync)))
+    for name, doc, value in (
+        ("crashhpd_uncovered_ram_bytes", "RAM a dump taken now would miss.", s.uncovered_ram_bytes),
+        ("crashhpd_stale_ram_bytes", "RAM the kernel's header covers that no longer exists.", s.stale_ram_bytes),
+        ("crashhpd_missing_cpu_notes", "CPUs without a note in the kernel's header.", s.missing_cpu_notes),
+    ):
+        if value is not None:
+            out.append(_gauge(name, doc, value))
     if s.capacity_bytes is not None:
         out.append(_gauge("crashhpd_segment_capacity_bytes", "Bytes the loaded segment can hold.", s.capacity_bytes))
     if s.fill_ratio is not None:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Event intake: CPU and memory uevents from a netlink socket that lives in the daemon's loop.
 
 No observer thread: the monitor's fd sits in the selector and is drained

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Telling systemd where the daemon stands (sd_notify(3)): ready, reloading, status, watchdog, stopping.
 
 Outside a Type=notify service ($NOTIFY_SOCKET unset) every call does

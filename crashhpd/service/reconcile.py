@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """One reconcile: snapshot -> header -> validate -> compare with the backend -> apply if different.
 
 The data path of one update in one function, kept free of the event loop so
@@ -11,7 +12,9 @@ from dataclasses import dataclass
 
 from ..backends.base import Applied, Backend, Pending
 from ..elfcorehdr.build import Built, build_valid, changes
+from ..elfcorehdr.coverage import compare
 from ..elfcorehdr.layout import Layout
+from ..elfcorehdr.validate import NotAHeader
 from ..sysview.snapshot import Snapshot
 
 
@@ -38,14 +41,33 @@ class InFlight:
         return Outcome(self.built, self.pending.finish(), self.changes, self.clock() - self.started)
 
 
+def _kernel_has_it(backend: Backend, snapshot: Snapshot, built: Built) -> bool:
+    """Whether the header the kernel holds, read back, already covers what `built` does (RAM and CPU notes).
+
+    Only for a backend that reloads: then that header is what a reload would replace, and comparing with
+    it, not with the backend's model of it, means a model error can never skip a needed reload, and a
+    start-up whose crash kernel is already right costs none.
+    """
+    loaded = snapshot.loaded_header
+    if not backend.reloads or loaded is None or not loaded.readable:
+        return False
+    try:
+        return compare(loaded.header, built).in_sync
+    except NotAHeader:
+        return False
+
+
 def reconcile(backend: Backend, snapshot: Snapshot, layout: Layout,
               clock: Callable[[], float] = time.monotonic) -> Outcome | InFlight:
     """Bring the backend in line with the snapshot; a no-op when it already is."""
     started = clock()
     built = build_valid(snapshot, layout)
     current = backend.loaded(snapshot.kernel)
-    if current == built.data:
+    if current == built.data or _kernel_has_it(backend, snapshot, built):
         return Outcome(built, None, [], clock() - started)
+    loaded = snapshot.loaded_header
+    if backend.reloads and loaded is not None and loaded.readable:
+        current = loaded.header  # what the reload replaces: the diff says what it brings to the kernel
     lines = changes(current, built)
     applied = backend.begin(built.data, snapshot.kernel)
     if isinstance(applied, Applied):

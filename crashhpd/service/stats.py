@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """What the daemon has done so far: the counters and last outcomes that status is built from."""
 
 import time
@@ -22,6 +23,8 @@ class Stats:
     cpus: int = 0
     ram_ranges: int = 0
     ram_bytes: int = 0  # RAM the header covers
+    page_offset_guessed: bool = False  # the last header's direct-map base was the default, not the kernel's
+    cpus_without_notes: list[int] = field(default_factory=list)  # in the layout's CPU set, but no crash_notes
     in_sync: bool = False
 
     def error(self, kind: str, message: str) -> None:

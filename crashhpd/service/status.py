@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """What the daemon reports about itself: the one table of status fields.
 
 `crashhpctl status`, the control protocol's `status` reply, the metrics and
@@ -6,7 +7,7 @@ place. Admins' scripts read these names over the socket: within a protocol
 version a field is never renamed or removed, only added.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..backends.base import Applied
 from ..elfcorehdr.build import Built
@@ -53,6 +54,22 @@ class Status:
     control_refused: int = 0  # requests refused for want of root (permission-denied)
     control_busy: int = 0  # requests and connections turned away ("busy"): over a budget or a limit
     log_suppressed: int = 0  # log lines about clients held back (one per peer per minute is logged)
+    udev_rule_inert: bool = False  # the distribution's per-event reload rule is overridden while crashhpd runs
+    udev_rule_detail: str = ""  # why, or why not, and by which files
+    crash_kernel_loaded: int | None = None  # /sys/kernel/kexec_crash_loaded; None: no kexec in this kernel
+    kernel_header_readable: bool = False  # the header the kernel holds could be read back from its memory
+    kernel_header_unreadable_reason: str | None = None  # why not (kptr_restrict, lockdown, no BTF, nothing loaded)
+    kernel_header_sha256: str | None = None
+    kernel_segment_bytes: int | None = None  # the loaded segment's real capacity (memsz)
+    kernel_header_in_sync: bool | None = None  # it covers what a fresh snapshot does; None: not readable
+    uncovered_ram_bytes: int | None = None  # RAM a dump taken now would miss
+    missing_cpu_notes: int | None = None  # CPUs whose registers a dump taken now would lose
+    stale_ram_bytes: int | None = None  # RAM the kernel's header covers that no longer exists (hot-removed)
+    direct_map_base_known: bool = True  # False: /proc/kcore unreadable, RAM p_vaddr assume the non-KASLR base
+    # CPUs of the layout's set that sysfs gives no crash_notes address (possible, not present): not modelled
+    cpus_without_notes: list[int] = field(default_factory=list)
+    kernel_log_watched: bool = False  # /dev/kmsg is read for the kernel's `crash hp:` lines
+    kernel_log_complaint: str | None = None  # the last such line: the kernel could not update its header
 
 
 @dataclass(slots=True)
@@ -80,3 +97,4 @@ class Verdict:
     generation: int
     changes: list[str]
     built: Built
+    source: str = "model"  # "kernel": compared with the header the kernel holds; "model": with the backend's

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The kernel's own type information (BTF, /sys/kernel/btf/vmlinux): struct layouts of the running kernel.
 
 Offsets inside kernel structs change with the version and the configuration,

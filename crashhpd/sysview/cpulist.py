@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The kernel's CPU list format (`0-3,6,8-11`), as in /sys/devices/system/cpu/{possible,present,online}."""
 
 from ..errors import ParseError, quoted

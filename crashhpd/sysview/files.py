@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Reading kernel files under a configurable root: the one reader every stage uses.
 
 The root defaults to `/` and points at a fake tree in tests, in the sandbox

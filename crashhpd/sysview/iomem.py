@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """/proc/iomem: text in, resource lines out; then the few views the header needs.
 
 The kernel prints one resource per line, `START-END : NAME`, hex with an

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The kernel's kexec state: what is loaded, whether the kernel keeps the header itself, what it allows.
 
 These attributes change under crashhpd's feet (another loader, the kernel's
@@ -6,9 +7,10 @@ with every snapshot, in this one place, and handed to whoever decides:
 the backends never read them on their own.
 """
 
+import os
 from dataclasses import dataclass
 
-from .files import read_int, read_text
+from .files import read_int, read_text, under
 
 CRASH_LOADED = "sys/kernel/kexec_crash_loaded"
 CRASH_SIZE = "sys/kernel/kexec_crash_size"
@@ -18,6 +20,21 @@ ELFCOREHDR_SIZE = "sys/kernel/crash_elfcorehdr_size"
 LOAD_LIMIT = "proc/sys/kernel/kexec_load_limit_panic"
 LOCKDOWN = "sys/kernel/security/lockdown"
 BOOT_ID = "proc/sys/kernel/random/boot_id"
+# Newer kernels publish the kexec attributes under /sys/kernel/kexec/ (the old names stay, as links, for a
+# while): each is read under its old name, else under its new one.
+NEW_NAMES = {
+    CRASH_LOADED: "sys/kernel/kexec/crash_loaded",
+    CRASH_SIZE: "sys/kernel/kexec/crash_size",
+    ELFCOREHDR_SIZE: "sys/kernel/kexec/crash_elfcorehdr_size",
+    "sys/kernel/kexec_crash_cma_ranges": "sys/kernel/kexec/crash_cma_ranges",
+}
+
+
+def kexec_path(root: str, rel: str) -> str:
+    """Where the attribute is on this kernel: its old name, else its new one under /sys/kernel/kexec/."""
+    if rel in NEW_NAMES and not os.path.lexists(under(root, rel)):
+        return NEW_NAMES[rel]
+    return rel
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +69,9 @@ def read_kernel_state(root: str) -> KernelState:
     """Every attribute, read now; a malformed one is a ParseError naming the file."""
     boot_id = read_text(root, BOOT_ID)
     return KernelState(
-        crash_loaded=read_int(root, CRASH_LOADED),
-        crash_size=read_int(root, CRASH_SIZE),
-        elfcorehdr_size=read_int(root, ELFCOREHDR_SIZE),
+        crash_loaded=read_int(root, kexec_path(root, CRASH_LOADED)),
+        crash_size=read_int(root, kexec_path(root, CRASH_SIZE)),
+        elfcorehdr_size=read_int(root, kexec_path(root, ELFCOREHDR_SIZE)),
         crash_hotplug_cpu=read_int(root, CRASH_HOTPLUG_CPU),
         crash_hotplug_memory=read_int(root, CRASH_HOTPLUG_MEMORY),
         load_limit=read_int(root, LOAD_LIMIT, signed=True),

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The elfcorehdr the running kernel holds: read back from the loaded crash image through /proc/kcore.
 
 What crashhpd builds is what it believes the kernel should hold; this is

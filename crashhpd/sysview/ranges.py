@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Inclusive physical address ranges and the one operation the header needs: subtraction.
 
 Ranges are (start, end) tuples with an inclusive end, as /proc/iomem prints them

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The system as the header needs it: every kernel file read once per update, under a configurable root.
 
 One snapshot is what one update sees: RAM, CPUs and their notes, and the
@@ -14,11 +15,13 @@ from dataclasses import dataclass, field
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from ..elf import notes_of
 from ..errors import ParseError, SnapshotError
 from . import cpulist, iomem
 from .files import parse_int, read_int, read_text, under
 from .iomem import Resource
-from .kernel_state import KernelState, read_kernel_state
+from .kernel_state import KernelState, kexec_path, read_kernel_state
+from .loaded_header import LoadedHeader, LoadedHeaderReader
 from .ranges import Range
 
 CPU_DIR = "sys/devices/system/cpu"
@@ -61,6 +64,7 @@ class Snapshot:
     kernel: KernelState
     kernel_max: int | None = None
     crash_cma: tuple[Range, ...] = ()
+    loaded_header: LoadedHeader | None = None  # the header the kernel holds, when a reader was asked to look
     resources: tuple[Resource, ...] = ()  # every /proc/iomem line, in file order
 
     def cpu_set(self, which: str) -> frozenset[int]:
@@ -177,7 +181,8 @@ def read_boot_constants(root: str = "/") -> BootConstants:
                          kcore_kernel_map=kernel_map)
 
 
-def read_snapshot(root: str = "/", boot: BootConstants | None = None) -> Snapshot:
+def read_snapshot(root: str = "/", boot: BootConstants | None = None,
+                  header_reader: LoadedHeaderReader | None = None) -> Snapshot:
     """Everything the header depends on, read now; `boot` saves re-reading kallsyms and kcore."""
     iomem_path = under(root, "proc/iomem")
     resources = iomem.parse(_read_iomem(root), iomem_path)
@@ -190,24 +195,48 @@ def read_snapshot(root: str = "/", boot: BootConstants | None = None) -> Snapsho
     code = iomem.named(resources, "Kernel code")
     bss = iomem.named(resources, "Kernel bss")
     vmcoreinfo_text = read_text(root, "sys/kernel/vmcoreinfo")
-    cma_text = read_text(root, "sys/kernel/kexec_crash_cma_ranges")
+    cma_rel = kexec_path(root, "sys/kernel/kexec_crash_cma_ranges")
+    cma_text = read_text(root, cma_rel)
     kernel_max = read_int(root, f"{CPU_DIR}/kernel_max")
+    possible = _read_cpus(root, "possible")
+    vmcoreinfo = None if vmcoreinfo_text is None else parse_vmcoreinfo(vmcoreinfo_text,
+                                                                       under(root, "sys/kernel/vmcoreinfo"))
+    loaded = None if header_reader is None else header_reader.read()
+    crash_notes = _read_crash_notes(root)
+    if loaded is not None and loaded.readable and possible is not None:
+        crash_notes = _with_notes_of_absent_cpus(crash_notes, possible, vmcoreinfo, loaded.header)
     return Snapshot(
         root=root,
         ram=ram,
         crash_kernel=tuple(iomem.named(resources, iomem.CRASH_KERNEL)),
         kernel_code=code[0] if code else None,
         kernel_bss=bss[0] if bss else None,
-        cpus_possible=_read_cpus(root, "possible"),
+        cpus_possible=possible,
         cpus_present=_read_cpus(root, "present"),
         cpus_online=online,
-        crash_notes=_read_crash_notes(root),
-        vmcoreinfo=None
-        if vmcoreinfo_text is None
-        else parse_vmcoreinfo(vmcoreinfo_text, under(root, "sys/kernel/vmcoreinfo")),
+        crash_notes=crash_notes,
+        vmcoreinfo=vmcoreinfo,
         boot=boot if boot is not None else read_boot_constants(root),
         kernel=read_kernel_state(root),
         kernel_max=kernel_max,
-        crash_cma=() if cma_text is None else parse_ranges(cma_text, under(root, "sys/kernel/kexec_crash_cma_ranges")),
+        crash_cma=() if cma_text is None else parse_ranges(cma_text, under(root, cma_rel)),
         resources=tuple(resources),
+        loaded_header=loaded,
     )
+
+
+def _with_notes_of_absent_cpus(notes: dict[int, CpuNote], possible: frozenset[int],
+                               vmcoreinfo: tuple[int, int] | None, kernel_header: bytes) -> dict[int, CpuNote]:
+    """The notes sysfs lists, and those of possible CPUs it cannot (not present), from the kernel's own header.
+
+    Linux 6.6+ writes one note per possible CPU, in CPU order, beside VMCOREINFO; sysfs has crash_notes only
+    for present CPUs. Where the kernel's header has exactly one note per possible CPU and agrees with every
+    address sysfs gives, the rest are taken from it; otherwise nothing is guessed.
+    """
+    cpu_notes = [note for note in notes_of(kernel_header) if vmcoreinfo is None or note[0] != vmcoreinfo[0]]
+    if len(cpu_notes) != len(possible):
+        return notes
+    by_cpu = dict(zip(sorted(possible), cpu_notes))
+    if any(by_cpu.get(cpu, (None,))[0] != note.addr for cpu, note in notes.items()):
+        return notes  # the order is not what it seems: guess nothing
+    return {**{cpu: CpuNote(addr, size) for cpu, (addr, size) in by_cpu.items()}, **notes}

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """crashhpd against kdump-tools' real udev rule under real udevd: a hot-add of 8 GiB each, in the systemd guest.
 
 Run (it builds what the e2e suite builds: the cached Debian image, this run's .deb):

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """How long building one elfcorehdr takes, against pyelftools' own construct structs.
 
 Run: .venv/bin/python tests/bench/header_build.py [--repeat N]

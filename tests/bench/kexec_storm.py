@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Reloads and wall time for a 3840-event hot-add storm: crashhpd's kexec backend against one reload per event.
 
 Run as root (it injects real kernel uevents):

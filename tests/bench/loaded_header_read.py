@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """How long reading the elfcorehdr the kernel holds takes, with BTF parsed once per boot against on every read.
 
 Run: .venv/bin/python tests/bench/loaded_header_read.py [--reads N] [--baseline-reads N] [--btf-repeat N]

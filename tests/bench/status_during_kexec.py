@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """`status` round-trip latency while the daemon reloads the crash kernel, against the loop that waited for kexec.
 
 Run as root (reconcile is root only): .venv/bin/python tests/bench/status_during_kexec.py [--loads 5] [--load-s 1]

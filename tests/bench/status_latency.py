@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """`status` round-trip latency on the control socket while the daemon works through an event storm.
 
 Run as root: .venv/bin/python tests/bench/status_latency.py [--requests 10000] [--rate 0]
@@ -13,6 +14,16 @@ connection per request (what crashhpctl does) and all requests on one
 connection. Printed: median, p90, p99 and max per mode, the events the
 daemon received and the headers it applied during the run. Target: p99
 under 5 ms.
+
+With --hostile, instead of the storm: an 8000-range tree, and a second
+process running as `nobody`, a member of the socket's group, pipelining
+`verify` and `header` requests (200 of each per write) and reconnecting, as
+fast as it can; root's `status` is timed the same way, first with no such
+client (the baseline, same run, same tree), then during the attack. Printed
+besides: how many of the attacker's requests were answered and how many
+turned away (busy).
+
+    .venv/bin/python tests/bench/status_latency.py --hostile --requests 2000 [--crashhpd OTHER/bin/crashhpd]
 """
 
 import argparse
@@ -32,7 +43,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from daemonproc import DaemonProcess, generation, uevent_blocks, write_config
-from faketree import VIRTIO_MEM, make_tree, replace_iomem, virtio_mem_plugged
+from faketree import (
+    BLOCK,
+    QEMU_GUEST,
+    QEMU_HOT_ADD_BASE,
+    VIRTIO_MEM,
+    hot_added,
+    make_tree,
+    replace_iomem,
+    virtio_mem_plugged,
+)
 
 MAX_BLOCKS = 60  # 128 MiB blocks that fit after the fixture's last one, inside its virtio1 device
 EVENTS_PER_CHANGE = 64
@@ -109,13 +129,81 @@ def figures(times: list[float]) -> str:
             f"max {ms[-1]:7.3f} ms")
 
 
+NOBODY, NOGROUP = 65534, 65534
+ATTACK = b'{"op": "verify"}\n' * 200 + b'{"op": "header"}\n' * 200
+
+
+def attacker(path: str, stop: Event, answered: Synchronized, busy: Synchronized) -> None:
+    """The second process, as nobody in the socket's group: pipelined verify and header, reconnecting."""
+    os.setgroups([])
+    os.setgid(NOGROUP)
+    os.setuid(NOBODY)
+    ok = refused = 0
+    while not stop.is_set():
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.connect(path)
+                sock.sendall(ATTACK)
+                pending = bytearray()
+                for _ in range(ATTACK.count(b"\n")):
+                    reply = json.loads(read_line(sock, pending))
+                    ok += reply["ok"]
+                    refused += not reply["ok"] and reply["error"]["code"] == "busy"
+        except OSError:
+            continue  # turned away at connect: try again
+    answered.value, busy.value = ok, refused
+
+
+def hostile(requests: int, crashhpd: str | None) -> None:
+    with tempfile.TemporaryDirectory() as work_dir:
+        work = Path(work_dir)
+        root = make_tree(work / "root", hot_added(QEMU_GUEST, 8000, QEMU_HOT_ADD_BASE, stride=2 * BLOCK))
+        sock_path = str(work / "control.sock")
+        os.chmod(work, 0o755)  # nobody must reach the socket
+        config = write_config(work / "crashhpd.toml", {
+            "root": str(root), "monitor": {"source": "kernel"}, "sandbox": {"state_dir": str(work / "state")},
+            "control": {"socket": sock_path, "group": "nogroup"}, "log": {"level": "info"},
+        })
+        daemon = DaemonProcess(work, config, command=[crashhpd, "run", "--config", str(config)] if crashhpd else None)
+        stop = multiprocessing.Event()
+        answered, busy = multiprocessing.Value("q", 0), multiprocessing.Value("q", 0)
+        attack = multiprocessing.Process(target=attacker, args=(sock_path, stop, answered, busy))
+        try:
+            daemon.wait_ready()
+            baseline = one_per_connection(sock_path, requests)
+            attack.start()
+            time.sleep(1.0)  # the attack is under way
+            started = time.monotonic()
+            during = one_per_connection(sock_path, requests)
+            elapsed = time.monotonic() - started
+        finally:
+            stop.set()
+            attack.join()
+            daemon.stop()
+    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    print(f"tree: 8000 RAM ranges; attacker (uid {NOBODY}, in the socket's group): {answered.value} requests "
+          f"answered, {busy.value} turned away (busy) over {elapsed:.1f} s")
+    print(f"root status x {requests}, no attacker (baseline) {figures(baseline)}")
+    print(f"root status x {requests}, during the attack     {figures(during)}")
+    print(f"p99 during / baseline: {figures_p99(during) / figures_p99(baseline):.1f}x")
+
+
+def figures_p99(times: list[float]) -> float:
+    return statistics.quantiles(sorted(times), n=100, method="inclusive")[98]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=10_000, help="status requests per mode")
     ap.add_argument("--rate", type=float, default=0, help="events per second (0: as fast as one process can)")
+    ap.add_argument("--hostile", action="store_true", help="a group member hammering verify and header instead")
+    ap.add_argument("--crashhpd", help="with --hostile: the crashhpd to measure (e.g. an older build's)")
     args = ap.parse_args()
     if os.geteuid() != 0:
-        sys.exit("status_latency.py needs root: it injects real kernel uevents")
+        sys.exit("status_latency.py needs root: it injects real kernel uevents or runs a client as nobody")
+    if args.hostile:
+        hostile(args.requests, args.crashhpd)
+        return
     with tempfile.TemporaryDirectory() as work_dir:
         work = Path(work_dir)
         root = make_tree(work / "root", VIRTIO_MEM)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """A hot-add storm: crashhpd against the distributions' reload-per-event, in one run.
 
 Run as root: .venv/bin/python tests/bench/storm.py [--counts 128 1024 3840]

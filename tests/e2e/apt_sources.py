@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The Debian mirrors this host's apt already uses, read from its own configuration.
 
 The e2e parts are fetched from wherever the host fetches its own packages (a

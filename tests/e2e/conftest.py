@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Session fixtures for the QEMU tests: Debian's parts, fetched once, and the initramfs, built once per run."""
 
 import functools

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The guest's initramfs: busybox, kexec-tools, Debian's Python 3.11 running this checkout of crashhpd, the agent.
 
 One archive serves both kernels of a run: the first kernel gets it with a
@@ -192,14 +193,18 @@ def _distributions(name: str) -> Iterator[metadata.Distribution]:
         todo += [Requirement(r) for r in dist.requires or []]
 
 
-def _add_site_packages(stage: Path) -> None:
-    site = stage / SITE
+def copy_site_packages(site: Path) -> None:
+    """This checkout's crashhpd and the installed distributions it needs at run time, into `site`."""
     for dist in _distributions("crashhpd"):
         for file in dist.files or []:
             if file.parts[0] == ".." or "__pycache__" in file.parts:
                 continue
             _copy(Path(str(dist.locate_file(file))), site / file)
     _copy_tree(REPO / "crashhpd", site / "crashhpd", frozenset({"__pycache__"}))
+
+
+def _add_site_packages(stage: Path) -> None:
+    copy_site_packages(stage / SITE)
     for script, module in ENTRY_POINTS.items():
         path = stage / "usr/bin" / script
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The guest's parts, from Debian packages only, fetched once into a cache directory the tests own.
 
 apt-get runs with a private source list, state, status file and cache. The

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """Proof on real kernels: hot-add to a QEMU guest, crash it, and look for what was added in /proc/vmcore.
 
 Each test boots Debian's kernel with the crashhpd initramfs (see initramfs.py
@@ -78,7 +79,41 @@ def one_reload(seen: dict[str, Any]) -> dict[str, Any]:
     check(guest, len(reloads) == 1, f"{len(reloads)} kexec -p runs for one hot-add burst: {reloads}")
     check(guest, status["applies"] == ready["status"]["applies"] + 1, f"crashhpd's own count disagrees: {status}")
     check(guest, settled["verify"]["in_sync"], f"crashhpctl verify: {settled['verify']}")
+    assert_the_kernels_header_read_back(seen)
     return status
+
+
+def assert_the_kernels_header_read_back(seen: dict[str, Any]) -> None:
+    """crashhpd read the header the real kernel holds (BTF, kallsyms, /proc/kcore) and found it complete,
+    at boot and after the hot-add: the reader works on this kernel, and verify used it."""
+    guest = seen["guest"]
+    for when in ("ready", "settled"):
+        status = seen[when]["status"]
+        check(guest, status["kernel_header_readable"] is True,
+              f"the kernel's header could not be read back ({when}): {status['kernel_header_unreadable_reason']}")
+        check(guest, (status["kernel_header_in_sync"], status["uncovered_ram_bytes"], status["missing_cpu_notes"],
+                      status["stale_ram_bytes"]) == (True, 0, 0, 0), f"the kernel's header misses something: {status}")
+    check(guest, seen["settled"]["verify"]["source"] == "kernel", f"verify did not use it: {seen['settled']['verify']}")
+    settled = seen["settled"]
+    check(guest, settled["kernel_header"] == settled["model_header"],
+          f"the header read back is not crashhpd's model of it, field for field: {settled['kernel_header']} "
+          f"against {settled['model_header']}")
+    assert_the_kdump_kernel_used_what_was_read(seen)
+
+
+def assert_the_kdump_kernel_used_what_was_read(seen: dict[str, Any]) -> None:
+    """What crashhpd read back is what the kdump kernel turned into /proc/vmcore: the same PT_LOADs (address
+    and size; the kdump kernel rewrites only their file offsets) and one NT_PRSTATUS per CPU note."""
+    guest, read, vmcore = seen["guest"], seen["settled"]["kernel_header"], seen["vmcore"]
+
+    def loads(segments: list[dict[str, Any]]) -> list[tuple[int, int]]:
+        return sorted((s["paddr"], s["memsz"]) for s in segments if s["type"] == "PT_LOAD" and s["memsz"])
+
+    check(guest, loads(read) == loads(vmcore["segments"]),
+          f"the vmcore's PT_LOADs are not the header read back: {loads(read)} against {loads(vmcore['segments'])}")
+    cpu_notes = sum(1 for s in read if s["type"] == "PT_NOTE") - 1  # all but VMCOREINFO
+    check(guest, vmcore["prstatus"] == cpu_notes,
+          f"{vmcore['prstatus']} NT_PRSTATUS in the vmcore, {cpu_notes} CPU notes in the header read back")
 
 
 def assert_dimm_saved(seen: dict[str, Any]) -> None:
@@ -121,6 +156,30 @@ def test_kernel_that_updates_the_header_itself_gets_no_reload(qemu: Qemu, boot: 
     check(guest, status["events_received"] >= BLOCK_EVENTS, f"crashhpd missed the hot-add: {status}")
     check(guest, settled["kexec_loads"] == [], f"kexec ran under the kernel backend: {settled['kexec_loads']}")
     check(guest, settled["verify"]["in_sync"], f"crashhpctl verify says out of sync: {settled['verify']}")
+    assert_the_kernels_header_read_back(seen)  # the header the kernel rewrote itself, read back
+    assert_dimm_saved(seen)
+
+
+def test_a_kernel_that_does_not_update_its_header_is_caught_and_recovered(qemu: Qemu, boot: Boot,
+                                                                         tmp_path: Path) -> None:
+    """6.12 with an image loaded by kexec_load (no --hotplug): the kernel leaves its header alone on hotplug.
+    crashhpd, told the backend is `kernel`, reads the header back, sees the DIMM missing, and reloads once
+    with kexec_file_load, after which the DIMM is in the vmcore."""
+    seen = run_guest(qemu, boot, tmp_path, "6.12", "stale")
+    guest, ready, settled = seen["guest"], seen["ready"], seen["settled"]
+    check(guest, "-c" in seen["loaded"]["argv"], f"not loaded with kexec_load: {seen['loaded']}")
+    check(guest, ready["status"]["backend"] == "kernel" and ready["status"]["kernel_header_in_sync"] is True,
+          f"not the passive backend on a complete header: {ready['status']}")
+    status = settled["status"]
+    check(guest, status["errors"].get("kernel-header-stale", 0) >= 1, f"the stale header went unseen: {status}")
+    console = guest.console.read_text(errors="replace")
+    check(guest, f"a dump taken now would miss {DIMM} bytes of RAM" in console,
+          "the journal line does not say the whole DIMM was missing")
+    reloads = settled["kexec_loads"][len(ready["kexec_loads"]):]
+    check(guest, len(reloads) == 1 and "-s" in reloads[0]["args"].split(),
+          f"not exactly one kexec_file_load recovery: {reloads}")
+    check(guest, (status["kernel_header_in_sync"], status["uncovered_ram_bytes"]) == (True, 0),
+          f"still stale after the recovery: {status}")
     assert_dimm_saved(seen)
 
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The e2e plumbing on its own: the skip reason for an unreachable registry, and the archives' contents."""
 
 import gzip
@@ -11,19 +12,19 @@ from . import apt_sources, initramfs, parts
 DEB822 = """\
 Types: deb deb-src
 # a comment
-URIs: http://mirror.example/debian
+URIs: http://127.0.0.1:9/debian
 Suites: bookworm bookworm-updates
 Components: main contrib
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
-URIs: http://mirror.example/debian-security/
+URIs: http://127.0.0.1:9/debian-security/
 Suites: bookworm-security
 Components: main
 
 Types: deb
 Enabled: no
-URIs: http://disabled.example/debian
+URIs: http://127.0.0.1:10/debian
 Suites: bookworm
 Components: main
 """
@@ -39,27 +40,27 @@ def test_an_unreachable_registry_is_a_skip_reason_not_an_error(tmp_path: Path) -
 def test_the_mirrors_come_from_the_hosts_deb822_sources(tmp_path: Path) -> None:
     (tmp_path / "sources.list.d").mkdir()
     (tmp_path / "sources.list.d/debian.sources").write_text(DEB822)
-    (tmp_path / "sources.list.d/other.list").write_text("deb https://vendor.example/apt stable main\n")
+    (tmp_path / "sources.list.d/other.list").write_text("deb https://127.0.0.1:11/apt stable main\n")
     found = apt_sources.mirrors("bookworm", tmp_path)
-    assert found == apt_sources.Mirrors("http://mirror.example/debian", "http://mirror.example/debian-security")
+    assert found == apt_sources.Mirrors("http://127.0.0.1:9/debian", "http://127.0.0.1:9/debian-security")
     assert parts.source_list(found).splitlines() == [
-        f"deb [signed-by={parts.KEYRING}] http://mirror.example/debian bookworm main",
-        f"deb [signed-by={parts.KEYRING}] http://mirror.example/debian bookworm-updates main",
-        f"deb [signed-by={parts.KEYRING}] http://mirror.example/debian-security bookworm-security main",
-        f"deb [signed-by={parts.KEYRING}] http://mirror.example/debian bookworm-backports main",
+        f"deb [signed-by={parts.KEYRING}] http://127.0.0.1:9/debian bookworm main",
+        f"deb [signed-by={parts.KEYRING}] http://127.0.0.1:9/debian bookworm-updates main",
+        f"deb [signed-by={parts.KEYRING}] http://127.0.0.1:9/debian-security bookworm-security main",
+        f"deb [signed-by={parts.KEYRING}] http://127.0.0.1:9/debian bookworm-backports main",
     ]
 
 
 def test_the_mirrors_come_from_the_hosts_one_line_sources(tmp_path: Path) -> None:
     (tmp_path / "sources.list").write_text(
-        "# deb http://commented.example/debian bookworm main\n"
-        "deb-src http://src.example/debian bookworm main\n"
-        "deb [arch=amd64 signed-by=/k.gpg] http://local.example/debian/ bookworm main non-free-firmware\n")
-    assert apt_sources.mirrors("bookworm", tmp_path) == apt_sources.Mirrors("http://local.example/debian", None)
+        "# deb http://127.0.0.1:12/debian bookworm main\n"
+        "deb-src http://127.0.0.1:13/debian bookworm main\n"
+        "deb [arch=amd64 signed-by=/k.gpg] http://127.0.0.1:14/debian/ bookworm main non-free-firmware\n")
+    assert apt_sources.mirrors("bookworm", tmp_path) == apt_sources.Mirrors("http://127.0.0.1:14/debian", None)
 
 
 def test_a_host_without_a_debian_mirror_is_a_skip_reason_naming_where_it_looked(tmp_path: Path) -> None:
-    (tmp_path / "sources.list").write_text("deb https://vendor.example/apt stable main\n")
+    (tmp_path / "sources.list").write_text("deb https://127.0.0.1:11/apt stable main\n")
     with pytest.raises(parts.PartsUnavailable, match=r"no Debian mirror serving bookworm .*sources\.list\.d"):
         parts.source_list(apt_sources.mirrors("bookworm", tmp_path))
 

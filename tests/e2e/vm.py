@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """One QEMU guest, driven from the host: the agent's channel on ttyS1, QMP for hot-plug, a hard deadline.
 
 The host listens on both Unix sockets before QEMU starts and QEMU connects

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The guest's half of the e2e test, run by /init in both kernels; it talks to the host over ttyS1.
 
 Every message is one line, `E2E <KIND> <json>` from the guest and `<COMMAND> <args>` from the
@@ -7,6 +8,8 @@ is chosen by `crashhpd_e2e.mode=` on the command line:
   kexec    load the crash kernel with `kexec -p`, run crashhpd with the kexec backend
   auto     load it with `kexec -p -s`, run crashhpd with backend = "auto"
   control  load it with `kexec -p` and run no crashhpd at all: what the test must catch
+  stale    load it with kexec_load, which a 6.6+ kernel does not update, and tell crashhpd the
+           backend is `kernel`: it must see the header go stale and reload (recover) with `kexec -p -s`
   bench    load the crash kernel, then obey BENCH commands (hotplug_bench.py, for tests/bench/guest_hotplug_emulated.py)
 
 In the kdump kernel (/proc/vmcore exists) it reports the program headers of /proc/vmcore, read
@@ -200,6 +203,7 @@ def settle(what: list[str], daemon: bool, events_before: int) -> dict[str, Any]:
     result: dict[str, Any] = {"online_at": uptime()}
     if daemon:
         result.update(status=daemon_idle(events_before, deadline), verify=control("verify"),
+                      kernel_header=control("kernel-header")["segments"], model_header=control("header")["segments"],
                       kexec_loads=kexec_loads())
     return result
 
@@ -233,10 +237,10 @@ def first_kernel(channel: Channel, mode: str) -> None:
     channel.send("LOADED", loaded)
     if loaded["exit"] != 0:
         return
-    daemon = mode in ("kexec", "auto")  # bench starts its own when asked to
+    daemon = mode in ("kexec", "auto", "stale")  # bench starts its own when asked to
     ready: dict[str, Any] = {"uptime": uptime()}
     if daemon:
-        write_config("auto" if mode == "auto" else "kexec", file_load)
+        write_config({"auto": "auto", "stale": "kernel"}.get(mode, "kexec"), file_load)
         _, ready["seconds"] = start_crashhpd()
         ready["status"] = control("status")
         ready["kexec_loads"] = kexec_loads()

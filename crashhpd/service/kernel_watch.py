@@ -1,0 +1,119 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""What the loop knows of the header the kernel holds: read back after each update, and the kernel's own word.
+
+After every update the header read back from the kernel's memory is
+compared with the fresh one (elfcorehdr/coverage.py); the result is what
+status reports, and a change for the worse is said once in the journal
+(MESSAGE_ID kernel-header-stale): where keeping that header current is the
+backend's job, it is an error, and the passive backend may then recover
+with one reload. After a reload, the header read back is checked against
+the model (MESSAGE_ID model-drift). /dev/kmsg's `crash hp:` lines (kmsg.py)
+are the kernel saying the same where nothing can be read back.
+"""
+
+import logging
+import selectors
+from collections.abc import Callable
+
+from .. import log
+from ..backends.base import KEEP_KERNEL_HEADER
+from ..elfcorehdr.build import Built, changes
+from ..elfcorehdr.coverage import KernelView, view
+from ..errors import quoted
+from ..sysview.loaded_header import LoadedHeader
+from .kmsg import KernelLog
+
+logger = logging.getLogger(__name__)
+
+Report = Callable[[str, str], None]  # (error kind, message): counted in the daemon's stats
+
+
+class KernelWatch:
+    """`backend` names the backend now in use (a SIGHUP may change it); `report` counts an error;
+    `check_soon` asks for an update after the quiet window, to read the header back."""
+
+    def __init__(self, root: str, selector: selectors.BaseSelector, backend: Callable[[], str], report: Report,
+                 check_soon: Callable[[], None]) -> None:
+        self._selector = selector
+        self._backend = backend
+        self._report = report
+        self._check_soon = check_soon
+        self._log = KernelLog(root)
+        self.view = KernelView()  # the header the kernel holds, as the last update read it
+        self.log_watched = False  # /dev/kmsg is in the selector
+        self.complaint: str | None = None  # the kernel's last word on a failed header rewrite
+        self.recover_wanted = False  # the passive backend should reload once: the kernel left its header stale
+
+    # --- /dev/kmsg ------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        reason = self._log.open()
+        if reason is not None:
+            logger.debug("not watching the kernel's log for failed header rewrites: %s", reason)
+            return
+        self._selector.register(self._log.fileno(), selectors.EVENT_READ, self._on_log)
+        self.log_watched = True
+
+    def close(self) -> None:
+        if self.log_watched:
+            self._selector.unregister(self._log.fileno())
+            self.log_watched = False
+        self._log.close()
+
+    def _on_log(self, _mask: int) -> None:
+        """The kernel says it could not update the loaded header: an error now, and a check soon."""
+        drained = self._log.drain()
+        for line in drained.lines:
+            self.complaint = f"the kernel could not update the loaded header: {quoted(line.strip())}"
+            self._report("kernel-header-stale", self.complaint)
+            logger.warning("%s", self.complaint, extra=log.fields("kernel-header-stale", backend=self._backend()))
+        if drained.lines:
+            self._check_soon()
+        if drained.ended:
+            self.close()
+
+    # --- after an update --------------------------------------------------------------------------
+
+    def updated(self, loaded: LoadedHeader | None, built: Built, layout: str, reloaded: bool,
+                can_recover: bool) -> None:
+        """`loaded` is the header read back once the update ended; `reloaded`: this update reloaded it;
+        `can_recover`: a reload may be asked for where the kernel left its header stale."""
+        if reloaded and loaded is not None:
+            self._confirm_load(loaded, built, layout)
+        self._watch(view(loaded, built), can_recover)
+
+    def _confirm_load(self, loaded: LoadedHeader, built: Built, layout: str) -> None:
+        """Where kexec-tools built other bytes than the model, say so (model drift): whether to reload is
+        decided on coverage, so a drift costs no dump, but the model should be fixed."""
+        if not loaded.readable:
+            return
+        held = loaded.header
+        if built.data[:len(held)] == held and not any(built.data[len(held):]):
+            return
+        lines = changes(held, built)
+        what = (": " + "; ".join(lines)) if lines else " (same RAM and CPUs, other bytes)"
+        logger.warning("model drift: the reload loaded another header than crashhpd's %s model%s", layout, what,
+                       extra=log.fields("model-drift", backend=self._backend()))
+
+    def _watch(self, kernel: KernelView, can_recover: bool) -> None:
+        """Keep what the kernel holds for status; say so once when it starts (or stops) missing something."""
+        backend = self._backend()
+        was = self.view.coverage
+        self.view = kernel
+        now = kernel.coverage
+        if now is None or (was is not None and was.in_sync == now.in_sync):
+            return
+        if now.in_sync:
+            if was is not None:
+                logger.info("the kernel's header is current again",
+                            extra=log.fields("kernel-header-stale", backend=backend))
+            return
+        message = (f"the kernel's header is stale: a dump taken now would miss {now.uncovered_ram_bytes} bytes "
+                   f"of RAM and {now.missing_cpu_notes} CPU notes, and cover {now.stale_ram_bytes} bytes that "
+                   f"are gone: {'; '.join(now.changes) or 'no visible change'}")
+        if backend in KEEP_KERNEL_HEADER:  # its job, not done: an error, not only a report
+            self._report("kernel-header-stale", message)
+        if can_recover:  # once per stale spell: a reload that does not fix it is not repeated
+            self.recover_wanted = True
+            message += "; reloading the crash kernel once ([kernel] recover)"
+        logger.warning("%s", message, extra=log.fields("kernel-header-stale", backend=backend))

@@ -1,0 +1,151 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Take over from the distribution's udev reload rule, only while crashhpd does its job.
+
+Every distribution reloads the whole crash kernel on each hotplug event from a
+udev rule; while crashhpd keeps the header current itself (the `kexec`
+backend, or `kernel` on a kernel whose own rule would still reload, as
+Debian's kdump-tools never checks crash_hotplug), that rule only undoes its
+work. So, while such a backend runs, crashhpd places its comment-only
+override files (udev/*.rules, shipped in /usr/share/crashhpd/udev) in
+/run/udev/rules.d, which takes precedence over the packaged rules and
+vanishes on reboot, and reloads udev; when it stops, or falls back to the
+sandbox backend, it removes them again, so the distribution's rule works
+whenever crashhpd does not. The unit's ExecStopPost does the same after a
+daemon that could not (SIGKILL, the watchdog).
+
+An override an admin put in /etc/udev/rules.d is theirs: it takes precedence
+over /run anyway, and crashhpd neither places its own beside it nor touches it.
+Only files crashhpd placed (they start with MARKER) are ever removed.
+
+/run/udev/rules.d and /etc/udev/rules.d are the system's, so they are taken
+under the configured root like /proc and /sys (a test tree gets its own);
+udev is told to reload only when the root's udevd runs (its control socket).
+"""
+
+import logging
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from .. import log
+from ..backends.base import KEEP_KERNEL_HEADER
+from ..safefile import SafeDir, read_file
+from ..sysview.files import under
+
+logger = logging.getLogger(__name__)
+
+MARKER = b"# crashhpd: placed while it keeps the kdump header current; removed when it stops\n"
+ADMIN_DIR = "etc/udev/rules.d"
+UDEV_CONTROL = "run/udev/control"
+MAX_RULE_BYTES = 64 * 1024
+RELOAD_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What status says about the distribution's rule."""
+
+    inert: bool
+    detail: str
+
+
+class UdevTakeover:
+    def __init__(self, root: str, source_dir: str, runtime_dir: str, enabled: bool = True) -> None:
+        self._source = source_dir  # crashhpd's own files: not under the root
+        self._runtime = under(root, runtime_dir)
+        self._admin = under(root, ADMIN_DIR)
+        self._control = under(root, UDEV_CONTROL)
+        self._enabled = enabled
+        self._placed: tuple[str, ...] = ()
+        self.verdict = Verdict(False, "not taken over yet")
+
+    def sync(self, backend: str) -> Verdict:
+        """Place or remove the overrides for the backend that runs now; never raises."""
+        if not self._enabled:
+            self.verdict = Verdict(False, "udev takeover disabled ([udev] takeover = false): "
+                                          "the distribution's rule reloads on every event")
+        elif backend in KEEP_KERNEL_HEADER:
+            self.verdict = self._place(backend)
+        else:
+            self._remove(f"the {backend} backend does not load the crash kernel")
+            self.verdict = Verdict(False, f"the distribution's rule is active: the {backend} backend "
+                                          "does not keep the kernel's header current")
+        return self.verdict
+
+    def release(self, why: str) -> None:
+        """crashhpd stops: the distribution's rule takes over again."""
+        self._remove(why)
+        self.verdict = Verdict(False, f"released: {why}")
+
+    def _names(self) -> list[str]:
+        try:
+            return sorted(name for name in os.listdir(self._source) if name.endswith(".rules"))
+        except OSError as err:
+            raise OSError(f"{self._source}: {err.strerror}") from None
+
+    def _place(self, backend: str) -> Verdict:
+        try:
+            names = self._names()
+            admin = [name for name in names if os.path.lexists(os.path.join(self._admin, name))
+                     or self._foreign(name)]
+            ours = [name for name in names if name not in admin]
+            with SafeDir(self._runtime, 0o755) as target:
+                for name in ours:
+                    text = read_file(os.path.join(self._source, name), MAX_RULE_BYTES)
+                    target.write(name, MARKER + text, 0o644)
+        except OSError as err:
+            logger.warning("cannot take over from the distribution's udev rule: %s", err,
+                           extra=log.fields("udev", backend=backend))
+            return Verdict(False, f"the distribution's rule is still active: {err}")
+        if tuple(ours) != self._placed:
+            self._placed = tuple(ours)
+            self._reload_udev()
+            logger.info("took over from the distribution's udev rule: %s in %s%s", ", ".join(ours) or "nothing",
+                        self._runtime, f" ({', '.join(admin)} overridden by the admin in {self._admin})" if admin
+                        else "", extra=log.fields("udev", backend=backend))
+        where = [f"{', '.join(ours)} in {self._runtime}"] if ours else []
+        where += [f"{', '.join(admin)} by the admin ({self._admin} or {self._runtime})"] if admin else []
+        return Verdict(True, f"inert while the {backend} backend keeps the header current: overridden by "
+                             + "; ".join(where))
+
+    def _remove(self, why: str) -> None:
+        removed = []
+        for name in self._placed or self._names_quietly():
+            path = os.path.join(self._runtime, name)
+            try:
+                if read_file(path, MAX_RULE_BYTES).startswith(MARKER):
+                    os.unlink(path)
+                    removed.append(name)
+            except OSError:
+                continue  # absent, or not ours: left alone
+        self._placed = ()
+        if removed:
+            self._reload_udev()
+            logger.info("gave the udev rule back to the distribution (%s): removed %s from %s", why,
+                        ", ".join(removed), self._runtime, extra=log.fields("udev"))
+
+    def _foreign(self, name: str) -> bool:
+        """A file of that name in the runtime directory that crashhpd did not put there: someone else's."""
+        try:
+            return not read_file(os.path.join(self._runtime, name), MAX_RULE_BYTES).startswith(MARKER)
+        except FileNotFoundError:
+            return False
+
+    def _names_quietly(self) -> list[str]:
+        try:
+            return self._names()
+        except OSError:
+            return []
+
+
+    def _reload_udev(self) -> None:
+        """`udevadm control --reload`, where udevd runs; the rules take effect from the next event."""
+        udevadm = shutil.which("udevadm")
+        if udevadm is None or not os.path.exists(self._control):
+            return
+        try:
+            subprocess.run([udevadm, "control", "--reload"], stdin=subprocess.DEVNULL, capture_output=True,
+                           timeout=RELOAD_TIMEOUT_S, check=False)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            logger.warning("udevadm control --reload failed: %s", err, extra=log.fields("udev"))
