@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """History: crashhpd against an emulation of Debian's udev rule, 2 GiB hot-added each, in the initramfs guest.
 
 tests/bench/guest_hotplug.py replaced it: it runs the real rule under real

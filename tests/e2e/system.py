@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-only
 """The systemd guest: Debian 12 on a virtio disk, booted from Debian's packages with systemd as PID 1.
 
 The root file system is built by mmdebstrap from Debian's packages, with the
