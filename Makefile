@@ -13,7 +13,8 @@ test:
 test-fast:
 	sh .ci/setup test --ignore=tests/e2e
 
-# Only the QEMU tests: real kernels hot-add a DIMM or a CPU, crash, and /proc/vmcore is read (under two minutes under TCG).
+# Only the QEMU tests: real kernels hot-add a DIMM or a CPU, crash, and /proc/vmcore is read; the systemd guest
+# too (about five minutes under TCG once its image is cached).
 e2e:
 	sh .ci/setup test tests/e2e
 

@@ -1,13 +1,14 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """Session fixtures for the QEMU tests: Debian's parts, fetched once, and the initramfs, built once per run."""
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
-from . import initramfs, parts
+from . import initramfs, parts, system
 
 T = TypeVar("T")
 
@@ -46,3 +47,11 @@ def boot(archives: initramfs.Archives, tmp_path_factory: pytest.TempPathFactory
         return built[series]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def system_image(qemu: parts.Qemu, archives: initramfs.Archives, tmp_path_factory: pytest.TempPathFactory
+                 ) -> system.System:
+    """The systemd guest's image with this run's crashhpd .deb installed, prepared once per run."""
+    kernels = {series: _fetched(functools.partial(parts.kernel, series)) for series in ("6.1", "6.12")}
+    return _fetched(lambda: system.prepare(qemu, kernels, archives.kdump, tmp_path_factory.mktemp("system")))

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -50,7 +51,8 @@ class Guest:
     """A guest booted with the crashhpd initramfs; use as a context manager so QEMU always dies."""
 
     def __init__(self, qemu: Qemu, kernel: Kernel, initrd: Path, workdir: Path, mode: str,
-                 deadline_s: float = 150.0, memory: str = "1G,slots=4,maxmem=4G", smp: str = "2") -> None:
+                 deadline_s: float = 150.0, memory: str = "1G,slots=4,maxmem=4G", smp: str = "2",
+                 append: str | None = None, extra: Sequence[str] = ()) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.console = workdir / "console.log"
@@ -59,6 +61,7 @@ class Guest:
         self.deadline = time.monotonic() + deadline_s
         self.accel = accelerator()
         self._buffers = {"channel": b"", "qmp": b""}
+        self.events: list[dict[str, Any]] = []  # QMP events, in the order they came
         self._sockets: dict[str, socket.socket] = {}
         listeners = {name: self._listen(workdir / f"{name}.sock") for name in ("channel", "qmp")}
         argv = [
@@ -66,10 +69,11 @@ class Guest:
             "-accel", self.accel, "-machine", "pc", "-cpu", "max" if self.accel == "kvm" else "qemu64",
             "-m", memory, "-smp", smp, "-nodefaults", "-display", "none", "-no-reboot",
             "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
-            "-append", f"{BOOT_ARGS} crashhpd_e2e.mode={mode}",
+            "-append", append if append is not None else f"{BOOT_ARGS} crashhpd_e2e.mode={mode}",
             "-chardev", f"file,id=console,path={self.console}", "-serial", "chardev:console",
             "-chardev", f"socket,id=channel,path={workdir / 'channel.sock'}", "-serial", "chardev:channel",
             "-chardev", f"socket,id=qmp,path={workdir / 'qmp.sock'}", "-mon", "chardev=qmp,mode=control",
+            *extra,
         ]
         (workdir / "qemu.argv").write_text(" ".join(argv) + "\n")
         with open(workdir / "qemu.out", "wb") as out:
@@ -158,10 +162,24 @@ class Guest:
         while True:
             reply = self._qmp_read()
             if "event" in reply:
+                self.events.append(reply)
                 continue
             if "error" in reply:
                 raise self.failure(f"QMP {command} failed: {reply['error']}")
             return reply["return"]
+
+    def qmp_event(self, name: str, timeout_s: float, **data: Any) -> dict[str, Any]:
+        """The first QMP event `name` whose data has `data`, seen before or within `timeout_s`."""
+        deadline = min(self.deadline, time.monotonic() + timeout_s)
+        while True:
+            for event in self.events:
+                if event["event"] == name and all(event.get("data", {}).get(k) == v for k, v in data.items()):
+                    return event
+            if time.monotonic() > deadline:
+                raise self.failure(f"no QMP event {name} {data} within {timeout_s:g} s")
+            ready, _, _ = select.select([self._sockets["qmp"]], [], [], 0.2)
+            if ready or b"\n" in self._buffers["qmp"]:
+                self.events.append(self._qmp_read())
 
     def hot_add_memory(self, size: int, address: int, name: str = "dimm0") -> dict[str, Any]:
         """object-add + device_add pc-dimm: what a cloud's "add memory" does to the guest."""

@@ -10,10 +10,11 @@ is chosen by `crashhpd_e2e.mode=` on the command line:
   control  load it with `kexec -p` and run no crashhpd at all: what the test must catch
   stale    load it with kexec_load, which a 6.6+ kernel does not update, and tell crashhpd the
            backend is `kernel`: it must see the header go stale and reload (recover) with `kexec -p -s`
-  bench    load the crash kernel, then obey BENCH commands (hotplug_bench.py, for tests/bench/guest_hotplug.py)
+  bench    load the crash kernel, then obey BENCH commands (hotplug_bench.py, for tests/bench/guest_hotplug_emulated.py)
 
 In the kdump kernel (/proc/vmcore exists) it reports the program headers of /proc/vmcore, read
-with crashhpd's own validator, and reads the pages the host asks for.
+with crashhpd's own validator, reads the pages the host asks for, or all of it. The systemd
+guest (system.py) boots this kdump kernel too: kdump-tools loads it with this archive.
 """
 
 import hashlib
@@ -301,6 +302,19 @@ def read_page(segments: list[dict[str, Any]], address: int) -> dict[str, Any]:
     return {"address": address, "covered": False, "bytes": 0}
 
 
+def read_all() -> dict[str, Any]:
+    """/proc/vmcore read from end to end, as makedumpfile or cp would: a PT_LOAD over memory that
+    is gone shows up here as an error or a short read."""
+    done, started = 0, time.monotonic()
+    try:
+        with open("/proc/vmcore", "rb", buffering=0) as f:
+            while chunk := f.read(1 << 20):
+                done += len(chunk)
+    except OSError as err:
+        return {"bytes": done, "error": f"{type(err).__name__}: {err}", "seconds": time.monotonic() - started}
+    return {"bytes": done, "error": None, "seconds": time.monotonic() - started}
+
+
 def kdump_kernel(channel: Channel) -> None:
     headers = vmcore_headers()
     channel.send("VMCORE", {**headers, "uptime": uptime()})
@@ -309,6 +323,8 @@ def kdump_kernel(channel: Channel) -> None:
         if command[0] == "PROBE":
             start, size = int(command[1], 0), int(command[2], 0)
             channel.send("PROBED", [read_page(headers["segments"], a) for a in (start, start + size - PAGE)])
+        elif command[0] == "READALL":
+            channel.send("READ", read_all())
         elif command[0] == "POWEROFF":
             return
         else:

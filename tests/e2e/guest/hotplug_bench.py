@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""The guest's half of tests/bench/guest_hotplug.py: one hot-add handled by crashhpd, one by the udev rule.
+"""The guest's half of tests/bench/guest_hotplug_emulated.py: one hot-add handled by crashhpd, one by the udev rule.
 
 Driven by the host through the agent, one phase at a time:
 

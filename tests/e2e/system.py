@@ -1,0 +1,323 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""The systemd guest: Debian 12 on a virtio disk, booted from Debian's packages with systemd as PID 1.
+
+The root file system is built by mmdebstrap from Debian's packages, with the
+host's own mirrors (parts.host_sources()), into a directory, then written
+into a raw ext4 image with `mke2fs -d`. That image is cached like the other
+parts, under a key made of its package list and of every file that shapes
+it (tests/e2e/system/), so later runs reuse it. It holds systemd, udev,
+kdump-tools (configured as an admin would, kdump on, acpi_no_memhotplug
+appended), crashhpd's Debian dependencies, its configuration drop-in, a
+group and a user for crashhpctl, logging wrappers around kexec and
+kdump-config, and the agent (system/overlay/usr/lib/crashhpd-e2e/agent)
+that runs the host's commands over ttyS1.
+
+What changes from run to run goes into a copy of it in one short boot
+without systemd (`prepare`): the kernels, the kdump-side initramfs the e2e
+suite builds (as kdump-tools' /var/lib/kdump/initrd.img-<release>, so no
+initramfs is generated under TCG) and crashhpd itself, installed with
+`dpkg -i` from the .deb `make deb` built in the same run. Every test then
+boots that copy with `snapshot=on`: what a test writes is gone after it.
+
+Debian's cloud kernels build virtio_blk (and on 6.1 virtio_pci) as modules,
+so the first kernel gets a small initramfs (system/init, busybox and those
+modules) that mounts root= and switches to systemd.
+"""
+
+import hashlib
+import json
+import lzma
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from elftools.elf.elffile import ELFFile
+
+from . import initramfs, parts
+from .parts import CACHE, CODENAME, REPO, Kernel, PartsError, Qemu
+
+SYSTEM_DIR = Path(__file__).parent / "system"
+# where the image is cached: CACHE, unless CRASHHPD_E2E_SYSTEM_CACHE says otherwise (e.g. a shared,
+# read-only CRASHHPD_E2E_CACHE for the other parts, and a writable one for the image)
+SYSTEM_CACHE = Path(os.environ.get("CRASHHPD_E2E_SYSTEM_CACHE", CACHE))
+PACKAGES = (
+    "systemd", "systemd-sysv", "udev", "kdump-tools", "kexec-tools", "procps", "passwd", "python3.11",
+    # crashhpd's Depends (debian/control), so dpkg -i needs no network
+    "python3-pyelftools", "python3-prometheus-client", "python3-decorator", "python3-pyudev", "python3-systemd",
+)
+IMAGE_SIZE = "2G"
+BUILD_TIMEOUT_S = 600
+MODULES = ("virtio_pci", "virtio_blk")  # and what they depend on, from each module's .modinfo
+BOOT_ARGS = "console=ttyS0 root=/dev/vda rw crashkernel=256M memhp_default_state=online_movable panic=0 loglevel=4"
+
+
+def image_key() -> str:
+    """The package list and every file under system/: change either and the image is built anew."""
+    digest = hashlib.sha256(json.dumps([CODENAME, PACKAGES, IMAGE_SIZE]).encode())
+    for path in sorted(p for p in SYSTEM_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(SYSTEM_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def _mmdebstrap(root: Path, log: Path) -> None:
+    sources = [line for line in parts.host_sources().splitlines() if line.strip()]
+    argv = ["mmdebstrap", "--mode=root", "--variant=minbase", "--format=directory",
+            f"--include={','.join(PACKAGES)}",
+            f"--customize-hook=sync-in {SYSTEM_DIR / 'overlay'} /",
+            f"--customize-hook=upload {SYSTEM_DIR / 'customize'} /tmp/customize",
+            '--customize-hook=chroot "$1" sh /tmp/customize',
+            '--customize-hook=rm "$1/tmp/customize"',
+            CODENAME, str(root), *sources]
+    if shutil.which("mmdebstrap") is None:
+        raise PartsError("mmdebstrap is not installed (sh .ci/setup installs it)")
+    with open(log, "w") as out:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                              timeout=BUILD_TIMEOUT_S, env={**os.environ, "LC_ALL": "C"}, check=False)
+    if proc.returncode != 0:
+        text = log.read_text(errors="replace")
+        tail = " | ".join(text.strip().splitlines()[-6:])
+        if any(word in text for word in parts._NETWORK_WORDS):
+            raise parts.PartsUnavailable(f"mmdebstrap: the Debian package registry cannot be reached: {tail}")
+        raise PartsError(f"mmdebstrap failed (exit {proc.returncode}, log {log}): {tail}")
+
+
+def base_image(cache: Path = SYSTEM_CACHE) -> Path:
+    """The root file system as a raw ext4 image, built on first use (mmdebstrap, mke2fs -d) and reused after."""
+    image = cache / "system" / f"bookworm-{image_key()}.raw"
+    if image.exists():
+        return image
+    with parts._locked(cache):
+        if image.exists():
+            return image
+        image.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=image.parent, prefix=".build-") as work:
+            root = Path(work) / "root"
+            _mmdebstrap(root, image.parent / "mmdebstrap.log")
+            partial = Path(work) / "image.raw"
+            parts._run(["mke2fs", "-q", "-t", "ext4", "-L", "crashhpd-guest", "-d", str(root), str(partial),
+                        IMAGE_SIZE], "mke2fs -d (the systemd guest's root file system)")
+            partial.rename(image)
+        for old in image.parent.glob("bookworm-*.raw"):  # images of an older package list or recipe
+            if old != image:
+                old.unlink()
+    return image
+
+
+# --- the first kernel's initramfs -----------------------------------------------------------
+
+
+def _modinfo_depends(module: Path) -> list[str]:
+    with open(module, "rb") as f:
+        data = ELFFile(f).get_section_by_name(".modinfo").data()
+    for field in data.split(b"\0"):
+        if field.startswith(b"depends="):
+            return [name for name in field[8:].decode().split(",") if name]
+    return []
+
+
+def _module_files(kernel_tree: Path, work: Path) -> list[Path]:
+    """MODULES and their dependencies, in load order, decompressed (busybox's insmod reads plain .ko)."""
+    found = {p.name.split(".ko")[0].replace("-", "_"): p for p in kernel_tree.glob("lib/modules/*/kernel/**/*.ko*")}
+    builtin = {Path(line).name.split(".ko")[0].replace("-", "_")
+               for listing in kernel_tree.glob("lib/modules/*/modules.builtin")
+               for line in listing.read_text().splitlines()}
+    ordered: list[Path] = []
+    seen: set[str] = set()
+
+    def add(name: str) -> None:
+        if name in seen or name in builtin:
+            return
+        seen.add(name)
+        source = found.get(name)
+        if source is None:
+            raise PartsError(f"module {name} is not in {kernel_tree}")
+        plain = work / f"{name}.ko"
+        plain.write_bytes(lzma.decompress(source.read_bytes()) if source.suffix == ".xz" else source.read_bytes())
+        for dependency in _modinfo_depends(plain):
+            add(dependency)
+        ordered.append(plain)
+
+    for name in MODULES:
+        add(name)
+    return ordered
+
+
+def boot_initrd(kernel: Kernel, busybox: Path, out: Path, payload: dict[str, Path] | None = None) -> Path:
+    """system/init, busybox, the virtio modules of this kernel, and for `prepare` the run's files under /payload."""
+    work = out.with_suffix(".d")
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "modules.d").mkdir(parents=True)
+    modules = _module_files(kernel.vmlinuz.parents[1], work / "modules.d")
+    (work / "modules").write_text("".join(f"{m.name}\n" for m in modules))
+    for directory in ("bin", "proc", "sys", "dev", "root"):
+        (work / directory).mkdir(exist_ok=True)
+    shutil.copy2(busybox, work / "bin/busybox")
+    (work / "bin/sh").symlink_to("busybox")
+    shutil.copy2(SYSTEM_DIR / "init", work / "init")
+    (work / "init").chmod(0o755)
+    extra = [(f"payload/{name}", path) for name, path in (payload or {}).items()]
+    initramfs.write_cpio(out, work, extra=extra)
+    shutil.rmtree(work)
+    return out
+
+
+# --- one run's image ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class System:
+    """This run's image (crashhpd installed) and how to boot each kernel series on it."""
+
+    image: Path
+    kernels: dict[str, Kernel]
+    initrds: dict[str, Path]
+    prepare_seconds: float
+
+
+def build_deb(out: Path) -> Path:
+    """`make deb` (through .ci/setup, which installs the build dependencies) into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    parts._run(["sh", str(REPO / ".ci/setup"), "deb", str(out)], "make deb")
+    debs = sorted(out.glob("crashhpd_*.deb"))
+    if len(debs) != 1:
+        raise PartsError(f"make deb left {len(debs)} packages in {out}")
+    return debs[0]
+
+
+def prepare(qemu: Qemu, kernels: dict[str, Kernel], kdump_initrd: Path, work: Path,
+            deadline_s: float = 180.0) -> System:
+    """A copy of the cached image with this run's kernels, kdump initrds and crashhpd .deb installed."""
+    from .vm import Guest  # vm imports nothing of this module; kept local so the build half stays light
+
+    started = time.monotonic()
+    work.mkdir(parents=True, exist_ok=True)
+    base = base_image()
+    deb = build_deb(work / "deb")
+    image = work / "system.raw"
+    subprocess.run(["cp", "--sparse=always", str(base), str(image)], check=True)
+    busybox = parts.guest() / "bin/busybox"
+    initrds = {series: boot_initrd(k, busybox, work / f"boot-{series}.cpio") for series, k in kernels.items()}
+    payload = {"crashhpd.deb": deb}
+    for kernel in kernels.values():
+        payload[f"boot/vmlinuz-{kernel.version}"] = kernel.vmlinuz
+        payload[f"boot/config-{kernel.version}"] = kernel.vmlinuz.with_name(f"config-{kernel.version}")
+        payload[f"kdump/initrd.img-{kernel.version}"] = kdump_initrd
+    first = next(iter(kernels))
+    installer = boot_initrd(kernels[first], busybox, work / "install.cpio", payload)
+    with Guest(qemu, kernels[first], installer, work / "prepare", "install", deadline_s=deadline_s,
+               append="console=ttyS0 root=/dev/vda crashhpd_e2e.install panic=0 loglevel=4",
+               extra=("-drive", f"file={image},format=raw,if=virtio")) as guest:
+        installed = guest.expect("INSTALLED")
+        if installed["exit"] != 0:
+            raise guest.failure(f"dpkg -i crashhpd.deb failed in the guest: {installed}")
+        if guest.wait_exit() != 0:
+            raise guest.failure("QEMU did not exit cleanly after the install")
+    installer.unlink()
+    return System(image, kernels, initrds, time.monotonic() - started)
+
+
+# --- a boot of it -----------------------------------------------------------------------------
+
+
+class SystemGuest:
+    """One boot of the run's image (snapshot=on: nothing it writes outlives it), driven through the agent."""
+
+    MEMORY = "1G,slots=4,maxmem=4G"
+    SMP = "2,maxcpus=3"
+
+    def __init__(self, qemu: Qemu, system: System, series: str, workdir: Path, kernel_args: str = "",
+                 deadline_s: float = 240.0, memory: str = MEMORY, smp: str = SMP) -> None:
+        from .vm import Guest
+
+        kernel = system.kernels[series]
+        self.series = series
+        self.guest = Guest(qemu, kernel, system.initrds[series], workdir, "system", deadline_s=deadline_s,
+                           memory=memory, smp=smp, append=f"{BOOT_ARGS} {kernel_args}".strip(),
+                           extra=("-drive", f"file={system.image},format=raw,if=virtio,snapshot=on"))
+
+    def __enter__(self) -> "SystemGuest":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.guest.kill()
+
+    def booted(self) -> dict:
+        """Once the agent runs and systemd has finished starting everything (running or degraded)."""
+        booted = self.guest.expect("BOOTED")
+        state = self.run("systemctl is-system-running --wait", timeout=180)
+        booted["state"] = state["stdout"].strip()
+        return booted
+
+    def run(self, sh: str, user: str | None = None, timeout: float = 120) -> dict:
+        self.guest.send("RUN", json.dumps({"sh": sh, "user": user, "timeout": timeout}))
+        return self.guest.expect("RAN")
+
+    def sh(self, sh: str, user: str | None = None, timeout: float = 120) -> str:
+        """stdout of a command that must succeed; anything else fails the test with the transcripts."""
+        result = self.run(sh, user, timeout)
+        if result["exit"] != 0:
+            raise self.guest.failure(f"`{sh}` exited {result['exit']}: {result['stderr'] or result['stdout']}")
+        return result["stdout"]
+
+    def json_lines(self, sh: str) -> list[dict]:
+        return [json.loads(line) for line in self.sh(sh).splitlines() if line.strip()]
+
+    # --- what the guest's own tools say -----------------------------------------------------
+
+    def mark(self) -> str:
+        """The journal's newest cursor: what comes after it happened after this call."""
+        out = self.sh("journalctl --sync && journalctl -q -n 1 --show-cursor -o cat")
+        return out.strip().splitlines()[-1].removeprefix("-- cursor: ")
+
+    def entries(self, matches: str, after: str | None = None) -> list[dict]:
+        """Journal entries (journalctl -o json), all of this boot or those after a mark().
+
+        --cursor and not --after-cursor: with matches, systemd 252's --after-cursor skips the
+        first matching entry when the cursor's own entry does not match.
+        """
+        since = f"--cursor='{after}'" if after else "-b"
+        found = self.json_lines(f"journalctl --sync && journalctl -q -o json {since} {matches}")
+        return [e for e in found if e.get("__CURSOR") != after]
+
+    def calls(self, tag: str, after: str | None = None) -> list[dict]:
+        """What a logging wrapper (kexec, kdump-config) recorded: one dict per run."""
+        runs = []
+        for entry in self.entries(f"-t {tag}", after):
+            start, end, status, unit, *args = str(entry["MESSAGE"]).split(" ", 4)
+            runs.append({"start": float(start), "end": float(end), "exit": int(status), "unit": unit,
+                         "args": args[0] if args else ""})
+        return runs
+
+    def status(self) -> dict:
+        """crashhpd's status over its socket (the wait helper): cheaper than crashhpctl under TCG."""
+        return json.loads(self.sh(f"{WAIT} status"))
+
+    def until_entries(self, matches: str, after: str, count: int = 1, timeout_s: float = 90.0) -> list[dict]:
+        """The journal entries after a mark() once there are `count` of them (a signal's effect comes later)."""
+        deadline = time.monotonic() + timeout_s
+        while len(found := self.entries(matches, after)) < count:
+            if time.monotonic() > deadline:
+                raise self.guest.failure(f"{count} journal entries {matches} not seen in {timeout_s:g} s: {found}")
+            time.sleep(0.5)
+        return found
+
+    def wait(self, *args: object) -> dict:
+        return json.loads(self.sh(f"{WAIT} {' '.join(str(a) for a in args)}", timeout=300))
+
+
+WAIT = "/usr/lib/crashhpd-e2e/wait"
+KEXEC_TAG, KDUMP_CONFIG_TAG = "crashhpd-e2e-kexec", "crashhpd-e2e-kdump-config"  # the wrappers' journal tags
+
+
+def kexec_loads(calls: list[dict], unit: str | None = None) -> list[dict]:
+    """`kexec -p` loads (not --version, not an unload) among a wrapper's calls, of one unit or all."""
+    return [c for c in calls if c["args"].startswith("-p ") and c["args"] not in ("-p -u", "-s -p -u")
+            and (unit is None or c["unit"] == unit)]
+
+
+def unloads(calls: list[dict], unit: str | None = None) -> list[dict]:
+    return [c for c in calls if c["args"] in ("-p -u", "-s -p -u") and (unit is None or c["unit"] == unit)]

@@ -1,0 +1,323 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""crashhpd as a Debian service: systemd as PID 1, real udevd, the real kdump-tools, the .deb of this run.
+
+Each boot is one scenario run once per module (see system.py for the image);
+the tests read what it saw, and every fact is taken from inside the guest
+with the system's own tools: systemctl, journalctl, crashhpctl, kdump-config's
+and kexec's own runs (logged by wrappers around them, so counts do not rest on
+crashhpd's word), and /proc/vmcore in the kdump kernel, which kdump-tools
+loaded with the kdump-side initramfs of tests/e2e.
+
+  6.1, hot-plug    boot; hot-add a DIMM (one reload by crashhpd, none by kdump-tools'
+                   rule); hot-add a second and device_del it (the header drops it); crash
+  6.1, service     systemctl reload with a good and a bad configuration; the watchdog
+                   (SIGSTOP); crashhpd stopped: the rule reloads once per event
+  6.12, hot-plug   kdump-tools loads with kexec_file_load (-s), crashhpd picks the kernel
+                   backend; the same hot-add and hot-remove, the kernel's own header crashed
+"""
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .parts import Qemu
+from .system import KDUMP_CONFIG_TAG as KDUMP_CONFIG
+from .system import KEXEC_TAG as KEXEC
+from .system import System, SystemGuest, kexec_loads, unloads
+from .test_kdump import covered
+from .vm import HOTPLUG_BASE, MIB, Guest
+
+DIMM = 512 * MIB
+BLOCKS = DIMM // (128 * MIB)
+SECOND = HOTPLUG_BASE + DIMM  # the DIMM that is hot-removed again
+APPLIED_ID = "911e15bd1f624518affacdbbe47cac21"
+APPLIED = f"MESSAGE_ID={APPLIED_ID}"
+READY_ID = "9ffe4970f6e64a199f9e343fb8d95f8f"
+KERNEL_HEADER_STALE_ID = "ad5c2f75b8b54bca994fb2d34454a2c9"
+RELOAD = "MESSAGE_ID=d3a28e4dc04444728fde7f1e758cf031"
+CONFIG_INVALID = "MESSAGE_ID=ce2a9b46255f42a99b51c3a7b509ee9b"
+DROP_IN = "/etc/crashhpd/crashhpd.toml.d"
+TAKEN_OVER = "/run/udev/rules.d/50-kdump-tools.rules"  # where crashhpd puts it while it keeps the header
+
+
+def check(guest: SystemGuest | Guest, condition: bool, what: str) -> None:
+    """A failure that carries the guest's transcripts."""
+    if not condition:
+        raise (guest.guest if isinstance(guest, SystemGuest) else guest).failure(what)
+
+
+def try_reloads(runs: list[dict]) -> list[dict]:
+    return [r for r in runs if r["args"] == "try-reload"]
+
+
+def hot_add(g: SystemGuest, address: int, name: str) -> dict[str, Any]:
+    """A DIMM over QMP, then everything it set off: blocks online, udevd's queue empty, crashhpd idle."""
+    before = g.status()["events_received"]
+    cursor = g.mark()
+    g.guest.hot_add_memory(DIMM, address, name)
+    g.wait("online", hex(address), hex(DIMM))
+    g.sh("udevadm settle --timeout=240", timeout=250)
+    return {"status": g.wait("idle", before), "cursor": cursor, "kexec": g.calls(KEXEC, cursor),
+            "rule": g.calls(KDUMP_CONFIG, cursor), "applied": g.entries(f"-u crashhpd {APPLIED}", cursor)}
+
+
+def hot_remove(g: SystemGuest, address: int, name: str) -> dict[str, Any]:
+    """device_del: the guest offlines and removes the blocks and ejects the DIMM, QEMU says DEVICE_DELETED."""
+    before = g.status()["events_received"]
+    cursor = g.mark()
+    g.guest.qmp("device_del", id=name)
+    g.guest.qmp_event("DEVICE_DELETED", 180, device=name)
+    g.wait("gone", hex(address), hex(DIMM))
+    g.sh("udevadm settle --timeout=240", timeout=250)
+    return {"status": g.wait("idle", before), "kexec": g.calls(KEXEC, cursor), "rule": g.calls(KDUMP_CONFIG, cursor),
+            "verify": json.loads(g.sh("crashhpctl verify --json")), "journal": g.entries("-u crashhpd", cursor)}
+
+
+def hotplug_scenario(qemu: Qemu, system: System, series: str, workdir: Path, kernel_args: str = "") -> dict[str, Any]:
+    """Boot, look, hot-add two DIMMs, remove the second, crash; all that each stage reported."""
+    with SystemGuest(qemu, system, series, workdir, kernel_args) as g:
+        seen: dict[str, Any] = {"guest": g.guest, "booted": g.booted()}
+        seen["active"] = g.run("systemctl is-active crashhpd kdump-tools")["stdout"].split()
+        seen["status_text"] = g.sh("systemctl show -p StatusText --value crashhpd").strip()
+        seen["journal"] = g.entries("-u crashhpd")
+        seen["boot_kexec"] = g.calls(KEXEC)
+        seen["boot_rule"] = g.calls(KDUMP_CONFIG)
+        seen["crashhpctl"] = g.run("crashhpctl status")
+        seen["crashhpctl_oper"] = g.run("id -nG && crashhpctl status", user="oper")
+        seen["status"] = g.status()
+        seen["takeover"] = g.run(f"ls {TAKEN_OVER}")["stdout"].split()  # empty when it is not there
+        seen["add"] = hot_add(g, HOTPLUG_BASE, "dimm0")
+        seen["verify"] = json.loads(g.sh("crashhpctl verify --json"))
+        hot_add(g, SECOND, "dimm1")
+        seen["remove"] = hot_remove(g, SECOND, "dimm1")
+        g.guest.send("CRASH")
+        g.guest.expect("CRASHING")
+        seen["vmcore"] = g.guest.expect("VMCORE")
+        g.guest.send("PROBE", hex(HOTPLUG_BASE), hex(DIMM))
+        seen["probed"] = g.guest.expect("PROBED")
+        g.guest.send("READALL")
+        seen["read"] = g.guest.expect("READ")
+        g.guest.send("POWEROFF")
+        check(g, g.guest.wait_exit() == 0, "QEMU did not exit cleanly after the kdump kernel powered off")
+        return seen
+
+
+@pytest.fixture(scope="module")
+def on_61(qemu: Qemu, system_image: System, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return hotplug_scenario(qemu, system_image, "6.1", tmp_path_factory.mktemp("system-6.1"))
+
+
+@pytest.fixture(scope="module")
+def on_612(qemu: Qemu, system_image: System, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return hotplug_scenario(qemu, system_image, "6.12", tmp_path_factory.mktemp("system-6.12"),
+                            "crashhpd_e2e.kexec_args=-s")
+
+
+def messages(journal: list[dict]) -> list[str]:
+    return [str(e.get("MESSAGE", "")) for e in journal]
+
+
+# --- 6.1: boot, hot-add, hot-remove, crash ------------------------------------------------------
+
+
+def first(journal: list[dict], wanted: Callable[[dict], bool], what: str, guest: Guest) -> int:
+    found = next((i for i, e in enumerate(journal) if wanted(e)), None)
+    if found is None:
+        raise guest.failure(f"no {what} in crashhpd's journal: {messages(journal)}")
+    return found
+
+
+def test_boot_crashhpd_is_ready_after_kdump_tools_loaded_and_its_first_reconcile(on_61: dict[str, Any]) -> None:
+    guest, journal = on_61["guest"], on_61["journal"]
+    check(guest, on_61["active"] == ["active", "active"], f"systemctl is-active crashhpd kdump-tools: {on_61}")
+    boot_loads = kexec_loads(on_61["boot_kexec"], "kdump-tools.service")
+    check(guest, len(boot_loads) == 1 and boot_loads[0]["exit"] == 0,
+          f"kdump-tools' load at boot: {on_61['boot_kexec']}")
+    started = first(journal, lambda e: str(e.get("MESSAGE")).startswith("crashhpd started"), "start-up line", guest)
+    reconciled = first(journal, lambda e: e.get("MESSAGE_ID") == READY_ID, "ready line (after the first reconcile)",
+                       guest)
+    ready = first(journal, lambda e: str(e.get("MESSAGE")).startswith("Started crashhpd.service"), "'Started'", guest)
+    # READY=1 and STATUS= go in one datagram, after the first reconcile; the daemon logs the same status as
+    # "ready: ..." right after it (so that line and systemd's "Started" may come in either order)
+    check(guest, started < ready and f"ready: {on_61['status_text']}" == journal[reconciled]["MESSAGE"],
+          f"systemd's 'Started' must follow the start and carry the first reconcile's status: {messages(journal)}")
+    check(guest, int(journal[started]["__REALTIME_TIMESTAMP"]) / 1e6 > boot_loads[0]["end"],
+          "crashhpd started before kdump-tools had loaded the crash kernel")
+    check(guest, re.match(r"generation \d+, 2 CPUs, \d+ ranges, kexec, idle$", on_61["status_text"]) is not None,
+          f"StatusText: {on_61['status_text']}")
+    status = on_61["crashhpctl"]
+    check(guest, status["exit"] == 0 and "backend        kexec (healthy" in status["stdout"],
+          f"crashhpctl status under the unit's hardening: {status}")
+
+
+def test_hot_add_udevd_delivers_and_crashhpd_reloads_exactly_once(on_61: dict[str, Any]) -> None:
+    guest, add = on_61["guest"], on_61["add"]
+    check(guest, any("uevents from udev" in t for t in messages(on_61["journal"])),
+          f"crashhpd's start-up line does not name udev: {messages(on_61['journal'])}")
+    ours = kexec_loads(add["kexec"], "crashhpd.service")
+    check(guest, len(ours) == 1 and ours[0]["exit"] == 0, f"crashhpd's kexec -p runs for one hot-add: {add['kexec']}")
+    check(guest, add["status"]["events_received"] - on_61["status"]["events_received"] >= 2 * BLOCKS,
+          f"crashhpd saw fewer uevents than the {2 * BLOCKS} of the DIMM: {add['status']}")
+    check(guest, on_61["verify"]["in_sync"], f"crashhpctl verify: {on_61['verify']}")
+    applied = add["applied"]
+    check(guest, len(applied) == 1, f"{len(applied)} applied entries in the journal for one hot-add: {applied}")
+    fields = {k: v for k, v in applied[0].items() if k.startswith("CRASHHPD_")}
+    generation = add["status"]["generation"]
+    check(guest, generation == on_61["status"]["generation"] + 1
+          and fields.get("CRASHHPD_GENERATION") == str(generation)
+          and "CRASHHPD_EVENTS" in fields and "CRASHHPD_RANGES" in fields, f"the applied entry's fields: {applied[0]}")
+
+
+def test_hot_add_kdump_tools_rule_reloads_nothing_while_crashhpd_runs(on_61: dict[str, Any]) -> None:
+    add = on_61["add"]
+    assert TAKEN_OVER in on_61["takeover"], f"crashhpd's override is not in /run/udev/rules.d: {on_61['takeover']}"
+    assert try_reloads(add["rule"]) == [], f"kdump-config try-reload ran while crashhpd kept the header: {add['rule']}"
+    assert kexec_loads(add["kexec"], "systemd-udevd.service") == [], add["kexec"]
+
+
+def test_a_member_of_the_control_group_runs_crashhpctl_status(on_61: dict[str, Any]) -> None:
+    oper = on_61["crashhpctl_oper"]
+    check(on_61["guest"], oper["exit"] == 0 and "crashadm" in oper["stdout"].split("\n")[0]
+          and "backend        kexec (healthy" in oper["stdout"], f"crashhpctl status as oper: {oper}")
+
+
+def test_hot_add_the_dimm_is_in_the_vmcore(on_61: dict[str, Any]) -> None:
+    guest, vmcore = on_61["guest"], on_61["vmcore"]
+    saved = covered(vmcore["segments"], HOTPLUG_BASE, DIMM)
+    check(guest, saved == DIMM, f"/proc/vmcore holds {saved} of the DIMM's {DIMM} bytes: {vmcore}")
+    for page in on_61["probed"]:
+        check(guest, page["covered"] and page["bytes"] == 4096, f"reading the DIMM in /proc/vmcore: {on_61['probed']}")
+
+
+def test_hot_remove_the_header_drops_the_range_and_the_whole_vmcore_reads(on_61: dict[str, Any]) -> None:
+    guest, remove, vmcore = on_61["guest"], on_61["remove"], on_61["vmcore"]
+    check(guest, remove["verify"]["in_sync"], f"crashhpctl verify after the hot-remove: {remove['verify']}")
+    check(guest, any(change.startswith("- RAM") for change in remove["status"]["last_changes"]),
+          f"the last apply did not drop a RAM range: {remove['status']}")
+    check(guest, len(kexec_loads(remove["kexec"], "crashhpd.service")) >= 1, f"no reload for the removal: {remove}")
+    stale = covered(vmcore["segments"], SECOND, DIMM)
+    check(guest, stale == 0, f"/proc/vmcore has {stale} bytes of PT_LOAD over the removed DIMM: {vmcore}")
+    read = on_61["read"]
+    check(guest, read["error"] is None and read["bytes"] == vmcore["size"], f"reading all of /proc/vmcore: {read}")
+
+
+# --- 6.12: kexec_file_load, the kernel backend -------------------------------------------------------
+
+
+def test_612_auto_picks_the_kernel_backend_and_a_hot_add_costs_no_reload(on_612: dict[str, Any]) -> None:
+    guest, status = on_612["guest"], on_612["status"]
+    boot_loads = kexec_loads(on_612["boot_kexec"], "kdump-tools.service")
+    check(guest, len(boot_loads) == 1 and " -s " in f" {boot_loads[0]['args']} ", f"kdump-tools' load: {boot_loads}")
+    check(guest, status["backend"] == "kernel" and status["crash_hotplug_memory"] == 1,
+          f"auto did not pick the passive kernel backend: {status}")
+    check(guest, on_612["active"] == ["active", "active"], f"systemctl is-active: {on_612['active']}")
+    added = on_612["add"]["kexec"]
+    check(guest, kexec_loads(added) == [] and unloads(added) == [], f"kexec ran for the hot-add: {added}")
+    check(guest, try_reloads(on_612["add"]["rule"]) == [], f"kdump-tools' rule ran: {on_612['add']['rule']}")
+    check(guest, on_612["verify"]["in_sync"], f"crashhpctl verify after the hot-add: {on_612['verify']}")
+    check(guest, covered(on_612["vmcore"]["segments"], HOTPLUG_BASE, DIMM) == DIMM,
+          f"the kernel's own header lacks the hot-added DIMM: {on_612['vmcore']}")
+
+
+def test_612_hot_remove_the_kernel_keeps_the_range_and_crashhpd_reloads_once_to_drop_it(
+        on_612: dict[str, Any]) -> None:
+    """Linux 6.12 rebuilds its header at MEM_OFFLINE, while the range is still System RAM, and not after the
+    removal: crashhpd reads the header back from the kernel, says it is stale, and recovers with one reload."""
+    guest, remove, vmcore, read = on_612["guest"], on_612["remove"], on_612["vmcore"], on_612["read"]
+    gone = f"- RAM {SECOND:#x}-{SECOND + DIMM - 1:#x} (512 MiB)"
+    said = [str(e["MESSAGE"]) for e in remove["journal"] if e.get("MESSAGE_ID") == KERNEL_HEADER_STALE_ID]
+    check(guest, len(said) == 2 and "header is stale" in said[0] and gone in said[0] and "current again" in said[1],
+          f"crashhpd's word on the kernel's header: {said}")
+    recovered = kexec_loads(remove["kexec"], "crashhpd.service")
+    check(guest, len(recovered) == 1 and recovered[0]["args"].startswith("-p -s ")
+          and remove["status"]["last_apply_reason"] == "recover",
+          f"the recovery: {remove['kexec']}, {remove['status']}")
+    check(guest, remove["status"]["kernel_header_in_sync"] is True and remove["verify"]["in_sync"],
+          f"after the recovery: {remove['status']}, {remove['verify']}")
+    check(guest, covered(vmcore["segments"], SECOND, DIMM) == 0, f"a PT_LOAD over the removed DIMM: {vmcore}")
+    check(guest, read["error"] is None and read["bytes"] == vmcore["size"], f"reading all of /proc/vmcore: {read}")
+
+
+# --- 6.1: the service under systemd ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def service(qemu: Qemu, system_image: System, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemGuest]:
+    """One boot for the service cases, in this file's order; the control stops crashhpd, so it is last."""
+    with SystemGuest(qemu, system_image, "6.1", tmp_path_factory.mktemp("system-service"), deadline_s=420) as g:
+        g.booted()
+        yield g
+
+
+def main_pid(g: SystemGuest) -> int:
+    return int(g.sh("systemctl show -p MainPID --value crashhpd"))
+
+
+def test_reload_a_good_configuration_is_taken_and_a_bad_one_keeps_the_old(service: SystemGuest) -> None:
+    g = service
+    pid, cursor = main_pid(g), g.mark()
+    since = cursor
+    g.sh("systemd-analyze log-level debug")  # PID 1 then logs each notification it gets
+    g.sh(f"printf '[debounce]\\nquiet_ms = 300\\n' > {DROP_IN}/60-good.toml && systemctl reload crashhpd")
+    good = g.until_entries(f"-u crashhpd {RELOAD}", cursor)
+    state = g.sh("systemctl show -p ActiveState,SubState crashhpd").split()
+    check(g, len(good) == 1 and state == ["ActiveState=active", "SubState=running"],
+          f"a good reload: {good}, {state}")
+    cursor = g.mark()
+    g.sh(f"printf '[debounce]\\nquiet_ms = \"soon\"\\n' > {DROP_IN}/70-bad.toml && systemctl reload crashhpd")
+    bad = g.until_entries(f"-u crashhpd {CONFIG_INVALID}", cursor)
+    g.sh("systemd-analyze log-level info")
+    state = g.sh("systemctl show -p ActiveState,SubState crashhpd").split()
+    check(g, len(bad) == 1 and "quiet_ms" in str(bad[0]["MESSAGE"]) and "70-bad.toml" in str(bad[0]["MESSAGE"]),
+          f"the journal does not say why the bad configuration was refused: {bad}")
+    check(g, state == ["ActiveState=active", "SubState=running"] and main_pid(g) == pid,
+          f"the bad reload changed the service: {state}")
+    notified = [m for m in messages(g.entries("_PID=1 UNIT=crashhpd.service", since)) if "notification message" in m]
+    for needed in ("RELOADING=1", "READY=1"):
+        check(g, sum(needed in m for m in notified) >= 2, f"systemd saw {needed} fewer than twice: {notified}")
+    g.sh(f"rm {DROP_IN}/60-good.toml {DROP_IN}/70-bad.toml && systemctl reload crashhpd")
+
+
+def test_watchdog_a_stopped_daemon_is_killed_restarted_and_in_sync_again(service: SystemGuest) -> None:
+    g = service
+    g.sh("mkdir -p /run/systemd/system/crashhpd.service.d && printf '[Service]\\nWatchdogSec=4s\\n' "
+         "> /run/systemd/system/crashhpd.service.d/watchdog.conf && systemctl daemon-reload "
+         "&& systemctl restart crashhpd", timeout=180)
+    pid, cursor = main_pid(g), g.mark()
+    g.sh(f"kill -STOP {pid}")
+    g.sh(f"until [ \"$(systemctl show -p NRestarts --value crashhpd)\" -ge 1 ] && systemctl is-active -q crashhpd "
+         f"&& [ \"$(systemctl show -p MainPID --value crashhpd)\" != {pid} ]; do sleep 0.5; done", timeout=180)
+    g.wait("idle", -1)
+    said = [str(e["MESSAGE"]) for e in g.entries("-u crashhpd", cursor)]
+    check(g, any("Watchdog timeout" in m for m in said), f"systemd did not report the watchdog: {said}")
+    verify = json.loads(g.sh("crashhpctl verify --json"))
+    check(g, verify["in_sync"], f"crashhpctl verify after the restart: {verify}")
+    g.sh("rm /run/systemd/system/crashhpd.service.d/watchdog.conf && systemctl daemon-reload")
+
+
+def test_control_crashhpd_stopped_the_rule_runs_once_per_event_and_udevd_refuses_its_kexec(
+        service: SystemGuest) -> None:
+    """The real baseline, as Debian 12 ships it: udevd runs kdump-config try-reload for every memory online
+    event, and every one fails, because systemd-udevd.service's SystemCallFilter (@system-service @module
+    @raw-io bpf, SystemCallErrorNumber=EPERM) has no kexec_load: `kexec -p -u` gets EPERM, kdump-config stops
+    there, and the crash kernel stays loaded with the header of before the hot-add."""
+    g = service
+    g.sh("systemctl stop crashhpd", timeout=60)
+    check(g, g.run(f"test -e {TAKEN_OVER}")["exit"] == 1, "crashhpd stopped and left its override in place")
+    cursor = g.mark()
+    g.guest.hot_add_memory(DIMM, HOTPLUG_BASE, "dimm0")
+    g.wait("online", hex(HOTPLUG_BASE), hex(DIMM))
+    g.sh("udevadm settle --timeout=240", timeout=250)
+    runs, calls = try_reloads(g.calls(KDUMP_CONFIG, cursor)), g.calls(KEXEC, cursor)
+    check(g, len(runs) == BLOCKS, f"{len(runs)} kdump-config try-reload runs for {BLOCKS} memory online events: {runs}")
+    refused = unloads(calls, "systemd-udevd.service")
+    check(g, len(refused) == BLOCKS and all(c["exit"] != 0 for c in refused) and all(r["exit"] == 1 for r in runs),
+          f"each run's `kexec -p -u` under udevd: {calls}, the runs: {runs}")
+    check(g, kexec_loads(calls) == [], f"a crash kernel was loaded after the hot-add: {calls}")
+    allowed = g.sh("systemctl show -p SystemCallFilter --value systemd-udevd").split()
+    check(g, "kexec_load" not in allowed and "execve" in allowed, f"udevd's system call filter: {allowed}")
+    check(g, g.sh("cat /sys/kernel/kexec_crash_loaded").strip() == "1", "the crash kernel of the boot is gone")
