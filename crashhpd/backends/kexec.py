@@ -10,7 +10,7 @@ debounced burst, only when the header kexec-tools would build has changed,
 and never unloads: `kexec -p` replaces the image inside one kexec_load call.
 That call still frees the old image before copying the new one into the
 same reserved memory, so each reload has a gap of its own, the length of
-the copy (27 ms on a 6.1 guest under TCG, tests/bench/guest_hotplug.py),
+the copy (22 ms sampled on a 6.1 guest under TCG, tests/bench/guest_hotplug.py),
 not the seconds between two processes.
 
 What it compares is a model of kexec-tools' header (the `kexec-tools`
