@@ -313,11 +313,14 @@ WAIT = "/usr/lib/crashhpd-e2e/wait"
 KEXEC_TAG, KDUMP_CONFIG_TAG = "crashhpd-e2e-kexec", "crashhpd-e2e-kdump-config"  # the wrappers' journal tags
 
 
+UNLOAD_ARGS = ("-p -u", "-s -p -u")  # how kdump-config spells an unload, with and without KDUMP_KEXEC_ARGS="-s"
+
+
 def kexec_loads(calls: list[dict], unit: str | None = None) -> list[dict]:
     """`kexec -p` loads (not --version, not an unload) among a wrapper's calls, of one unit or all."""
-    return [c for c in calls if c["args"].startswith("-p ") and c["args"] not in ("-p -u", "-s -p -u")
+    return [c for c in calls if c["args"].startswith("-p ") and c["args"] not in UNLOAD_ARGS
             and (unit is None or c["unit"] == unit)]
 
 
 def unloads(calls: list[dict], unit: str | None = None) -> list[dict]:
-    return [c for c in calls if c["args"] in ("-p -u", "-s -p -u") and (unit is None or c["unit"] == unit)]
+    return [c for c in calls if c["args"] in UNLOAD_ARGS and (unit is None or c["unit"] == unit)]
