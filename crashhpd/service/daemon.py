@@ -288,9 +288,9 @@ class Daemon:
         backend = self._recovery() if recover else None
         return reconcile(backend or self.backend, snapshot, self.parts.layout, self.clock)
 
-    def _recover_at(self) -> float | None:
-        """Now, when the kernel left its header stale and a reload was asked for: else never."""
-        return self.clock() if self.kernel_watch.recover_wanted else None
+    def _update_times(self) -> list[float | None]:
+        """When each reason for an update wants one: the debounce, a retry, a recovery (None: it does not)."""
+        return [self.debounce.due(), self.retry_at, self.clock() if self.kernel_watch.recover_wanted else None]
 
     def _recovery(self) -> Backend | None:
         """The passive backend's way to reload, when the kernel did not update its header; None: there is none."""
@@ -583,8 +583,7 @@ class Daemon:
         return self.metrics.text(self.status())
 
     def _next_update_in(self) -> float | None:
-        due = [t for t in (self.debounce.due(), self.retry_at, self._recover_at())
-               if t is not None]
+        due = [t for t in self._update_times() if t is not None]
         return max(min(due) - self.clock(), 0.0) if due else None
 
     # --- the loop ------------------------------------------------------------------------------
@@ -608,7 +607,7 @@ class Daemon:
             assert self.applying.inflight is not None
             candidates.append(self.applying.inflight.pending.deadline())
         elif not self.stopping:
-            candidates += [self.debounce.due(), self.retry_at, self._recover_at()]
+            candidates += self._update_times()
         due = [t for t in candidates if t is not None]
         return min(due) if due else None
 
