@@ -222,6 +222,47 @@ def fast(timed: list[tuple[dict, float]]) -> None:
     assert max(times) < FAST_S and statistics.median(times) < 0.01, sorted(times)[-5:]
 
 
+# --- health follows what the load did to the kernel ------------------------------------------------
+
+
+def test_a_crash_kernel_crashhpd_loaded_itself_is_healthy_at_once(loop, standin, root):
+    """No crash kernel at boot (kdump-tools failed, say): crashhpd's start-up load is the first one."""
+    (root / "sys/kernel/kexec_crash_loaded").write_text("0\n")
+    seen: dict = {}
+
+    def script(lp: Loop) -> None:
+        seen["after"] = lp.wait_idle()
+
+    assert loop().run(script) == 0
+    after = seen["after"]
+    assert [c["exit"] for c in standin.loads()] == [0]
+    assert (after["crash_kernel_loaded"], after["backend_ok"]) == (1, True), after["backend_detail"]
+    assert after["backend_detail"] == f"crash kernel loaded by crashhpd, generation {after['generation']}"
+
+
+def test_a_failed_load_that_freed_the_crash_kernel_is_unhealthy_at_once(loop, standin):
+    """The kernel frees the crash image before loading its replacement: a failed load can leave none.
+
+    Each failure here is followed by a retry on a new snapshot (at once, then backed off); status between
+    them must say what the kernel holds now, not what it held before the load.
+    """
+    failing = {"exit": 1, "kernel": "freed", "stderr": "kexec_load failed: Cannot allocate memory\n"}
+    standin.script({}, default=failing)  # the start-up load works; every one after it (the retries too) fails
+    seen: dict = {}
+
+    def script(lp: Loop) -> None:
+        lp.burst(1)
+        found: list[dict] = []
+        wait_for(lambda: found.append(s := lp.status()) or (bool(s["errors"]) and not s["applying"]), 10,
+                 "the failed load to be counted")
+        seen["after"] = found[-1]
+
+    assert loop().run(script) == 0
+    after = seen["after"]
+    assert (after["crash_kernel_loaded"], after["backend_ok"]) == (0, False), after
+    assert after["backend_detail"].startswith("NO CRASH KERNEL LOADED: "), after["backend_detail"]
+
+
 # --- the loop goes on while kexec works ---------------------------------------------------------------
 
 

@@ -44,7 +44,7 @@ from ..elfcorehdr.coverage import view
 from ..elfcorehdr.layout import Layout
 from ..errors import BackendError, ConfigError, CrashhpdError, HeaderError
 from ..later import Later
-from ..sysview.kernel_state import KernelState
+from ..sysview.kernel_state import KernelState, read_kernel_state
 from ..sysview.loaded_header import LoadedHeader, LoadedHeaderReader
 from ..sysview.snapshot import BootConstants, read_snapshot
 from .debounce import Debouncer
@@ -338,11 +338,26 @@ class Daemon:
         self.applying = None
         self._settle(update, update.inflight.finish)
 
+    def _look_again(self) -> None:
+        """An apply succeeded: the kexec state it changed, read again, for health and status to tell the truth.
+
+        The snapshot's state is from before the apply, and the load may be the boot's first crash kernel
+        (kdump-tools failed, or was not run). A failed load needs no second look: the backend reads the
+        state as it fails, and a load that left no crash kernel is retried at once, on a new snapshot.
+        """
+        try:
+            self.kernel = read_kernel_state(self.cfg.root)
+        except CrashhpdError as err:  # the next snapshot reads it again, and fails on it, named
+            logger.warning("after the apply, the kexec state could not be read: %s", err,
+                           extra=log.fields("snapshot-failed", backend=self.backend.name))
+
     def _succeeded(self, update: _Update, outcome: Outcome) -> None:
         built = outcome.built
         loaded = built.snapshot.loaded_header
-        if outcome.applied is not None and loaded is not None:
-            loaded = self.parts.header_reader.read()  # the apply changed what the kernel holds: look again
+        if outcome.applied is not None:
+            self._look_again()
+            if loaded is not None:
+                loaded = self.parts.header_reader.read()
         self.kernel_watch.updated(loaded, built, self.parts.layout.name,
                                   reloaded=outcome.applied is not None and self.backend.reloads,
                                   can_recover=self._recovery() is not None)
