@@ -313,14 +313,22 @@ WAIT = "/usr/lib/crashhpd-e2e/wait"
 KEXEC_TAG, KDUMP_CONFIG_TAG = "crashhpd-e2e-kexec", "crashhpd-e2e-kdump-config"  # the wrappers' journal tags
 
 
-UNLOAD_ARGS = ("-p -u", "-s -p -u")  # how kdump-config spells an unload, with and without KDUMP_KEXEC_ARGS="-s"
+def _kind(args: str) -> str:
+    """A wrapper's call as "load", "unload" or "other" (--version), whatever order its options come in.
+
+    kdump-config loads with `-p [-s] ...` and unloads with `-p -u` or `-s -p -u`; crashhpd loads with
+    `-p -c|-s ...`: the options are looked at, not where they stand.
+    """
+    options = args.split()
+    if "-p" not in options:
+        return "other"
+    return "unload" if "-u" in options else "load"
 
 
 def kexec_loads(calls: list[dict], unit: str | None = None) -> list[dict]:
     """`kexec -p` loads (not --version, not an unload) among a wrapper's calls, of one unit or all."""
-    return [c for c in calls if c["args"].startswith("-p ") and c["args"] not in UNLOAD_ARGS
-            and (unit is None or c["unit"] == unit)]
+    return [c for c in calls if _kind(c["args"]) == "load" and (unit is None or c["unit"] == unit)]
 
 
 def unloads(calls: list[dict], unit: str | None = None) -> list[dict]:
-    return [c for c in calls if c["args"] in UNLOAD_ARGS and (unit is None or c["unit"] == unit)]
+    return [c for c in calls if _kind(c["args"]) == "unload" and (unit is None or c["unit"] == unit)]

@@ -121,6 +121,16 @@ def messages(journal: list[dict]) -> list[str]:
     return [str(e.get("MESSAGE", "")) for e in journal]
 
 
+def test_the_kexec_wrappers_calls_are_told_apart_by_their_options_wherever_they_stand() -> None:
+    calls = [{"unit": "kdump-tools.service", "args": a} for a in (
+        "--version", "-p -u", "-s -p -u", "-p --command-line=ro quiet --initrd=/x /vmlinuz",
+        "-s -p --command-line=ro --initrd=/x /vmlinuz")]
+    calls.append({"unit": "crashhpd.service", "args": "-p -c --command-line=ro /vmlinuz"})
+    assert [c["args"][:6] for c in kexec_loads(calls)] == ["-p --c", "-s -p ", "-p -c "]
+    assert [c["args"] for c in unloads(calls)] == ["-p -u", "-s -p -u"]
+    assert kexec_loads(calls, "crashhpd.service") == calls[-1:]
+
+
 # --- 6.1: boot, hot-add, hot-remove, crash ------------------------------------------------------
 
 
