@@ -5,7 +5,9 @@ The package is never installed on this host: its postinst would enable and start
 service. It is built once per session and unpacked with dpkg-deb; its commands and
 its maintainer scripts then run where dpkg would put them, in a private mount
 namespace whose /usr and /etc are the unpacked tree laid over this host's, and
-whose /run and /var/lib are empty. Installs with systemd are the e2e guests' work.
+whose /run and /var/lib are empty. A real `apt install` runs in a fresh Debian 12
+that mmdebstrap builds from the host's mirrors (the last section), and installs that
+run under systemd are the e2e guests' work.
 """
 
 import argparse
@@ -310,3 +312,79 @@ def test_maintainer_scripts_compile_enable_start_stop_and_purge(build: Build, sc
     calls = [line for line in log.read_text().splitlines() if line.split()[1] in ("enable", "start", "stop", "purge")]
     assert calls == ["deb-systemd-helper enable crashhpd.service", "deb-systemd-invoke start crashhpd.service",
                      "deb-systemd-invoke stop crashhpd.service", "deb-systemd-helper purge crashhpd.service"]
+
+
+# --- on a fresh Debian 12, installed as the README says -----------------------------------------
+
+FRESH_INSTALL = Path(__file__).with_name("fresh_install.sh")
+FRESH_TIMEOUT_S = 900
+ADMIN_DROP_IN = "/etc/crashhpd/crashhpd.toml.d/50-admin.toml"
+
+
+@dataclass(frozen=True)
+class Fresh:
+    """What tests/fresh_install.sh saw inside the fresh system: each step's output, exit status, listings."""
+
+    out: Path
+
+    def rc(self, step: str) -> int:
+        return int((self.out / f"{step}.rc").read_text())
+
+    def text(self, name: str) -> str:
+        return (self.out / name).read_text()
+
+    def lines(self, name: str) -> list[str]:
+        return self.text(name).splitlines()
+
+
+@pytest.fixture(scope="module")
+def fresh(build: Build, tmp_path_factory: pytest.TempPathFactory) -> Fresh:
+    """Debian 12 as a minimal install has it (priority important, so systemd and apt, no Python), built by
+    mmdebstrap from the host's own mirrors; in it, tests/fresh_install.sh installs this run's .deb with
+    `apt install ./crashhpd_*.deb`, uses it and purges it. Skipped only when the registry cannot be reached.
+    """
+    from e2e import parts  # the e2e suite's Debian plumbing: the host's mirrors, mmdebstrap
+
+    work = tmp_path_factory.mktemp("fresh-debian")
+    root = work / "root"
+    try:
+        parts.mmdebstrap(root, work / "mmdebstrap.log", "important", (), [
+            f"upload {build.deb} /root/{build.deb.name}",
+            f"upload {FRESH_INSTALL} /root/fresh_install.sh",
+            'chroot "$1" sh /root/fresh_install.sh',
+        ], FRESH_TIMEOUT_S)
+    except parts.PartsUnavailable as err:
+        pytest.skip(str(err))
+    out = shutil.copytree(root / "root/out", work / "out")
+    shutil.rmtree(root)  # some 300 MB: only what the script wrote is kept
+    return Fresh(out)
+
+
+def test_apt_installs_the_deb_on_a_fresh_debian_12_with_the_dependencies_it_resolves_itself(fresh: Fresh) -> None:
+    before = set(fresh.lines("packages-before"))
+    from_debian = set(FROM_DEBIAN.values())
+    assert "systemd" in before and from_debian & before == set(), "not the fresh system this test is about"
+    assert fresh.rc("install") == 0, fresh.text("install.out")[-3000:] + fresh.text("install.err")
+    for package in sorted(from_debian):
+        assert f"Setting up {package} " in fresh.text("install.out"), package
+    assert f"Setting up crashhpd ({VERSION})" in fresh.text("install.out")
+
+
+def test_the_freshly_installed_service_is_enabled_and_its_commands_work(fresh: Fresh) -> None:
+    assert (fresh.rc("enabled"), fresh.text("enabled.out")) == (0, "enabled\n")
+    assert (fresh.rc("version"), fresh.text("version.out")) == (0, f"crashhpd {VERSION}\n")
+    assert fresh.rc("ctl-help") == 0 and fresh.text("ctl-help.out").startswith("usage: crashhpctl ")
+    # this host's own kernel, read through the fresh system's /proc: the header its packaged crashhpd built
+    assert fresh.rc("generate") == 0, fresh.text("generate.err")
+    assert fresh.rc("inspect") == 0, fresh.text("inspect.err")
+    assert json.loads(fresh.text("inspect.out"))["valid"] is True
+
+
+def test_apt_purge_leaves_nothing_but_what_the_admin_wrote(fresh: Fresh) -> None:
+    assert fresh.rc("purge") == 0, fresh.text("purge.err")
+    before, after = set(fresh.lines("files-before")), set(fresh.lines("files-after"))
+    shipped = set(fresh.lines("owned.out")) - before  # what the package brought, not shared directories
+    assert len(shipped) > 100 and "/usr/bin/crashhpd" in shipped and "/etc/crashhpd/crashhpd.toml" in shipped
+    admins = {ADMIN_DROP_IN, *(str(p) for p in Path(ADMIN_DROP_IN).parents if str(p) not in ("/", "/etc"))}
+    assert shipped & after <= admins
+    assert sorted(p for p in after - before if "crashhpd" in p) == sorted(admins)

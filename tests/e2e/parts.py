@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +120,30 @@ def _run(argv: list[str], what: str) -> str:
             raise PartsUnavailable(f"{what}: the Debian package registry cannot be reached: {tail}")
         raise PartsError(f"{what} failed (exit {proc.returncode}): {tail}")
     return proc.stdout
+
+
+def mmdebstrap(root: Path, log: Path, variant: str, include: Sequence[str], hooks: Sequence[str],
+               timeout_s: float) -> None:
+    """A Debian system built into the directory `root` from the host's own mirrors, with customize hooks.
+
+    Its output goes to `log`; a registry that cannot be reached is PartsUnavailable, any other failure
+    PartsError with the log's tail.
+    """
+    if shutil.which("mmdebstrap") is None:
+        raise PartsError("mmdebstrap is not installed (sh .ci/setup installs it)")
+    sources = [line for line in host_sources().splitlines() if line.strip()]
+    argv = ["mmdebstrap", "--mode=root", f"--variant={variant}", "--format=directory",
+            *([f"--include={','.join(include)}"] if include else []),
+            *(f"--customize-hook={hook}" for hook in hooks), CODENAME, str(root), *sources]
+    with open(log, "w") as out:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                              timeout=timeout_s, env={**os.environ, "LC_ALL": "C"}, check=False)
+    if proc.returncode != 0:
+        text = log.read_text(errors="replace")
+        tail = " | ".join(text.strip().splitlines()[-6:])
+        if any(word in text for word in _NETWORK_WORDS):
+            raise PartsUnavailable(f"mmdebstrap: the Debian package registry cannot be reached: {tail}")
+        raise PartsError(f"mmdebstrap failed (exit {proc.returncode}, log {log}): {tail}")
 
 
 @contextmanager

@@ -64,25 +64,12 @@ def image_key() -> str:
 
 
 def _mmdebstrap(root: Path, log: Path) -> None:
-    sources = [line for line in parts.host_sources().splitlines() if line.strip()]
-    argv = ["mmdebstrap", "--mode=root", "--variant=minbase", "--format=directory",
-            f"--include={','.join(PACKAGES)}",
-            f"--customize-hook=sync-in {SYSTEM_DIR / 'overlay'} /",
-            f"--customize-hook=upload {SYSTEM_DIR / 'customize'} /tmp/customize",
-            '--customize-hook=chroot "$1" sh /tmp/customize',
-            '--customize-hook=rm "$1/tmp/customize"',
-            CODENAME, str(root), *sources]
-    if shutil.which("mmdebstrap") is None:
-        raise PartsError("mmdebstrap is not installed (sh .ci/setup installs it)")
-    with open(log, "w") as out:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                              timeout=BUILD_TIMEOUT_S, env={**os.environ, "LC_ALL": "C"}, check=False)
-    if proc.returncode != 0:
-        text = log.read_text(errors="replace")
-        tail = " | ".join(text.strip().splitlines()[-6:])
-        if any(word in text for word in parts._NETWORK_WORDS):
-            raise parts.PartsUnavailable(f"mmdebstrap: the Debian package registry cannot be reached: {tail}")
-        raise PartsError(f"mmdebstrap failed (exit {proc.returncode}, log {log}): {tail}")
+    parts.mmdebstrap(root, log, "minbase", PACKAGES, [
+        f"sync-in {SYSTEM_DIR / 'overlay'} /",
+        f"upload {SYSTEM_DIR / 'customize'} /tmp/customize",
+        'chroot "$1" sh /tmp/customize',
+        'rm "$1/tmp/customize"',
+    ], BUILD_TIMEOUT_S)
 
 
 def base_image(cache: Path = SYSTEM_CACHE) -> Path:
