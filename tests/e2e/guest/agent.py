@@ -38,7 +38,6 @@ RUN = "/run/crashhpd"
 CONFIG = f"{RUN}/e2e.toml"
 KEXEC_SHIM = "/usr/lib/crashhpd-e2e/kexec-shim"  # logs each call: a count crashhpd cannot fake
 KEXEC_CALLS = f"{RUN}/kexec-calls"
-UNLOAD = "-p -u"  # the arguments of `kexec -p -u` as the shim logs them
 CONTROL = f"{RUN}/control.sock"
 NOTIFY = f"{RUN}/notify.sock"
 # The kdump kernel must not hot-add the DIMMs it finds in ACPI as its own RAM: /proc/vmcore could not
@@ -192,12 +191,24 @@ def cpu_online(cpu: int) -> bool:
     return False
 
 
+def cpu_offline(cpu: int) -> bool:
+    """Take a CPU offline, as an admin would; True once it is."""
+    with open(f"/sys/devices/system/cpu/cpu{cpu}/online", "r+") as f:
+        if f.read().strip() == "0":
+            return True
+        f.write("0")
+    return False
+
+
 def settle(what: list[str], daemon: bool, events_before: int) -> dict[str, Any]:
-    """Wait until the hot-added memory or CPU is online and crashhpd has finished the burst it caused."""
+    """Wait until the hot-added memory is online, or the CPU online (CPU) or offline (CPU-OFFLINE), and
+    crashhpd has finished the burst it caused."""
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     if what[0] == "MEMORY":
         start, size = int(what[1], 0), int(what[2], 0)
         wait_for(lambda: blocks_online(start, size), f"memory {start:#x}+{size:#x} online", deadline)
+    elif what[0] == "CPU-OFFLINE":
+        wait_for(lambda: cpu_offline(int(what[1])), f"CPU {what[1]} offline", deadline)
     else:
         wait_for(lambda: cpu_online(int(what[1])), f"CPU {what[1]} online", deadline)
     result: dict[str, Any] = {"online_at": uptime()}
@@ -223,8 +234,9 @@ def kexec_calls() -> list[dict[str, Any]]:
 
 
 def is_load(call: dict[str, Any]) -> bool:
-    """A `kexec -p` load: not a `--version` probe, not an unload."""
-    return call["args"].startswith("-p ") and call["args"] != UNLOAD
+    """A `kexec -p` load: not a `--version` probe, not an unload, wherever its options stand."""
+    options = call["args"].split()
+    return "-p" in options and "-u" not in options
 
 
 def kexec_loads() -> list[dict[str, Any]]:
@@ -249,7 +261,9 @@ def first_kernel(channel: Channel, mode: str) -> None:
     while True:
         command = channel.receive()
         if command[0] == "SETTLE":
-            channel.send("SETTLED", settle(command[1:], daemon, events_before))
+            settled = settle(command[1:], daemon, events_before)
+            events_before = settled.get("status", {}).get("events_received", events_before)  # the next burst's
+            channel.send("SETTLED", settled)
         elif command[0] == "BENCH":
             from hotplug_bench import serve  # the benchmark's guest half, only imported when asked for
             channel.send("BENCHED", serve(command[1:]))
