@@ -1,7 +1,8 @@
 #!/bin/sh
 # SPDX-License-Identifier: GPL-2.0-only
 # Run inside a fresh Debian 12 that tests/test_deb.py builds with mmdebstrap from the host's own
-# mirrors: install crashhpd the way the README says, use it, write an admin's drop-in, purge it.
+# mirrors, with this tree in /root/crashhpd and the README's install command in /root/install-command:
+# build and install crashhpd with that command, use it, write an admin's drop-in, purge it.
 # Each step's output goes under /root/out for the test to read; nothing here decides pass or fail.
 out=/root/out
 mkdir -p "$out"
@@ -15,10 +16,13 @@ step() {  # step NAME COMMAND...: its stdout, stderr and exit status
     echo $? > "$out/$name.rc"
 }
 
-cd /root
+cd /root/crashhpd
 dpkg-query -W -f '${Package}\n' > "$out/packages-before"
 listing > "$out/files-before"
-step install apt install -y ./crashhpd_*.deb
+# apt asks before it installs what the package depends on, and a newcomer answers yes
+echo 'APT::Get::Assume-Yes "true";' > /etc/apt/apt.conf.d/90newcomer-says-yes
+step install sh -c "$(cat /root/install-command)"
+rm /etc/apt/apt.conf.d/90newcomer-says-yes
 step enabled systemctl is-enabled crashhpd.service
 step version crashhpd --version
 step ctl-help crashhpctl --help

@@ -66,7 +66,7 @@ def test_setup_installs_every_build_dependency() -> None:
     (build_depends,) = re.findall(r"^Build-Depends:((?:.*\n)(?:[ \t].*\n)*)", control, re.M)
     needed = {d.split("(")[0].strip() for d in build_depends.split(",") if d.strip()} - {"debhelper-compat"}
     setup = (REPO / ".ci" / "setup").read_text()
-    listed = {w for value in re.findall(r'^apt_packages="([^"]*)"', setup, re.M) for w in value.split()}
+    listed = {w for value in re.findall(r'^build_packages="([^"]*)"', setup, re.M) for w in value.split()}
     assert needed - listed == set() and "debhelper" in listed
 
 
@@ -319,6 +319,7 @@ def test_maintainer_scripts_compile_enable_start_stop_and_purge(build: Build, sc
 FRESH_INSTALL = Path(__file__).with_name("fresh_install.sh")
 FRESH_TIMEOUT_S = 900
 ADMIN_DROP_IN = "/etc/crashhpd/crashhpd.toml.d/50-admin.toml"
+LOCAL_CAS = Path("/usr/local/share/ca-certificates")  # where Debian keeps the CAs an admin trusts
 
 
 @dataclass(frozen=True)
@@ -337,19 +338,40 @@ class Fresh:
         return self.text(name).splitlines()
 
 
+def readme_install_command() -> str:
+    """The one command of the README's "Installing as a service"."""
+    section = (REPO / "README.md").read_text().split("## Installing as a service\n", 1)[1]
+    (command,) = [line.strip() for line in section.split("\n## ", 1)[0].splitlines() if line.startswith("    ")][:1]
+    return command
+
+
+def test_the_readme_installs_with_one_command_that_builds_and_installs_the_package() -> None:
+    assert readme_install_command() == f"sh .ci/setup deb && apt install ./crashhpd_{VERSION}_amd64.deb"
+
+
 @pytest.fixture(scope="module")
-def fresh(build: Build, tmp_path_factory: pytest.TempPathFactory) -> Fresh:
+def fresh(tmp_path_factory: pytest.TempPathFactory) -> Fresh:
     """Debian 12 as a minimal install has it (priority important, so systemd and apt, no Python), built by
-    mmdebstrap from the host's own mirrors; in it, tests/fresh_install.sh installs this run's .deb with
-    `apt install ./crashhpd_*.deb`, uses it and purges it. Skipped only when the registry cannot be reached.
+    mmdebstrap from the host's own mirrors, with this tree copied in as a clone would have it; in it,
+    tests/fresh_install.sh runs the README's install command (build dependencies, the build, `apt install`),
+    uses what it installed and purges it. Skipped only when the registry cannot be reached.
     """
     from e2e import parts  # the e2e suite's Debian plumbing: the host's mirrors, mmdebstrap
 
     work = tmp_path_factory.mktemp("fresh-debian")
-    root = work / "root"
+    root, source, command = work / "root", work / "crashhpd.tar", work / "install-command"
+    subprocess.run(["tar", "-C", str(REPO), "--exclude-vcs", "--exclude-vcs-ignores", "--exclude=./.venv",
+                    "-cf", str(source), "."], check=True, timeout=120)
+    command.write_text(readme_install_command() + "\n")
+    # The fresh system is on this host's network: it trusts the CAs this host's admin added (a proxy's, say)
+    # as it uses this host's mirrors. ca-certificates, once the build pulls it in, bundles them.
+    trust = [f'mkdir -p "$1{LOCAL_CAS}"', f"sync-in {LOCAL_CAS} {LOCAL_CAS}"] if any(LOCAL_CAS.rglob("*.crt")) else []
     try:
         parts.mmdebstrap(root, work / "mmdebstrap.log", "important", (), [
-            f"upload {build.deb} /root/{build.deb.name}",
+            *trust,
+            f"upload {source} /root/crashhpd.tar",
+            'mkdir "$1/root/crashhpd" && tar -C "$1/root/crashhpd" -xf "$1/root/crashhpd.tar"',
+            f"upload {command} /root/install-command",
             f"upload {FRESH_INSTALL} /root/fresh_install.sh",
             'chroot "$1" sh /root/fresh_install.sh',
         ], FRESH_TIMEOUT_S)
