@@ -79,6 +79,8 @@ def _kernel_effect(control: dict, argv: list[str], state: str) -> None:
             _write(root, "sys/devices/system/memory/crash_hotplug", "1\n")
     elif state == "freed":
         _write(root, "sys/kernel/kexec_crash_loaded", "0\n")
+    elif state == "garbled":  # what no kernel writes: for the reader of the state after a load
+        _write(root, "sys/kernel/kexec_crash_loaded", "loaded?\n")
 
 
 def _load(control: dict, argv: list[str]) -> int:

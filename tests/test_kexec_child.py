@@ -263,6 +263,26 @@ def test_a_failed_load_that_freed_the_crash_kernel_is_unhealthy_at_once(loop, st
     assert after["backend_detail"].startswith("NO CRASH KERNEL LOADED: "), after["backend_detail"]
 
 
+def test_a_kexec_state_unreadable_after_a_load_is_logged_and_the_next_snapshot_names_it(loop, standin, caplog):
+    standin.script({}, {"kernel": "garbled"})
+    seen: dict = {}
+
+    def script(lp: Loop) -> None:
+        lp.burst(1)
+        found: list[dict] = []
+        wait_for(lambda: found.append(s := lp.status()) or s["generation"] == 2, 10, "the load to be accounted")
+        lp.request("reconcile")
+        seen["after"] = lp.status()
+
+    with caplog.at_level(logging.WARNING, logger="crashhpd"):
+        assert loop().run(script) == 0
+    after = seen["after"]
+    assert after["errors"].get("snapshot-failed") == 1 and "kexec_crash_loaded" in after["last_error"], after
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(m.startswith("after the apply, the kexec state could not be read: ") and "kexec_crash_loaded" in m
+               for m in warnings), warnings
+
+
 # --- the loop goes on while kexec works ---------------------------------------------------------------
 
 
