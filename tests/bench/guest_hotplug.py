@@ -72,18 +72,14 @@ def phase(g: SystemGuest, name: str, address: int, size: int, dimm: str) -> dict
     if before is not None:
         g.wait("idle", before)
     handled_s = time.monotonic() - started
-    for kind in watchers:
-        g.sh(f"kill -TERM $(cat /run/bench-{kind}.pid)")
-    events = sampled = None
-    for _ in range(100):
-        found = g.run(f"cat {watchers['record']} && echo && cat {watchers['sample']}")
-        if found["exit"] == 0:
-            events_text, sampled_text = found["stdout"].split("\n", 1)
-            events, sampled = json.loads(events_text), json.loads(sampled_text)
-            break
-        time.sleep(0.2)
-    if events is None or sampled is None:
-        raise g.guest.failure(f"the {name} phase's watchers wrote nothing")
+    for kind in watchers:  # each writes its figures as it exits: read them once it has
+        g.sh(f"pid=$(cat /run/bench-{kind}.pid); kill -TERM $pid; while kill -0 $pid 2>/dev/null; do sleep 0.1; done",
+             timeout=60)
+    found = g.run(f"cat {watchers['record']} && echo && cat {watchers['sample']}")
+    if found["exit"] != 0:
+        raise g.guest.failure(f"the {name} phase's watchers wrote nothing: {found}")
+    events_text, sampled_text = found["stdout"].split("\n", 1)
+    events, sampled = json.loads(events_text), json.loads(sampled_text)
     calls = g.calls(KEXEC_TAG, cursor)
     loads, gone = kexec_loads(calls), unloads(calls)
     memory = [t for t, subsystem, _, _ in events if subsystem == "memory"]
