@@ -338,10 +338,11 @@ class Daemon:
         self.applying = None
         self._settle(update, update.inflight.finish)
 
-    def _look_again(self) -> None:
-        """An apply succeeded: the kexec state it changed, read again, for health and status to tell the truth.
+    def _look_again(self, loaded: LoadedHeader | None) -> LoadedHeader | None:
+        """An apply succeeded: what it changed in the kernel, read again, for health and status to tell the truth.
 
-        The snapshot's state is from before the apply, and the load may be the boot's first crash kernel
+        That is the kexec state, and the header the kernel holds where the snapshot read one (`loaded`).
+        The snapshot's are from before the apply, and the load may be the boot's first crash kernel
         (kdump-tools failed, or was not run). A failed load needs no second look: the backend reads the
         state as it fails, and a load that left no crash kernel is retried at once, on a new snapshot.
         """
@@ -350,14 +351,13 @@ class Daemon:
         except CrashhpdError as err:  # the next snapshot reads it again, and fails on it, named
             logger.warning("after the apply, the kexec state could not be read: %s", err,
                            extra=log.fields("snapshot-failed", backend=self.backend.name))
+        return None if loaded is None else self.parts.header_reader.read()
 
     def _succeeded(self, update: _Update, outcome: Outcome) -> None:
         built = outcome.built
         loaded = built.snapshot.loaded_header
         if outcome.applied is not None:
-            self._look_again()
-            if loaded is not None:
-                loaded = self.parts.header_reader.read()
+            loaded = self._look_again(loaded)
         self.kernel_watch.updated(loaded, built, self.parts.layout.name,
                                   reloaded=outcome.applied is not None and self.backend.reloads,
                                   can_recover=self._recovery() is not None)
