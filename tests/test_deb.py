@@ -341,8 +341,7 @@ class Fresh:
 def readme_install_command() -> str:
     """The one command of the README's "Installing as a service"."""
     section = (REPO / "README.md").read_text().split("## Installing as a service\n", 1)[1]
-    (command,) = [line.strip() for line in section.split("\n## ", 1)[0].splitlines() if line.startswith("    ")][:1]
-    return command
+    return next(line.strip() for line in section.split("\n## ", 1)[0].splitlines() if line.startswith("    "))
 
 
 def test_the_readme_installs_with_one_command_that_builds_and_installs_the_package() -> None:

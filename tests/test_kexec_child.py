@@ -163,16 +163,18 @@ class Loop:
         hot_add(self.root, blocks)
         self.events.send(events)
 
-    def wait_applying(self) -> dict:
+    def wait_status(self, wanted: Callable[[dict], bool], what: str, timeout: float = 10) -> dict:
+        """The first status that has what the test waits for."""
         found: list[dict] = []
-        wait_for(lambda: found.append(s := self.status()) or s["applying"], 10, "a load to be running")
+        wait_for(lambda: found.append(s := self.status()) or wanted(s), timeout, what)
         return found[-1]
 
+    def wait_applying(self) -> dict:
+        return self.wait_status(lambda s: s["applying"], "a load to be running")
+
     def wait_idle(self, timeout: float = 10) -> dict:
-        found: list[dict] = []
-        wait_for(lambda: found.append(s := self.status()) or (not s["applying"] and s["next_update_in_s"] is None),
-                 timeout, "the loads to end")
-        return found[-1]
+        return self.wait_status(lambda s: not s["applying"] and s["next_update_in_s"] is None, "the loads to end",
+                                timeout)
 
     def statuses_while_applying(self, at_least: int = 20) -> list[tuple[dict, float]]:
         """Status round trips, one after the other, for as long as the load runs (and at least `at_least`)."""
@@ -252,10 +254,8 @@ def test_a_failed_load_that_freed_the_crash_kernel_is_unhealthy_at_once(loop, st
 
     def script(lp: Loop) -> None:
         lp.burst(1)
-        found: list[dict] = []
-        wait_for(lambda: found.append(s := lp.status()) or (bool(s["errors"]) and not s["applying"]), 10,
-                 "the failed load to be counted")
-        seen["after"] = found[-1]
+        seen["after"] = lp.wait_status(lambda s: bool(s["errors"]) and not s["applying"],
+                                       "the failed load to be counted")
 
     assert loop().run(script) == 0
     after = seen["after"]
@@ -269,8 +269,7 @@ def test_a_kexec_state_unreadable_after_a_load_is_logged_and_the_next_snapshot_n
 
     def script(lp: Loop) -> None:
         lp.burst(1)
-        found: list[dict] = []
-        wait_for(lambda: found.append(s := lp.status()) or s["generation"] == 2, 10, "the load to be accounted")
+        lp.wait_status(lambda s: s["generation"] == 2, "the load to be accounted")
         lp.request("reconcile")
         seen["after"] = lp.status()
 
