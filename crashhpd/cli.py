@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .elf import KERNEL_HALF
+from .abi.x86_64 import KERNEL_HALF
 from .elfcorehdr.build import build_valid
 from .elfcorehdr.layout import preset
 from .elfcorehdr.table import table

@@ -28,7 +28,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from .elf import KERNEL_HALF, MAX_PHNUM
+from .abi.elf import MAX_PHNUM
+from .abi.x86_64 import KERNEL_HALF
 from .elfcorehdr.layout import LayoutName
 from .elfcorehdr.pack import DEFAULT_MAX_MEMORY_RANGES
 from .errors import ConfigError, quoted

@@ -15,7 +15,7 @@ from pathlib import Path
 from fakebtf import DEBIAN_LAYOUT, kimage_btf
 from faketree import write
 
-from crashhpd.elf import EHDR, PHDR, PT_LOAD, PT_NOTE
+from crashhpd.abi.elf import EHDR, PHDR, PT_LOAD, PT_NOTE
 from crashhpd.elfcorehdr.layout import DEFAULT_PAGE_OFFSET
 from crashhpd.sysview.btf import Field
 from crashhpd.sysview.loaded_header import KimageLayout

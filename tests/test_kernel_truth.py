@@ -18,7 +18,7 @@ from daemonproc import CRASHHPD, DaemonProcess, daemon_status, kexec_setup, wait
 from fakekcore import CrashKernel
 from faketree import BLOCK, QEMU_GUEST, QEMU_HOT_ADD_BASE, hot_added, make_tree, replace_iomem
 
-from crashhpd.elf import align_up
+from crashhpd.abi.elf import align_up
 from crashhpd.elfcorehdr.build import build_valid
 from crashhpd.elfcorehdr.layout import preset
 from crashhpd.elfcorehdr.pack import capacity

@@ -10,7 +10,7 @@ from fakebtf import BtfBuilder, kimage_btf
 from fakekcore import HEADER_MEM, RAM, RAM_LOW, CrashKernel, debian_layout, segments
 from faketree import make_tree, write
 
-from crashhpd.elf import EHDR_SIZE, PHDR_SIZE
+from crashhpd.abi.elf import EHDR_SIZE, PHDR_SIZE
 from crashhpd.elfcorehdr.build import build_valid
 from crashhpd.elfcorehdr.layout import preset
 from crashhpd.elfcorehdr.pack import capacity

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "crashhpd"
 
 STAGES = [  # lowest first; a module's stage is its folder's, or its own name for the top-level modules
-    ("base", {"crashhpd", "crashhpd.errors", "crashhpd.elf", "crashhpd.later", "crashhpd.log",
+    ("base", {"crashhpd", "crashhpd.errors", "crashhpd.abi", "crashhpd.log",
               "crashhpd.safefile"}),
     ("sysview", {"crashhpd.sysview"}),
     ("elfcorehdr", {"crashhpd.elfcorehdr"}),

@@ -15,7 +15,7 @@ import logging
 import time
 
 from .. import log
-from ..elf import EHDR_SIZE, align_up
+from ..abi.elf import EHDR_SIZE, align_up
 from ..elfcorehdr.layout import LayoutName
 from ..errors import BackendError
 from ..sysview.kernel_state import CRASH_LOADED, KernelState

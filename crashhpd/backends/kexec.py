@@ -47,8 +47,8 @@ from dataclasses import asdict, dataclass
 from typing import NoReturn
 
 from .. import log
+from ..abi.elf import MAX_HEADER_SIZE
 from ..config import KexecConfig
-from ..elf import MAX_HEADER_SIZE
 from ..elfcorehdr.layout import LayoutName
 from ..errors import BackendError
 from ..safefile import SafeDir, describe

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from .. import log
 from ..elfcorehdr.validate import NotAHeader, parse
 from ..errors import CrashhpdError
-from ..later import Later
+from ..service.later import Later
 from ..service.reconcile import Outcome
 from ..service.status import ControlCounters, HeaderInForce, Status, Verdict
 from ..sysview.loaded_header import LoadedHeader

@@ -49,7 +49,7 @@ from functools import partial
 from .. import log
 from ..config import ControlConfig
 from ..errors import CrashhpdError
-from ..later import Later
+from ..service.later import Later
 from ..service.status import ControlCounters
 from .protocol import failure
 

@@ -7,7 +7,7 @@ This runs on every hotplug burst and at 16k program headers, so it is plain
 
 import struct
 
-from ..elf import (
+from ..abi.elf import (
     E_IDENT,
     EHDR,
     EHDR_SIZE,

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from ..elf import EHDR_SIZE, EM_X86_64, ET_CORE, KERNEL_TEXT_MAP, MAX_PHNUM, PF_RWX, PHDR_SIZE
+from ..abi.elf import EHDR_SIZE, EM_X86_64, ET_CORE, MAX_PHNUM, PF_RWX, PHDR_SIZE
+from ..abi.x86_64 import START_KERNEL_MAP
 from ..sysview.ranges import Range
 from ..sysview.snapshot import Snapshot
 from .layout import BACKUP_LIMIT, Layout, image_of
@@ -33,7 +34,7 @@ class Segment:
 
     @property
     def is_image(self) -> bool:
-        return self.type == "PT_LOAD" and self.vaddr >= KERNEL_TEXT_MAP
+        return self.type == "PT_LOAD" and self.vaddr >= START_KERNEL_MAP
 
     @property
     def is_ram(self) -> bool:

@@ -43,13 +43,13 @@ from ..elfcorehdr.build import build_valid, changes
 from ..elfcorehdr.coverage import view
 from ..elfcorehdr.layout import Layout
 from ..errors import BackendError, ConfigError, CrashhpdError, HeaderError
-from ..later import Later
 from ..sysview.kernel_state import KernelState, read_kernel_state
 from ..sysview.loaded_header import LoadedHeader, LoadedHeaderReader
 from ..sysview.snapshot import BootConstants, read_snapshot
 from .debounce import Debouncer
 from .health_log import HealthLog
 from .kernel_watch import KernelWatch
+from .later import Later
 from .metrics import Metrics
 from .notify import Notifier
 from .reconcile import InFlight, Outcome, reconcile

@@ -57,7 +57,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from ..elf import EHDR, EHDR_SIZE, ET_CORE, KERNEL_HALF, KERNEL_TEXT_MAP, MAX_HEADER_SIZE, PHDR, PHDR_SIZE, PT_LOAD
+from ..abi.elf import EHDR, EHDR_SIZE, ET_CORE, MAX_HEADER_SIZE, PHDR, PHDR_SIZE, PT_LOAD
+from ..abi.x86_64 import KERNEL_HALF, START_KERNEL_MAP
 from ..errors import SnapshotError
 from .btf import VMLINUX, Btf, BtfError, Field, read_vmlinux_btf
 from .files import read_text, under
@@ -397,7 +398,7 @@ class _Kcore:
         self._ends = [load[1] for load in loads]
         self._offsets = [load[2] for load in loads]
         self._direct = [(vaddr, paddr) for vaddr, _end, _offset, paddr in loads
-                        if KERNEL_HALF <= vaddr < KERNEL_TEXT_MAP and paddr != _NO_PADDR]
+                        if KERNEL_HALF <= vaddr < START_KERNEL_MAP and paddr != _NO_PADDR]
 
     def direct_map_base(self) -> int | None:
         """page_offset from the lowest direct-map PT_LOAD (the direct map comes first in the kernel half,

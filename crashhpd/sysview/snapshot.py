@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from ..elf import notes_of
+from ..abi.elf import notes_of
 from ..errors import ParseError, SnapshotError
 from . import cpulist, iomem
 from .files import parse_int, read_int, read_text, under

@@ -20,7 +20,7 @@ from functools import partial
 from elftools.construct.lib.container import Container
 from elftools.elf.structs import ELFStructs
 
-from crashhpd.elf import EHDR_SIZE, PHDR_SIZE, header_size
+from crashhpd.abi.elf import EHDR_SIZE, PHDR_SIZE, header_size
 from crashhpd.elfcorehdr.layout import HeaderModel, Layout, plan, preset
 from crashhpd.elfcorehdr.pack import build
 from crashhpd.sysview.kernel_state import KernelState

@@ -36,7 +36,7 @@ from fakebtf import BtfBuilder, kimage_btf  # noqa: E402
 from fakekcore import CrashKernel  # noqa: E402
 from faketree import make_tree  # noqa: E402
 
-from crashhpd.elf import EHDR_SIZE, PHDR_SIZE, align_up  # noqa: E402
+from crashhpd.abi.elf import EHDR_SIZE, PHDR_SIZE, align_up  # noqa: E402
 from crashhpd.elfcorehdr.build import build_valid  # noqa: E402
 from crashhpd.elfcorehdr.layout import preset  # noqa: E402
 from crashhpd.elfcorehdr.pack import capacity  # noqa: E402

@@ -28,7 +28,7 @@ import tty
 from collections.abc import Callable
 from typing import Any
 
-from crashhpd.elf import EHDR
+from crashhpd.abi.elf import EHDR
 from crashhpd.elfcorehdr.validate import parse  # the kdump kernel's archive has no more of crashhpd than this needs
 
 PORT = "/dev/ttyS1"

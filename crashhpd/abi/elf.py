@@ -1,9 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""ELF64 core-header facts and x86_64 address-space landmarks, shared by every stage.
+"""The ELF64 core-header format (<elf.h>): struct layouts and constants, below every stage.
 
-The header crashhpd builds (elfcorehdr/), the one it reads back from the
-kernel (sysview/loaded_header.py) and the segments its backends hold are the
-same format; its struct layouts and constants live here, below all of them.
+The header crashhpd builds (elfcorehdr/), the one it reads back from the kernel
+(sysview/) and the segments its backends hold are all this one format.
 """
 
 import struct
@@ -50,7 +49,3 @@ def header_size(phnum: int, align: int) -> int:
 
 
 MAX_HEADER_SIZE = header_size(MAX_PHNUM, 4096)  # the largest header or segment: no layout rounds past a page
-
-
-KERNEL_HALF = 0xFF00_0000_0000_0000  # any direct-map base lies above this, for 4- and 5-level paging
-KERNEL_TEXT_MAP = 0xFFFFFFFF80000000  # __START_KERNEL_map: the image PT_LOAD's vaddr is above it
