@@ -37,7 +37,7 @@ import os
 import stat
 import time
 
-from .. import elf
+from ..abi import elf
 from ..elfcorehdr import pack
 from ..elfcorehdr.layout import LayoutName, preset
 from ..errors import BackendError
