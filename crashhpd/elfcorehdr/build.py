@@ -38,12 +38,17 @@ def build_valid(snapshot: Snapshot, layout: Layout) -> Built:
 
 def changes(old: bytes | None, new: Built) -> list[str]:
     """The human diff from what a backend holds to a new header (notes named by CPU)."""
-    cpu_by_addr = {note.addr: cpu for cpu, note in new.snapshot.crash_notes.items()}
-    vmcoreinfo_addr = new.snapshot.vmcoreinfo[0] if new.snapshot.vmcoreinfo else None
     if old is None:
         return [f"+ first header: {len(new.model.cpu_notes)} CPU notes, {len(new.model.ram)} RAM ranges"]
     try:
         old_parsed = parse(old)
     except NotAHeader as err:
         return [f"~ replacing an unreadable header ({err})"]
-    return diff(old_parsed, new.parsed, cpu_by_addr, vmcoreinfo_addr)
+    return changes_from(old_parsed, new)
+
+
+def changes_from(old: ParsedHeader, new: Built) -> list[str]:
+    """The same diff from a header already parsed."""
+    cpu_by_addr = {note.addr: cpu for cpu, note in new.snapshot.crash_notes.items()}
+    vmcoreinfo_addr = new.snapshot.vmcoreinfo[0] if new.snapshot.vmcoreinfo else None
+    return diff(old, new.parsed, cpu_by_addr, vmcoreinfo_addr)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..sysview.loaded_header import LoadedHeader
 from ..sysview.ranges import Range, subtract
-from .build import Built, changes
+from .build import Built, changes_from
 from .diff import merged
 from .validate import NotAHeader, ParsedHeader, parse
 
@@ -47,7 +47,7 @@ def compare(kernel_header: bytes, fresh: Built) -> Coverage:
         uncovered_ram_bytes=_bytes(subtract(want_ram, held_ram)),
         stale_ram_bytes=_bytes(subtract(held_ram, merged(list(fresh.snapshot.ram)))),
         missing_cpu_notes=sum(1 for _cpu, addr, _size in fresh.model.cpu_notes if addr not in held_notes),
-        changes=changes(kernel_header, fresh),
+        changes=changes_from(held, fresh),
     )
 
 
