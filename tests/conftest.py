@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+# tests/support holds the helpers every folder imports; tests/ itself, the e2e package some of them use
+sys.path[:0] = [str(Path(__file__).parent / "support"), str(Path(__file__).parent)]
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -9,7 +9,7 @@ arriving at 26.7 blocks/s, the pace of the public report in which scaling
 took 144 s; each event is a real kernel uevent written to
 /sys/devices/system/memory/memoryN/uevent, and before each one a fake root's
 /proc/iomem gains that block. A reload is the stand-in kexec
-(tests/kexec_standin.py) sleeping `--reload-cost` seconds, 0.5 s being the
+(tests/support/kexec_standin.py) sleeping `--reload-cost` seconds, 0.5 s being the
 low end of what one `kdumpctl reload` takes; this kernel has no kexec, so a
 real reload cannot run here.
 
@@ -36,11 +36,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 
 from daemonproc import DaemonProcess, can_inject, generated, inject, wait_for, write_config  # noqa: E402
 from faketree import QEMU_GUEST, QEMU_HOT_ADD_BASE, hot_added, make_tree, replace_iomem  # noqa: E402
+from repo_paths import STANDIN  # noqa: E402
 
 from crashhpd.backends.kexec import STATE_FILE, KexecBackend  # noqa: E402
 from crashhpd.config import KexecConfig  # noqa: E402
@@ -48,7 +48,6 @@ from crashhpd.elfcorehdr.build import build_valid  # noqa: E402
 from crashhpd.elfcorehdr.layout import preset  # noqa: E402
 from crashhpd.sysview.snapshot import read_boot_constants, read_snapshot  # noqa: E402
 
-STANDIN = TESTS / "kexec_standin.py"
 QUIET_MS, MAX_DELAY_MS = 200, 2000
 
 

@@ -3,7 +3,7 @@
 
 Run: .venv/bin/python tests/bench/loaded_header_read.py [--reads N] [--baseline-reads N] [--btf-repeat N]
 
-The fake kernel (tests/fakekcore.py) holds the largest header the seed
+The fake kernel (tests/support/fakekcore.py) holds the largest header the seed
 patch's segment takes for 64 CPUs: 64 CPU notes, VMCOREINFO, the kernel
 image and 8192 RAM ranges, 8258 program headers filling a 456 KiB segment,
 built by build_valid on a fake tree. Its BTF is this host's own
@@ -29,8 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 
 from fakebtf import BtfBuilder, kimage_btf  # noqa: E402
 from fakekcore import CrashKernel  # noqa: E402

@@ -4,7 +4,7 @@
 Run as root (reconcile is root only): .venv/bin/python tests/bench/status_during_kexec.py [--loads 5] [--load-s 1]
 
 A real daemon process (`crashhpd run`, backend kexec) on a fake Debian
-guest, its kexec the stand-in (tests/kexec_standin.py) sleeping --load-s
+guest, its kexec the stand-in (tests/support/kexec_standin.py) sleeping --load-s
 seconds per load: this kernel has no kexec_load. Each load is started by
 hot-adding a block to the tree and sending `reconcile` on one connection;
 until its reply comes (after the load), this process sends `status`
@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 
 from daemonproc import DaemonProcess, write_config  # noqa: E402
 from kexec_storm import STANDIN, set_blocks, standin, system  # noqa: E402

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pyudev
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 
 from daemonproc import DaemonProcess, generation, inject, segment_header, wait_for, write_config
 from faketree import VIRTIO_MEM, make_tree, replace_iomem, virtio_mem_plugged

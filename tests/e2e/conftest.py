@@ -11,6 +11,14 @@ import pytest
 from . import initramfs, parts, system
 
 T = TypeVar("T")
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test here that boots a QEMU guest (it needs the `qemu` fixture) is marked `real_kernel`."""
+    for item in items:
+        if item.path.is_relative_to(HERE) and "qemu" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_kernel)
 
 
 def _fetched(fetch: Callable[[], T]) -> T:

@@ -1,0 +1,217 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""`crashhpctl` as a subprocess against a real daemon: both output forms and every exit status."""
+
+import base64
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import nobody
+import pytest
+from control_env import HOT_ADDED, NOGROUP, STATUS_KEYS, env, iomem, run_as_nobody  # noqa: F401
+from daemonproc import generated, generation, inject, segment_header, wait_for
+from faketree import replace_iomem
+from prometheus_client.parser import text_string_to_metric_families
+
+from crashhpd.control import ops
+from crashhpd.control.render import age, aligned, duration
+
+CRASHHPCTL = str(Path(sys.executable).with_name("crashhpctl"))
+HINT = "is crashhpd running? systemctl status crashhpd"
+
+
+def ctl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CRASHHPCTL, *args], capture_output=True, text=True, timeout=30)
+
+
+def ctl_json(*args: str) -> tuple[int, dict]:
+    proc = ctl(*args, "--json")
+    return proc.returncode, json.loads(proc.stdout)
+
+
+@pytest.fixture
+def running(env):
+    """A daemon and the arguments that reach it."""
+    env.start()
+    return env, ("--socket", str(env.socket))
+
+
+# --- each command, readable and --json --------------------------------------------------------------
+
+
+def test_crashhpctl_offers_exactly_the_ops_of_the_table():
+    from crashhpd.control.client import _parser
+
+    subcommands = next(a for a in _parser()._actions if a.dest == "op").choices
+    assert set(subcommands) == set(ops.OPS) == {"status", "header", "verify", "reconcile", "metrics", "kernel-header"}
+
+
+@pytest.mark.root
+def test_status_readable_is_an_aligned_table(running):
+    env, sock = running
+    proc = ctl(*sock, "status")
+    assert proc.returncode == 0 and proc.stderr == ""
+    lines = proc.stdout.splitlines()
+    column = lines[0].index("0.1.0")
+    assert all(line[column - 2:column] == "  " and line[column] != " " for line in lines if line[0] != " "), \
+        "every value starts in one column"
+    rows = {line[:column].strip(): line[column:] for line in lines if line[0] != " "}
+    assert rows["generation"] == "1, in sync"
+    assert rows["backend"].startswith("sandbox (healthy: ")
+    assert rows["RAM"] == "7 ranges, 4.34 GiB"  # the virtio-mem fixture minus the crash kernel and low 1 MiB
+    assert rows["CPUs"] == "4"
+    assert rows["last error"] == "none"
+    assert rows["last apply"].endswith(" s ago (startup)")
+    assert "  + first header: 4 CPU notes, 7 RAM ranges" in proc.stdout
+
+
+@pytest.mark.root
+def test_status_json_is_the_result_object(running):
+    env, sock = running
+    code, status = ctl_json(*sock, "status")
+    assert code == 0 and set(status) >= STATUS_KEYS
+    assert status["generation"] == generation(env.state_dir) == 1
+
+
+@pytest.mark.root
+def test_header_readable_and_json(running):
+    env, sock = running
+    proc = ctl(*sock, "header")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("generation 1: 4096 bytes of a ")
+    assert "13 program headers: 5 notes, 7 RAM ranges (4.34 GiB)" in proc.stdout
+    assert "kernel image" in proc.stdout and proc.stdout.count("RAM ") >= 7
+    code, header = ctl_json(*sock, "header")
+    assert code == 0 and base64.b64decode(header["data_base64"]) == segment_header(env.state_dir)
+
+
+@pytest.mark.root
+def test_verify_exits_1_on_drift_and_reconcile_repairs_it(running):
+    env, sock = running
+    proc = ctl(*sock, "verify")
+    assert proc.returncode == 0 and proc.stdout.startswith("in sync: generation 1")
+    replace_iomem(env.root, iomem(hot_added=1))  # no event: only verify can tell
+    proc = ctl(*sock, "verify")
+    assert proc.returncode == 1
+    assert proc.stdout.startswith("DIFFERS: generation 1") and f"  {HOT_ADDED}" in proc.stdout
+    code, verdict = ctl_json(*sock, "verify")
+    assert code == 1 and verdict["in_sync"] is False and HOT_ADDED in verdict["changes"]
+
+    proc = ctl(*sock, "reconcile")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("applied generation 2 in ") and f"  {HOT_ADDED}" in proc.stdout
+    assert segment_header(env.state_dir) == generated(env.root)
+    assert ctl(*sock, "verify").returncode == 0
+    proc = ctl(*sock, "reconcile")
+    assert proc.returncode == 0 and proc.stdout.startswith("nothing to apply: generation 2 already matches")
+
+
+@pytest.mark.root
+def test_reconcile_json_takes_over_pending_events(running):
+    env, sock = running
+    replace_iomem(env.root, iomem(hot_added=1))
+    inject("online")
+    wait_for(lambda: ctl_json(*sock, "status")[1]["pending_events"] >= 1, 5, "a pending event")
+    code, done = ctl_json(*sock, "reconcile")
+    assert code == 0 and done["applied"] is True and done["generation"] == 2 and done["events"] >= 1
+
+
+@pytest.mark.root
+def test_metrics_readable_and_json_parse(running):
+    env, sock = running
+    proc = ctl(*sock, "metrics")
+    assert proc.returncode == 0
+    names = {f.name for f in text_string_to_metric_families(proc.stdout)}
+    assert {"crashhpd_generation", "crashhpd_applies", "crashhpd_event_to_apply_seconds"} <= names
+    code, metrics = ctl_json(*sock, "metrics")
+    assert code == 0 and {f.name for f in text_string_to_metric_families(metrics["text"])} == names
+
+
+# --- errors and exit statuses ----------------------------------------------------------------------
+
+
+def test_no_daemon_exits_3_with_the_hint(tmp_path):
+    proc = ctl("--socket", str(tmp_path / "none.sock"), "status")
+    assert proc.returncode == 3 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and HINT in proc.stderr and "none.sock" in proc.stderr
+
+
+def test_a_stale_socket_exits_3(tmp_path):
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(tmp_path / "stale.sock"))
+    stale.close()
+    proc = ctl("--socket", str(tmp_path / "stale.sock"), "status", "--json")
+    assert proc.returncode == 3 and "Connection refused" in proc.stderr and HINT in proc.stderr
+
+
+def test_a_daemon_that_does_not_answer_exits_3(tmp_path):
+    mute = socket.socket(socket.AF_UNIX)
+    mute.bind(str(tmp_path / "mute.sock"))
+    mute.listen()
+    try:
+        proc = ctl("--socket", str(tmp_path / "mute.sock"), "--timeout", "0.3", "status")
+    finally:
+        mute.close()
+    assert proc.returncode == 3 and "no reply within 0.3 s" in proc.stderr
+
+
+@pytest.mark.root
+def test_the_socket_comes_from_the_config(running):
+    env, _ = running
+    proc = ctl("--config", str(env.config()), "status")
+    assert proc.returncode == 0 and "generation" in proc.stdout
+
+
+@pytest.mark.parametrize("args", [[], ["bogus"], ["status", "--yaml"], ["--timeout", "-1", "status"],
+                                  ["--timeout", "soon", "status"]])
+def test_usage_errors_exit_2(args):
+    proc = ctl(*args)
+    assert proc.returncode == 2 and "usage: crashhpctl" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_invalid_config_exits_2_naming_it(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[control]\nsocket = 'relative'\n")
+    proc = ctl("--config", str(bad), "status")
+    assert proc.returncode == 2 and "control.socket" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.root
+def test_an_error_reply_exits_1_in_both_forms(running):
+    env, sock = running
+    replace_iomem(env.root, "garbage\n")
+    proc = ctl(*sock, "reconcile")
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith("crashhpctl: reconcile: ") and proc.stderr.rstrip().endswith("(failed)")
+    code, error = ctl_json(*sock, "verify")
+    assert code == 1 and error["code"] == "failed" and "proc/iomem:1" in error["message"]
+
+
+@pytest.mark.root
+def test_as_nobody_status_works_and_reconcile_is_refused(env):
+    env.start(control={"group": NOGROUP})
+    sock = ("--socket", str(env.socket))
+    crashhpctl = nobody.staged().crashhpctl  # the checkout may be where nobody cannot enter (/root)
+    assert run_as_nobody(crashhpctl, *sock, "status").returncode == 0
+    proc = run_as_nobody(crashhpctl, *sock, "reconcile")
+    assert proc.returncode == 1 and "reconcile needs root" in proc.stderr and "(permission-denied)" in proc.stderr
+    proc = run_as_nobody(crashhpctl, *sock, "reconcile", "--json")
+    assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == "permission-denied"
+
+
+# --- the readable forms' pieces ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0.4, "0 s"), (3, "3 s"), (119, "119 s"), (120, "2 min"),
+                                               (7199, "119 min"), (7200, "2 h"), (47 * 3600, "47 h"),
+                                               (3 * 86400, "3 d"), (-5, "0 s")])
+def test_durations_read_like_an_admin_says_them(seconds, text):
+    assert duration(seconds) == text
+    assert age(seconds) == f"{text} ago"
+
+
+def test_aligned_lines_up_values_and_continuation_lines():
+    assert aligned([("a", "1"), ("long label", "x\ny")]).splitlines() == [
+        "a           1", "long label  x", "            y"]
