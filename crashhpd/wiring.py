@@ -19,14 +19,15 @@ from . import backends, log
 from . import config as config_mod
 from .backends.base import Backend
 from .config import Config
-from .control import ops
+from .control.handlers import Dispatcher
 from .control.server import ControlError, ControlServer
 from .elfcorehdr.layout import CpuSet, Layout, preset
 from .errors import ConfigError, CrashhpdError
-from .service.daemon import Daemon, Parts
+from .service.daemon import Daemon
 from .service.metrics import Metrics
 from .service.monitor import EventMonitor
 from .service.notify import Notifier
+from .service.parts import Parts
 from .service.status import ControlCounters
 from .service.udev_takeover import UdevTakeover
 from .sysview.kernel_state import KernelState
@@ -78,14 +79,13 @@ def build_parts(cfg: Config, old: Parts | None, context: pyudev.Context | None =
     udev = old.udev if old is not None and old.cfg.udev == cfg.udev else \
         UdevTakeover(cfg.root, cfg.udev.rules, cfg.udev.runtime_dir, enabled=cfg.udev.takeover)
     reader = old.header_reader if old is not None and same_root else LoadedHeaderReader(cfg.root)
-    return Parts(cfg, boot, backend, layout_for(cfg, backend, snapshot.kernel), monitor, snapshot.kernel, udev,
-                 reader)
+    return Parts(cfg, boot, backend, layout_for(cfg, backend, snapshot.kernel), monitor, udev, reader)
 
 
 def control_server(cfg: Config, selector: selectors.BaseSelector, daemon: Daemon) -> ControlServer:
     """The admin socket in the loop's selector, answering through the op table for this daemon."""
     counters = ControlCounters()
-    return ControlServer(cfg.control, selector, ops.Dispatcher(daemon, counters).handle, counters)
+    return ControlServer(cfg.control, selector, Dispatcher(daemon, counters).handle, counters)
 
 
 def run(config_path: str | None, root_override: str | None, context: pyudev.Context | None = None) -> int:

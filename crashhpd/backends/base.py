@@ -1,18 +1,12 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""The one small interface every backend implements: what is loaded, how much fits, apply.
+"""The one small interface every backend implements: what is loaded, how much fits, apply, and what it does.
 
-The daemon never knows how a header reaches the kernel. It builds the header
-in the backend's layout, compares it with `loaded()`, and calls `begin()`
-only when they differ. A backend that cannot apply raises BackendError and
-must leave what was applied before exactly as it was.
-
-An apply that takes time (a `kexec -p` may take seconds) must not stop the
-event loop: `begin()` then returns a `Pending`, whose fds the loop watches
-in its own selector next to the uevent socket and the control clients, and
-whose deadline is one of the loop's timers. Everything else (sandbox,
-kernel) returns its `Applied` at once. `drive()` takes a Pending to its end
-with a selector of its own, for callers without a loop: `apply()` is
-`begin()` then `settle()`, the same code path the daemon takes.
+The daemon never knows how a header reaches the kernel: it builds the header in
+the backend's layout, compares, and calls `begin()` only on a difference. What a
+backend does with the crash kernel is declared in its `capabilities`, never
+guessed from its name. An apply that takes time (a `kexec -p`) returns a
+`Pending` whose fds and deadline join the loop's selector; `drive()` runs one to
+its end for callers without a loop.
 """
 
 import selectors
@@ -25,7 +19,17 @@ from typing import Protocol
 from ..elfcorehdr.layout import LayoutName
 from ..sysview.kernel_state import KernelState
 
-KEEP_KERNEL_HEADER = frozenset({"kexec", "kernel"})  # the backends whose job is the header the kernel holds
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend does with the crash kernel, as it declares it."""
+
+    # An apply reloads the crash kernel: what the kernel holds is this backend's doing, so where it can be
+    # read back, whether to apply is decided on it, not on the backend's own record.
+    reloads: bool
+    # Keeping the header the kernel holds current is this backend's job: a stale one is an error, and the
+    # distribution's per-event reload rule is redundant (overridden) while it runs.
+    keeps_kernel_header: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +82,9 @@ class Pending(Running, Protocol):
         """The daemon is stopping: end by `by` at the latest, as the backend ends a timeout."""
         ...
 
-    def finish(self) -> Applied:
-        """Once done: what is applied now, or BackendError (the old header kept). Releases every fd."""
+    def finish(self, kernel: KernelState) -> Applied:
+        """Once done, given the kexec state read after it: what is applied now, or BackendError (the old
+        header kept). Releases every fd."""
         ...
 
 
@@ -88,9 +93,13 @@ class Backend(Protocol):
 
     name: str
     layout: LayoutName  # the layout this backend's loader produces; the daemon builds in it
-    # An apply reloads the crash kernel: what the kernel holds is this backend's doing, so where it can be
-    # read back, whether to apply is decided by it, not by the backend's own record.
-    reloads: bool
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    @property
+    def recovery(self) -> "Backend | None":
+        """What reloads the crash kernel where the kernel failed to update its own header; None: nothing."""
+        ...
 
     def loaded(self, kernel: KernelState) -> bytes | None:
         """The header bytes in force now (without segment padding), or None if nothing is loaded."""
@@ -183,9 +192,9 @@ def drive(running: Running, clock: Callable[[], float] = time.monotonic) -> None
             watch.close()
 
 
-def settle(result: Applied | Pending) -> Applied:
-    """What begin() returned, waited for if it is still running."""
+def settle(result: Applied | Pending, kernel_after: Callable[[], KernelState]) -> Applied:
+    """What begin() returned, waited for if it is still running: for callers without the daemon's loop."""
     if isinstance(result, Applied):
         return result
     drive(result)
-    return result.finish()
+    return result.finish(kernel_after())

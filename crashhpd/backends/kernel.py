@@ -19,7 +19,7 @@ from ..abi.elf import EHDR_SIZE, align_up
 from ..elfcorehdr.layout import LayoutName
 from ..errors import BackendError
 from ..sysview.kernel_state import CRASH_LOADED, KernelState
-from .base import Applied, Backend, Health
+from .base import Applied, Backend, Capabilities, Health
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def _state_text(value: int | None) -> str:
 class KernelBackend:
     name = "kernel"
     layout: LayoutName = "kernel"
-    reloads = False
+    capabilities = Capabilities(reloads=False, keeps_kernel_header=True)
 
     def __init__(self, recovery: "Backend | None" = None) -> None:
         # reloads the crash kernel (kexec -p -s) when the kernel failed to update its header; None: never

@@ -1,61 +1,33 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """The kexec backend: reload the crash kernel with kexec-tools, once per burst, never unloading first.
 
-On kernels and kexec-tools that cannot update the loaded header in place
-(Debian 12: Linux 6.1, kexec-tools 2.0.25), the only way to get a new
-elfcorehdr in is a full `kexec -p`, which rebuilds everything. Distributions
-do that once per udev event and unload first (`kexec -p -u`), which leaves
-no crash kernel at all between the two calls. This backend reloads once per
-debounced burst, only when the header kexec-tools would build has changed,
-and never unloads: `kexec -p` replaces the image inside one kexec_load call.
-That call still frees the old image before copying the new one into the
-same reserved memory, so each reload has a gap of its own, the length of
-the copy (22 ms sampled on a 6.1 guest under TCG, tests/bench/guest_hotplug.py),
-not the seconds between two processes.
-
-What it compares is a model of kexec-tools' header (the `kexec-tools`
-layout): kexec builds the real one itself and there is no way to read it
-back, so `loaded()` is the model of the last load that succeeded.
-
-A load runs as a child of the event loop, never inside it: its pipes and a
-pidfd sit in the loop's selector and its timeout is one of the loop's timers,
-so uevents are read and the control socket answered while kexec works. The
-load is done when kexec exits (the pidfd says so); whatever it started and
-left behind may keep its pipes open, so they are closed then, not read to
-the end. At the timeout the whole process group is killed. Its output is
-kept to the last OUTPUT_CAP bytes per stream, the end being where kexec says
-what went wrong.
-
-Failures are the outside world's and are retried on the daemon's timer:
-a busy kexec lock backs off exponentially, and a failed load that left no
-crash kernel at all (the kernel frees the old image before loading the new
-one) is retried at once, then backed off, and said loudly.
+Where the kernel cannot update the loaded header in place (Debian 12: Linux 6.1,
+kexec-tools 2.0.25) the only way in is a full `kexec -p`. Distributions run it
+per udev event after a `kexec -p -u`, leaving no crash kernel in between; this
+backend reloads once per debounced burst and never unloads: `kexec -p` replaces
+the image inside one kexec_load call, whose own gap is the copy (22 ms sampled on
+a 6.1 guest under TCG, tests/bench/guest_hotplug.py). The load runs as a child of
+the loop (kexec_process.py); failures are retried on the daemon's timer, backed off.
 """
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import shlex
-import shutil
-import signal
-import subprocess
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import NoReturn
 
 from .. import log
-from ..abi.elf import MAX_HEADER_SIZE
 from ..config import KexecConfig
 from ..elfcorehdr.layout import LayoutName
 from ..errors import BackendError
-from ..safefile import SafeDir, describe
 from ..sysview.files import under
 from ..sysview.kernel_state import CRASH_LOADED, LOAD_LIMIT, KernelState, read_kernel_state
-from .base import Applied, Health, Pending, drive, settle
-from .kdump_discovery import CrashKernel, discover, parse_kexec_version
+from .base import Applied, Capabilities, Health, Pending, settle
+from .kdump_discovery import CrashKernel, discover
+from .kexec_process import Load, Run, Tool, probe
+from .kexec_state import Record, StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -63,50 +35,8 @@ HOTPLUG_MIN_VERSION = (2, 0, 28)  # the first kexec-tools with --hotplug
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 60.0
 EBUSY_TEXT = "Device or resource busy"  # kexec_load's EBUSY: another loader holds the kexec lock
-STATE_FILE = "kexec-state.json"  # names distinct from the sandbox backend's, which shares state_dir
-HEADER_FILE = "kexec-elfcorehdr"
-DIR_MODE = 0o700
-FILE_MODE = 0o600  # the model header is as secret as /proc/kallsyms and /proc/iomem
-STATE_LIMIT = 64 * 1024  # the record is a few hundred bytes; its argv is one command line
 PROBE_TIMEOUT_S = 5.0  # `kexec --version`, the one kexec run inside the loop: milliseconds, never a watchdog's worth
 STDERR_CHARS = 240  # enough of kexec's complaint for one readable line
-OUTPUT_CAP = 64 * 1024  # bytes of each of kexec's streams kept: the tail, which carries its complaint
-READ_CHUNK = 65536
-KILL_GRACE_S = 5.0  # after SIGKILL, how long to wait for the group leader before giving up on reaping it
-
-
-@dataclass(frozen=True, slots=True)
-class Tool:
-    """The kexec binary in use and what it says its version is."""
-
-    path: str
-    version: tuple[int, int, int] | None
-    version_text: str  # kexec's own first line, shown when it cannot be parsed
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    """One finished (or killed) kexec process."""
-
-    argv: tuple[str, ...]
-    returncode: int
-    stdout: str
-    stderr: str
-    timed_out: bool
-    duration_s: float
-    stopped: bool = False  # killed because the daemon was stopping, before its own timeout
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """What the last successful load put in force, as persisted under state_dir."""
-
-    generation: int
-    sha256: str
-    header_size: int
-    applied_at: float
-    argv: tuple[str, ...]
-    boot_id: str | None  # a state from an earlier boot says nothing about what is loaded now
 
 
 # --- pure decisions ---------------------------------------------------------------------------
@@ -186,243 +116,14 @@ class Backoff:
         self._next = self._start
 
 
-# --- processes --------------------------------------------------------------------------------
-
-
-class Tail:
-    """The last `cap` bytes written to one stream."""
-
-    def __init__(self, cap: int = OUTPUT_CAP) -> None:
-        self._cap = cap
-        self.data = bytearray()
-
-    def add(self, chunk: bytes) -> None:
-        self.data += chunk
-        if len(self.data) > self._cap:
-            del self.data[:len(self.data) - self._cap]
-
-    def text(self) -> str:
-        return self.data.decode(errors="replace")
-
-
-class Child:
-    """One kexec process in its own process group, driven without blocking: a Pending's process part.
-
-    Watched: the pidfd (readable once kexec exited) and the stdout and stderr
-    pipes until their EOF. Once the pidfd says kexec exited, it is reaped,
-    what its pipes hold is read, and the pipes are closed, EOF or not: a
-    process it left behind may hold them open for as long as it lives.
-    """
-
-    def __init__(self, argv: list[str], timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.argv = tuple(argv)
-        self._clock = clock
-        self.started_at = clock()
-        self._deadline = self.started_at + timeout_s
-        env = {**os.environ, "LC_ALL": "C"}  # kexec's strerror() text is matched (EBUSY); keep it English
-        try:
-            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, start_new_session=True, env=env)
-        except OSError as error:
-            raise BackendError(f"{argv[0]}: cannot run: {error.strerror}") from None
-        assert self._proc.stdout is not None and self._proc.stderr is not None
-        self._pipes = {self._proc.stdout.fileno(): Tail(), self._proc.stderr.fileno(): Tail()}
-        self._open = set(self._pipes)  # pipes not at EOF yet
-        for fd in self._pipes:
-            os.set_blocking(fd, False)
-        try:
-            self._pidfd = os.pidfd_open(self._proc.pid)
-        except OSError as error:  # only before Linux 5.3
-            self._kill()
-            self._proc.wait()
-            self._close_pipes()
-            raise BackendError(f"pidfd_open: {error.strerror}; crashhpd needs Linux 5.3 or later") from None
-        self.returncode: int | None = None
-        self._killed_at: float | None = None
-        self._timed_out = False
-        self._stopped = False
-
-    @property
-    def done(self) -> bool:
-        return self.returncode is not None
-
-    def fds(self) -> list[int]:
-        return [] if self.done else [self._pidfd, *sorted(self._open)]
-
-    def ready(self, fd: int) -> None:
-        if fd == self._pidfd:
-            self._reap()
-        elif fd in self._open:
-            self._read(fd)
-
-    def deadline(self) -> float | None:
-        if self.done:
-            return None
-        return self._deadline if self._killed_at is None else self._killed_at + KILL_GRACE_S
-
-    def expire(self, now: float) -> None:
-        if self._killed_at is None:
-            self._timed_out = True
-            self._kill()
-            self._killed_at = now
-            return
-        # SIGKILL did not end it within KILL_GRACE_S (stuck in the kernel): stop waiting, let Popen reap it later
-        logger.warning("kexec (pid %d) has not died %g s after SIGKILL; no longer waiting for it", self._proc.pid,
-                       KILL_GRACE_S, extra=log.fields("kexec-failed", argv=shlex.join(self.argv)))
-        self.returncode = -signal.SIGKILL
-
-    def stop(self, by: float) -> None:
-        if self._killed_at is None and by < self._deadline:
-            self._deadline = by
-            self._stopped = True
-
-    def result(self) -> Run:
-        """Once done: the finished (or killed) run, its fds closed."""
-        assert self.returncode is not None
-        os.close(self._pidfd)
-        self._close_pipes()
-        stdout, stderr = (tail.text() for tail in self._pipes.values())
-        return Run(self.argv, self.returncode, stdout, stderr, self._timed_out, self._clock() - self.started_at,
-                   self._stopped and self._timed_out)
-
-    def _kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):  # not reaped yet, so the group still exists
-            os.killpg(self._proc.pid, signal.SIGKILL)
-
-    def _reap(self) -> None:
-        code = self._proc.poll()
-        if code is None:
-            return
-        for fd in list(self._open):
-            for _ in range(OUTPUT_CAP // READ_CHUNK + 1):  # what it wrote before exiting, not what others add
-                if not self._read(fd):
-                    break
-        self.returncode = code
-
-    def _read(self, fd: int) -> bool:
-        """One read; False when nothing more is there now."""
-        try:
-            chunk = os.read(fd, READ_CHUNK)
-        except BlockingIOError:
-            return False
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self._open.discard(fd)
-            return False
-        self._pipes[fd].add(chunk)
-        return True
-
-    def _close_pipes(self) -> None:
-        for pipe in (self._proc.stdout, self._proc.stderr):
-            if pipe is not None:
-                pipe.close()
-        self._open.clear()
-
-
-def run(argv: list[str], timeout_s: float) -> Run:
-    """Run kexec to its end (or its timeout, which kills its process group), outside any event loop."""
-    child = Child(argv, timeout_s)
-    drive(child)
-    return child.result()
-
-
-class Load(Child):
-    """A `kexec -p` under way, as the daemon's loop drives it (a Pending); finish() is the backend's verdict."""
-
-    def __init__(self, argv: list[str], timeout_s: float, outcome: Callable[[Run], Applied]) -> None:
-        super().__init__(argv, timeout_s)
-        self._outcome = outcome
-
-    def finish(self) -> Applied:
-        return self._outcome(self.result())
-
-
-def probe(binary: str | None, timeout_s: float) -> Tool:
-    """Find kexec (the config's path or name, else `kexec` on PATH) and ask its version."""
-    name = binary or "kexec"
-    path = name if "/" in name else shutil.which(name)
-    if path is None:
-        raise BackendError(f"{name} not found on PATH; install kexec-tools (apt-get install kexec-tools) "
-                           "or set kexec.binary")
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        raise BackendError(f"kexec.binary {path}: not an executable file")
-    answer = run([path, "--version"], timeout_s)
-    if answer.timed_out:
-        raise BackendError(f"{path} --version did not finish within {timeout_s:g} s; killed it")
-    text = (answer.stdout + answer.stderr).strip()
-    version = parse_kexec_version(text)
-    if version is None:
-        logger.warning("%s --version said %r; its version is unknown, so --hotplug is not used", path, text[:80],
-                       extra=log.fields("kexec-load", binary=path))
-    return Tool(path, version, text.splitlines()[0] if text else "")
-
-
-# --- the state that survives a restart ----------------------------------------------------------
-
-
-class StateStore:
-    """The last successful load's model header and record, each replaced whole (header first, then record).
-
-    Both go through crashhpd.safefile: 0600 in a directory that must be
-    root's and writable by nobody else (the header holds the KASLR'd kernel
-    address and the RAM map). Whatever goes wrong with them only costs one
-    reload, so nothing here raises: a refusal (a symlink, a FIFO, a file too
-    large, a directory someone else controls) is logged and means no state.
-    """
-
-    def __init__(self, state_dir: str) -> None:
-        self.state_path = os.path.join(state_dir, STATE_FILE)
-        self.header_path = os.path.join(state_dir, HEADER_FILE)
-        self._dir = state_dir
-        self.problem: str | None = None  # why the last save failed, until one succeeds
-
-    def load(self) -> tuple[Record, bytes] | None:
-        """The persisted load, or None when there is none or it does not hold together."""
-        try:
-            with SafeDir(self._dir, DIR_MODE) as d:
-                d.remove_temporaries((STATE_FILE, HEADER_FILE))  # of a save that was killed
-                state = d.read(STATE_FILE, STATE_LIMIT)
-                header = d.read(HEADER_FILE, MAX_HEADER_SIZE)
-        except OSError as err:
-            logger.warning("%s; the next burst reloads", describe(err, self._dir), extra=log.fields("kexec-load"))
-            return None
-        if state is None or header is None:
-            return None
-        try:
-            raw = json.loads(state)
-            record = Record(**{**raw, "argv": tuple(raw["argv"])})
-        except (ValueError, TypeError, KeyError) as err:
-            logger.warning("%s: unreadable (%s); the next burst reloads", self.state_path, err,
-                           extra=log.fields("kexec-load"))
-            return None
-        if hashlib.sha256(header).hexdigest() != record.sha256:
-            logger.warning("%s does not match %s; the next burst reloads", self.header_path, self.state_path,
-                           extra=log.fields("kexec-load"))
-            return None
-        return record, header
-
-    def save(self, record: Record, header: bytes) -> None:
-        """Persist; a failure only costs one needless reload after a restart, so it is logged, not raised,
-        and said in `problem` (the backend's health) until a save succeeds again."""
-        try:
-            with SafeDir(self._dir, DIR_MODE) as d:
-                d.write(HEADER_FILE, header, FILE_MODE)
-                d.write(STATE_FILE, json.dumps(asdict(record)).encode(), FILE_MODE)
-        except OSError as err:
-            self.problem = f"cannot save the kexec state: {describe(err, self._dir)}; a restart will reload once"
-            logger.warning("%s", self.problem, extra=log.fields("kexec-load"))
-            return
-        self.problem = None
-
-
 # --- the backend --------------------------------------------------------------------------------
 
 
 class KexecBackend:
     name = "kexec"
     layout: LayoutName = "kexec-tools"
-    reloads = True
+    capabilities = Capabilities(reloads=True, keeps_kernel_header=True)
+    recovery = None  # it is the one that reloads
 
     def __init__(self, cfg: KexecConfig, root: str, state_dir: str, kernel: KernelState,
                  defer_to_the_kernel: bool = True) -> None:
@@ -491,7 +192,7 @@ class KexecBackend:
             logger.info("retrying the crash kernel reload (attempt %d)", self._failures + 1,
                         extra=log.fields("retry", attempt=self._failures + 1, backend=self.name))
         try:
-            return Load(argv, self._cfg.timeout_s, lambda result: self._loaded(result, header, argv, kernel))
+            return Load(argv, self._cfg.timeout_s, lambda result, after: self._loaded(result, header, argv, after))
         except BackendError as err:  # kexec could not be started at all (removed since it was probed)
             self._tool = None  # look for it again on the next try
             self._failed_to_start(str(err))
@@ -499,7 +200,7 @@ class KexecBackend:
 
     def apply(self, header: bytes, kernel: KernelState) -> Applied:
         """Reload the crash kernel once for this header, waiting for kexec: begin() and settle()."""
-        return settle(self.begin(header, kernel))
+        return settle(self.begin(header, kernel), lambda: read_kernel_state(self._root))
 
     def health(self, kernel: KernelState) -> Health:
         extra = self._extra(kernel)
@@ -566,10 +267,10 @@ class KexecBackend:
                                file_load)
 
     def _loaded(self, result: Run, header: bytes, argv: list[str], kernel: KernelState) -> Applied:
-        """kexec has exited (or was killed): account for it as the load's outcome."""
+        """kexec has exited (or was killed): account for it as the load's outcome; `kernel` is read after it."""
         self._last_run = result
         if result.returncode != 0 or result.timed_out:
-            self._fail(result)
+            self._fail(result, kernel)
         self._succeeded(result)
         return self._remember(header, argv, kernel, persist=True)
 
@@ -581,14 +282,12 @@ class KexecBackend:
         logger.error("%s; retrying in %g s", message, self._retry_after,
                      extra=log.fields("kexec-failed", retry_after_s=self._retry_after, backend=self.name))
 
-    def _fail(self, result: Run) -> NoReturn:
-        """Count, log and raise; the retry delay depends on whether a crash kernel is still loaded.
-
-        The kexec state is read again here, once: the failed load itself may have freed the image.
-        """
+    def _fail(self, result: Run, kernel: KernelState) -> NoReturn:
+        """Count, log and raise; the retry delay depends on whether a crash kernel is still loaded after it
+        (the failed load itself may have freed the image)."""
         self._failures += 1
         message = failure_message(result, self._cfg.timeout_s)
-        if read_kernel_state(self._root).crash_loaded == 0:
+        if kernel.crash_loaded == 0:
             retry = self._backoff.take() if self._retried_lost else 0.0
             self._retried_lost = True
             message = f"NO CRASH KERNEL LOADED: {message}"

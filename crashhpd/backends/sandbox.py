@@ -43,7 +43,7 @@ from ..elfcorehdr.layout import LayoutName, preset
 from ..errors import BackendError
 from ..safefile import SafeDir, Staged, UnsafeFileError
 from ..sysview.kernel_state import KernelState
-from .base import Applied, Health
+from .base import Applied, Capabilities, Health
 
 SEGMENT = "elfcorehdr"
 STATE = "state.json"
@@ -58,7 +58,8 @@ class SandboxBackend:
     """The segment as a file in `state_dir`; see the module docstring for the guarantees."""
 
     name = "sandbox"
-    reloads = False
+    capabilities = Capabilities(reloads=False, keeps_kernel_header=False)
+    recovery = None  # it stands in for no kernel: there is nothing to recover
     layout: LayoutName = "kernel"
 
     def __init__(self, state_dir: str, max_cpus: int,

@@ -1,14 +1,13 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""What the loop knows of the header the kernel holds: read back after each update, and the kernel's own word.
+"""What the loop knows of the header the kernel holds, and the kernel's own word on it.
 
-After every update the header read back from the kernel's memory is
-compared with the fresh one (elfcorehdr/coverage.py); the result is what
-status reports, and a change for the worse is said once in the journal
-(MESSAGE_ID kernel-header-stale): where keeping that header current is the
-backend's job, it is an error, and the passive backend may then recover
-with one reload. After a reload, the header read back is checked against
-the model (MESSAGE_ID model-drift). /dev/kmsg's `crash hp:` lines (kmsg.py)
-are the kernel saying the same where nothing can be read back.
+After every update the view of that header (read back, compared with the fresh
+one once, in reconcile) is kept for status, and a change for the worse is said
+once (MESSAGE_ID kernel-header-stale): an error where keeping it is the
+backend's job, with one recovery asked for where the backend has one. After a
+reload the header read back is checked against the model (MESSAGE_ID
+model-drift). /dev/kmsg's `crash hp:` lines (kmsg.py) say the same where
+nothing can be read back.
 """
 
 import logging
@@ -16,9 +15,8 @@ import selectors
 from collections.abc import Callable
 
 from .. import log
-from ..backends.base import KEEP_KERNEL_HEADER
-from ..elfcorehdr.build import Built, changes
-from ..elfcorehdr.coverage import KernelView, view
+from ..elfcorehdr.build import Built
+from ..elfcorehdr.coverage import KernelView
 from ..errors import quoted
 from ..sysview.loaded_header import LoadedHeader
 from .kmsg import KernelLog
@@ -74,15 +72,16 @@ class KernelWatch:
 
     # --- after an update --------------------------------------------------------------------------
 
-    def updated(self, loaded: LoadedHeader | None, built: Built, layout: str, reloaded: bool,
-                can_recover: bool) -> None:
-        """`loaded` is the header read back once the update ended; `reloaded`: this update reloaded it;
+    def updated(self, loaded: LoadedHeader | None, kernel: KernelView, built: Built, layout: str,
+                reloaded: bool, keeps_header: bool, can_recover: bool) -> None:
+        """`loaded` is the header read back once the update ended and `kernel` its view against `built`;
+        `reloaded`: this update reloaded it; `keeps_header`: keeping it current is the backend's job;
         `can_recover`: a reload may be asked for where the kernel left its header stale."""
         if reloaded and loaded is not None:
-            self._confirm_load(loaded, built, layout)
-        self._watch(view(loaded, built), can_recover)
+            self._confirm_load(loaded, kernel, built, layout)
+        self._watch(kernel, keeps_header, can_recover)
 
-    def _confirm_load(self, loaded: LoadedHeader, built: Built, layout: str) -> None:
+    def _confirm_load(self, loaded: LoadedHeader, kernel: KernelView, built: Built, layout: str) -> None:
         """Where kexec-tools built other bytes than the model, say so (model drift): whether to reload is
         decided on coverage, so a drift costs no dump, but the model should be fixed."""
         if not loaded.readable:
@@ -90,12 +89,12 @@ class KernelWatch:
         held = loaded.header
         if built.data[:len(held)] == held and not any(built.data[len(held):]):
             return
-        lines = changes(held, built)
+        lines = kernel.coverage.changes if kernel.coverage is not None else []
         what = (": " + "; ".join(lines)) if lines else " (same RAM and CPUs, other bytes)"
         logger.warning("model drift: the reload loaded another header than crashhpd's %s model%s", layout, what,
                        extra=log.fields("model-drift", backend=self._backend()))
 
-    def _watch(self, kernel: KernelView, can_recover: bool) -> None:
+    def _watch(self, kernel: KernelView, keeps_header: bool, can_recover: bool) -> None:
         """Keep what the kernel holds for status; say so once when it starts (or stops) missing something."""
         backend = self._backend()
         was = self.view.coverage
@@ -111,7 +110,7 @@ class KernelWatch:
         message = (f"the kernel's header is stale: a dump taken now would miss {now.uncovered_ram_bytes} bytes "
                    f"of RAM and {now.missing_cpu_notes} CPU notes, and cover {now.stale_ram_bytes} bytes that "
                    f"are gone: {'; '.join(now.changes) or 'no visible change'}")
-        if backend in KEEP_KERNEL_HEADER:  # its job, not done: an error, not only a report
+        if keeps_header:  # its job, not done: an error, not only a report
             self._report("kernel-header-stale", message)
         if can_recover:  # once per stale spell: a reload that does not fix it is not repeated
             self.recover_wanted = True

@@ -1,37 +1,55 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """What the daemon reports about itself: the one table of status fields.
 
-`crashhpctl status`, the control protocol's `status` reply, the metrics and
-the STATUS= line all read this one object, so a field is added in exactly one
-place. Admins' scripts read these names over the socket: within a protocol
-version a field is never renamed or removed, only added.
+`crashhpctl status`, the control protocol's `status` reply, the metrics and the
+STATUS= line all read `Status`, so a field is added in exactly one place; the
+counters the update keeps are its first fields, declared once in `Counters`.
+Admins' scripts read these names: within a protocol version a field is never
+renamed or removed, only added.
 """
 
+import time
 from dataclasses import dataclass, field
 
 from ..backends.base import Applied
 from ..elfcorehdr.build import Built
 
 
-@dataclass(frozen=True, slots=True)
-class Status:
+@dataclass(slots=True, kw_only=True)
+class Counters:
+    """What the daemon has done since it started, kept by the update and reported as it is."""
+
+    started_at: float = field(default_factory=time.time)  # time.time() of the daemon's start
+    events_received: int = 0
+    events_coalesced: int = 0  # events folded into an update that another event of the burst triggered
+    updates: int = 0  # reconciles run (each builds and compares a header)
+    applies: int = 0
+    skipped_noop: int = 0
+    rescans: int = 0  # full rescans after lost events
+    errors: dict[str, int] = field(default_factory=dict)  # kind -> count
+    in_sync: bool = False  # the last update succeeded (pending_events says whether another is coming)
+    last_apply_reason: str | None = None  # None when the last apply predates this daemon
+    last_changes: list[str] = field(default_factory=list)
+    last_update_duration_s: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+    def error(self, kind: str, message: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+        self.last_error = message
+        self.last_error_at = time.time()
+
+
+@dataclass(slots=True, kw_only=True)
+class Status(Counters):
     version: str
     pid: int
-    started_at: float  # time.time() of the daemon's start
     uptime_s: float
     backend: str
     backend_ok: bool
     backend_detail: str
     layout: str
     generation: int  # of the header in force; 0 before the first apply
-    in_sync: bool  # the last update succeeded (pending_events says whether another is coming)
-    events_received: int
-    events_coalesced: int
-    updates: int
-    applies: int
-    skipped_noop: int
-    rescans: int
-    errors: dict[str, int]
     pending_events: int
     next_update_in_s: float | None  # when the debounce (or a retry) runs the next update
     cpus: int
@@ -43,11 +61,6 @@ class Status:
     crash_hotplug_cpu: int | None  # None: the kernel does not publish it (before 6.6)
     crash_hotplug_memory: int | None
     last_apply_at: float | None  # time.time(); may predate this daemon (the backend remembers it)
-    last_apply_reason: str | None  # None when the last apply predates this daemon
-    last_changes: list[str]
-    last_update_duration_s: float | None
-    last_error: str | None
-    last_error_at: float | None
     applying: bool = False  # an apply (a kexec load) is running now; the next update waits for it
     apply_running_s: float | None = None  # since when, counted from the start of its update
     control_clients: int = 0  # connected to the control socket now

@@ -29,7 +29,7 @@ import subprocess
 from dataclasses import dataclass
 
 from .. import log
-from ..backends.base import KEEP_KERNEL_HEADER
+from ..backends.base import Backend
 from ..safefile import SafeDir, read_file
 from ..sysview.files import under
 
@@ -60,16 +60,17 @@ class UdevTakeover:
         self._placed: tuple[str, ...] = ()
         self.verdict = Verdict(False, "not taken over yet")
 
-    def sync(self, backend: str) -> Verdict:
+    def sync(self, backend: Backend) -> Verdict:
         """Place or remove the overrides for the backend that runs now; never raises."""
+        name = backend.name
         if not self._enabled:
             self.verdict = Verdict(False, "udev takeover disabled ([udev] takeover = false): "
                                           "the distribution's rule reloads on every event")
-        elif backend in KEEP_KERNEL_HEADER:
-            self.verdict = self._place(backend)
+        elif backend.capabilities.keeps_kernel_header:
+            self.verdict = self._place(name)
         else:
-            self._remove(f"the {backend} backend does not load the crash kernel")
-            self.verdict = Verdict(False, f"the distribution's rule is active: the {backend} backend "
+            self._remove(f"the {name} backend does not load the crash kernel")
+            self.verdict = Verdict(False, f"the distribution's rule is active: the {name} backend "
                                           "does not keep the kernel's header current")
         return self.verdict
 

@@ -42,7 +42,8 @@ from daemonproc import DaemonProcess, can_inject, generated, inject, wait_for, w
 from faketree import QEMU_GUEST, QEMU_HOT_ADD_BASE, hot_added, make_tree, replace_iomem  # noqa: E402
 from repo_paths import STANDIN  # noqa: E402
 
-from crashhpd.backends.kexec import STATE_FILE, KexecBackend  # noqa: E402
+from crashhpd.backends.kexec import KexecBackend  # noqa: E402
+from crashhpd.backends.kexec_state import STATE_FILE  # noqa: E402
 from crashhpd.config import KexecConfig  # noqa: E402
 from crashhpd.elfcorehdr.build import build_valid  # noqa: E402
 from crashhpd.elfcorehdr.layout import preset  # noqa: E402

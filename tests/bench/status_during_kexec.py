@@ -44,8 +44,10 @@ import sys
 from crashhpd.backends import kexec
 from crashhpd.backends.base import settle
 from crashhpd.cli import main
+from crashhpd.sysview.kernel_state import read_kernel_state
 begin = kexec.KexecBackend.begin
-kexec.KexecBackend.begin = lambda self, header, kernel: settle(begin(self, header, kernel))
+kexec.KexecBackend.begin = lambda self, header, kernel: settle(begin(self, header, kernel),
+                                                               lambda: read_kernel_state(self._root))
 sys.exit(main())
 """
 

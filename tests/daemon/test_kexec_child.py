@@ -34,7 +34,9 @@ from standin import Standin, alive, hot_add, kind_of, model, root, standin  # no
 
 from crashhpd import config as config_mod
 from crashhpd import log
-from crashhpd.backends.kexec import OUTPUT_CAP, STATE_FILE, KexecBackend, run
+from crashhpd.backends.kexec import KexecBackend
+from crashhpd.backends.kexec_process import OUTPUT_CAP, run
+from crashhpd.backends.kexec_state import STATE_FILE
 from crashhpd.config import KexecConfig
 from crashhpd.errors import BackendError
 from crashhpd.service import daemon as daemon_mod
