@@ -5,6 +5,12 @@ Exit status, which scripts rely on: 0 ok; 1 the daemon answered with an
 error, or `verify` found the header in force differs from the system; 2 a
 usage error; 3 the daemon cannot be reached. `--json` prints the reply's
 `result` (or its `error`) as the daemon sent it, keys it may add included.
+
+Client side: this imports the contract and the standard library only. It
+needs nothing of the configuration but `[control] socket`, and a
+configuration it cannot read never keeps it from the daemon: the daemon
+refuses a broken file on SIGHUP and goes on with the socket it has, so
+crashhpctl says what is wrong on stderr and goes on too.
 """
 
 import argparse
@@ -15,18 +21,26 @@ import sys
 import time
 from collections.abc import Sequence
 
-from pydantic import TypeAdapter, ValidationError
+from .contract import (
+    DEFAULT_CONFIG,
+    DEFAULT_SOCKET,
+    DROPIN_SUFFIX,
+    EXIT_FAILED,
+    EXIT_UNREACHABLE,
+    OPS,
+    VERSION,
+    Reply,
+    encode_request,
+    parse_reply,
+    problem,
+)
+from .render import SHOW
 
-from .. import config as config_mod
-from ..config import ControlConfig
-from ..errors import ConfigError
-from .ops import OPS
-from .protocol import VERSION, Reply, encode_request, parse_reply
-from .render import EXIT_FAILED
+__all__ = ["EXIT_UNREACHABLE", "Unreachable", "main", "request", "socket_from_config"]
 
-EXIT_USAGE, EXIT_UNREACHABLE = 2, 3
 HINT = "is crashhpd running? systemctl status crashhpd"
 RECV_CHUNK = 65536
+MAX_CONFIG_BYTES = 1 << 20  # as the daemon reads it (config.MAX_FILE_BYTES): a larger file is not a configuration
 
 
 class Unreachable(Exception):
@@ -66,34 +80,76 @@ def _read_line(sock: socket.socket) -> bytes:
     return bytes(data[:end])
 
 
-def default_socket(config_path: str | None) -> str:
-    """The config's socket; the built-in default when the default config cannot be read (often not by non-root)."""
-    try:
-        return config_mod.load(config_path).control.socket
-    except ConfigError:
-        if config_path is not None:
-            raise
-        return ControlConfig().socket
-
-
 def render(op: str, reply: Reply, as_json: bool, now: float) -> tuple[str, str, int]:
     """(stdout, stderr, exit status) for a reply."""
     if reply.v != VERSION:
         return "", f"crashhpctl: the daemon speaks protocol version {reply.v}, this crashhpctl {VERSION}", EXIT_FAILED
     if reply.error is not None:
         if as_json:
-            return json.dumps(reply.error.model_dump(), indent=2), "", EXIT_FAILED
-        return "", f"crashhpctl: {op}: {reply.error.message} ({reply.error.code})", EXIT_FAILED
+            return json.dumps(reply.error, indent=2), "", EXIT_FAILED
+        return "", f"crashhpctl: {op}: {reply.error['message']} ({reply.error['code']})", EXIT_FAILED
     assert reply.result is not None
-    row = OPS[op]
-    try:
-        result: object = TypeAdapter(row.result).validate_python(reply.result)
-    except ValidationError as err:
-        return "", f"crashhpctl: {op}: not a {op} result: {err.errors()[0]['msg']}", EXIT_FAILED
-    text, status = row.show(result, now)
+    wrong = problem(reply.result, OPS[op].result)
+    if wrong is not None:
+        return "", f"crashhpctl: {op}: not a {op} result: {wrong}", EXIT_FAILED
+    text, status = SHOW[op](reply.result, now)
     if as_json:
         text = json.dumps(reply.result, indent=2)
     return text, "", status
+
+
+# --- where the socket is ---------------------------------------------------------------------------
+
+
+def socket_from_config(main: str, required: bool) -> tuple[str, list[str]]:
+    """`[control] socket` as the daemon finds it (main file, then its drop-ins in order, a later one
+    winning), and what was wrong on the way: a file that cannot be read or parsed, or a value that is
+    no socket path, is passed over, so the socket is the one the files around it give (else the
+    default): the one a daemon that refused the broken file on SIGHUP still answers on.
+
+    `required`: the main file was named (--config), so its absence is a problem too.
+    """
+    path, problems = DEFAULT_SOCKET, []
+    directory = main + DROPIN_SUFFIX
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        names = []
+    except OSError as err:
+        names, problems = [], [f"{directory}: {err.strerror or err}"]
+    files = [main, *(os.path.join(directory, n) for n in names if n.endswith(".toml") and not n.startswith("."))]
+    for index, file in enumerate(files):
+        try:
+            found = _socket_in(file)
+        except FileNotFoundError:
+            if index == 0 and not required:
+                continue
+            problems.append(f"{file}: no such file")
+        except (OSError, ValueError) as err:
+            problems.append(f"{file}: {err.strerror if isinstance(err, OSError) else err}")
+        else:
+            if found is not None:
+                path = found
+    return path, problems
+
+
+def _socket_in(file: str) -> str | None:
+    """One file's `[control] socket`, None when it sets none; ValueError when the file or the value is wrong."""
+    with open(file, "rb") as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    import tomllib  # here, not at the top: a third of crashhpctl's start-up, and most calls have no file to parse
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ValueError(f"larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        control = tomllib.loads(data.decode()).get("control", {})
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as err:
+        raise ValueError(f"not a TOML file: {err}") from None
+    if not isinstance(control, dict):
+        raise ValueError("control: must be a table")
+    value = control.get("socket")
+    if value is not None and not (isinstance(value, str) and os.path.isabs(value) and "\0" not in value):
+        raise ValueError(f"control.socket: must be an absolute path (got {value!r})")
+    return value
 
 
 # --- the command line ----------------------------------------------------------------------------------
@@ -112,9 +168,10 @@ def _seconds(text: str) -> float:
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="crashhpctl", description="Query and control the running crashhpd.")
     ap.add_argument("--socket", metavar="PATH",
-                    help=f"control socket (default: [control] socket of the config, else {ControlConfig().socket})")
+                    help=f"control socket (default: [control] socket of the config, else {DEFAULT_SOCKET})")
     ap.add_argument("--config", metavar="FILE",
-                    help=f"config file to take the socket from (default {config_mod.DEFAULT_PATH})")
+                    help=f"config file to take the socket from, with its drop-ins in FILE{DROPIN_SUFFIX}/ "
+                         f"(default {DEFAULT_CONFIG})")
     ap.add_argument("--timeout", type=_seconds, metavar="SECONDS",
                     help="how long to wait for the reply (default: "
                          + ", ".join(f"{op.name} {op.timeout_s:g}" for op in OPS.values()) + ")")
@@ -130,13 +187,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = _parser()
-    args = ap.parse_args(argv)
-    try:
-        path = args.socket or default_socket(args.config)
-    except ConfigError as err:
-        print(f"crashhpctl: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    args = _parser().parse_args(argv)
+    path = args.socket
+    if path is None:
+        path, problems = socket_from_config(args.config or DEFAULT_CONFIG, required=args.config is not None)
+        if problems:
+            print(f"crashhpctl: warning: {'; '.join(problems)}; using {path}", file=sys.stderr)
     args.op = getattr(args, "asked", None) or args.op
     timeout = args.timeout or OPS[args.op].timeout_s
     try:
@@ -154,3 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `crashhpctl metrics | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,16 +1,25 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""What crashhpctl prints for each reply: pure functions from a result to (text, exit status)."""
+"""What crashhpctl prints for each reply: pure functions from a result, as the contract shapes it, to text.
 
-import base64
-from collections.abc import Sequence
+Client side: this reads the reply's JSON and never the daemon's code, so
+crashhpctl needs nothing beyond the standard library (a header's program
+headers come in the reply; its bytes are not parsed here).
+"""
 
-from ..elfcorehdr.table import table
-from ..elfcorehdr.validate import parse
-from ..service.status import Status
-from ..sysview.ranges import size_text
-from .protocol import HeaderResult, MetricsResult, ReconcileResult, VerifyResult
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-EXIT_OK, EXIT_FAILED = 0, 1
+from .contract import (
+    EXIT_FAILED,
+    EXIT_OK,
+    KERNEL_IMAGE_VADDR,
+    HeaderResult,
+    MetricsResult,
+    ReconcileResult,
+    Segment,
+    StatusResult,
+    VerifyResult,
+)
 
 
 def age(seconds: float) -> str:
@@ -30,6 +39,14 @@ def gib(nbytes: int) -> str:
     return f"{nbytes / (1 << 30):.2f} GiB"
 
 
+def size(nbytes: int) -> str:
+    """As the daemon's own lines say sizes (sysview.ranges.size_text): whole units where exact, else one decimal."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if nbytes >= 1 << shift:
+            return f"{nbytes / (1 << shift):.{0 if nbytes % (1 << shift) == 0 else 1}f} {unit}"
+    return f"{nbytes} B"
+
+
 def aligned(rows: Sequence[tuple[str, str]]) -> str:
     """Label and value columns; a value's further lines line up under its first."""
     width = max(len(label) for label, _ in rows) + 2
@@ -41,34 +58,34 @@ def aligned(rows: Sequence[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def show_status(s: Status, now: float) -> tuple[str, int]:
-    errors = ", ".join(f"{kind} {count}" for kind, count in sorted(s.errors.items())) or "none"
+def show_status(s: StatusResult, now: float) -> tuple[str, int]:
+    errors = ", ".join(f"{kind} {count}" for kind, count in sorted(s["errors"].items())) or "none"
     pending = "none"
-    if s.next_update_in_s is not None:
-        pending = f"{s.pending_events} events, update in {s.next_update_in_s:.1f} s"
-    hotplug = ("not published (kernel before 6.6, or no CONFIG_CRASH_HOTPLUG)"
-               if s.crash_hotplug_cpu is None and s.crash_hotplug_memory is None
-               else f"cpu {_unknown(s.crash_hotplug_cpu)}, memory {_unknown(s.crash_hotplug_memory)}")
+    if s["next_update_in_s"] is not None:
+        pending = f"{s['pending_events']} events, update in {s['next_update_in_s']:.1f} s"
+    cpu, memory = s["crash_hotplug_cpu"], s["crash_hotplug_memory"]
+    hotplug = ("not published (kernel before 6.6, or no CONFIG_CRASH_HOTPLUG)" if cpu is None and memory is None
+               else f"cpu {_unknown(cpu)}, memory {_unknown(memory)}")
     rows = [
-        ("crashhpd", f"{s.version}, pid {s.pid}, up {duration(s.uptime_s)}"),
-        ("backend", f"{s.backend} ({'healthy' if s.backend_ok else 'UNHEALTHY'}: {s.backend_detail})"),
-        ("layout", s.layout),
-        ("generation", f"{s.generation}, {'in sync' if s.in_sync else 'NOT in sync: the last update failed'}"),
+        ("crashhpd", f"{s['version']}, pid {s['pid']}, up {duration(s['uptime_s'])}"),
+        ("backend", f"{s['backend']} ({'healthy' if s['backend_ok'] else 'UNHEALTHY'}: {s['backend_detail']})"),
+        ("layout", s["layout"]),
+        ("generation", f"{s['generation']}, {'in sync' if s['in_sync'] else 'NOT in sync: the last update failed'}"),
         ("last apply", _last_apply(s, now)),
-        ("CPUs", str(s.cpus)),
-        ("RAM", f"{s.ram_ranges} ranges, {gib(s.ram_bytes)}"),
+        ("CPUs", str(s["cpus"])),
+        ("RAM", f"{s['ram_ranges']} ranges, {gib(s['ram_bytes'])}"),
         ("segment", _segment(s)),
-        ("events", f"{s.events_received} received, {s.events_coalesced} coalesced, "
-                   f"{s.rescans} rescans after lost events"),
-        ("updates", f"{s.updates} run: {s.applies} applied, {s.skipped_noop} no-op"),
+        ("events", f"{s['events_received']} received, {s['events_coalesced']} coalesced, "
+                   f"{s['rescans']} rescans after lost events"),
+        ("updates", f"{s['updates']} run: {s['applies']} applied, {s['skipped_noop']} no-op"),
         ("pending", pending),
-        ("apply", f"running for {s.apply_running_s or 0:.1f} s; the next update waits for it" if s.applying
-         else "none running"),
+        ("apply", f"running for {s.get('apply_running_s') or 0:.1f} s; the next update waits for it"
+         if s.get("applying") else "none running"),
         ("crash_hotplug", hotplug),
-        ("udev rule", f"{'inert' if s.udev_rule_inert else 'ACTIVE'}: {s.udev_rule_detail}"),
+        ("udev rule", f"{'inert' if s.get('udev_rule_inert') else 'ACTIVE'}: {s.get('udev_rule_detail', '')}"),
         ("errors", errors),
-        ("last error", "none" if s.last_error is None
-         else f"{age(now - s.last_error_at) if s.last_error_at else 'at some time'}: {s.last_error}"),
+        ("last error", "none" if s["last_error"] is None
+         else f"{age(now - s['last_error_at']) if s['last_error_at'] else 'at some time'}: {s['last_error']}"),
     ]
     return aligned(rows), EXIT_OK
 
@@ -77,48 +94,77 @@ def _unknown(value: int | None) -> str:
     return "?" if value is None else str(value)
 
 
-def _last_apply(s: Status, now: float) -> str:
-    if s.last_apply_at is None:
+def _last_apply(s: StatusResult, now: float) -> str:
+    if s["last_apply_at"] is None:
         return "never"
-    when = f"{age(now - s.last_apply_at)} ({s.last_apply_reason or 'before this daemon started'})"
-    return "\n".join([when, *s.last_changes])
+    when = f"{age(now - s['last_apply_at'])} ({s['last_apply_reason'] or 'before this daemon started'})"
+    return "\n".join([when, *s["last_changes"]])
 
 
-def _segment(s: Status) -> str:
-    if s.capacity_bytes is None:
-        return f"{size_text(s.header_bytes)} used, no fixed capacity"
-    return f"{size_text(s.header_bytes)} of {size_text(s.capacity_bytes)} ({100 * (s.fill_ratio or 0):.1f}%)"
+def _segment(s: StatusResult) -> str:
+    if s["capacity_bytes"] is None:
+        return f"{size(s['header_bytes'])} used, no fixed capacity"
+    return f"{size(s['header_bytes'])} of {size(s['capacity_bytes'])} ({100 * (s['fill_ratio'] or 0):.1f}%)"
 
 
 def show_header(h: HeaderResult, _now: float) -> tuple[str, int]:
-    parsed = parse(base64.b64decode(h.data_base64))
-    capacity = f" of a {size_text(h.capacity_bytes)} segment" if h.capacity_bytes is not None else ""
-    ram = parsed.ram
-    summary = (f"generation {h.generation}: {h.header_bytes} bytes{capacity}, sha256 {h.sha256}\n"
-               f"{len(parsed.segments)} program headers: {len(parsed.notes)} notes, {len(ram)} RAM ranges "
-               f"({gib(sum(end - start + 1 for start, end in ram))})")
-    return f"{summary}\n{table(parsed)}", EXIT_OK
+    segments = h["segments"]
+    ram = [s["memsz"] for s in segments if _is_ram(s) and s["memsz"]]
+    capacity = f" of a {size(h['capacity_bytes'])} segment" if h["capacity_bytes"] is not None else ""
+    summary = (f"generation {h['generation']}: {h['header_bytes']} bytes{capacity}, sha256 {h['sha256']}\n"
+               f"{len(segments)} program headers: {sum(s['type'] == 'PT_NOTE' for s in segments)} notes, "
+               f"{len(ram)} RAM ranges ({gib(sum(ram))})")
+    return f"{summary}\n{program_headers(segments)}", EXIT_OK
+
+
+def program_headers(segments: Sequence[Segment]) -> str:
+    """The program headers the way `readelf -lW` shows them, plus what each one is."""
+    rows = ["Type Offset             VirtAddr           PhysAddr           FileSiz    MemSiz     Flg What"]
+    for s in segments:
+        kind = {"PT_NOTE": "NOTE", "PT_LOAD": "LOAD"}.get(s["type"], s["type"])
+        what = f"RAM {size(s['memsz'])}" if _is_ram(s) else "note" if s["type"] != "PT_LOAD" else "kernel image"
+        flags = "".join(c if s["flags"] & bit else " " for c, bit in (("R", 4), ("W", 2), ("E", 1)))
+        rows.append(f"{kind:<4} 0x{s['offset']:016x} 0x{s['vaddr']:016x} 0x{s['paddr']:016x} "
+                    f"0x{s['filesz']:08x} 0x{s['memsz']:08x} {flags} {what}")
+    return "\n".join(rows)
+
+
+def _is_ram(s: Segment) -> bool:
+    return s["type"] == "PT_LOAD" and s["vaddr"] < KERNEL_IMAGE_VADDR
 
 
 def show_verify(v: VerifyResult, _now: float) -> tuple[str, int]:
-    against = ("; checked against the header the kernel holds" if v.source == "kernel"
+    against = ("; checked against the header the kernel holds" if v.get("source") == "kernel"
                else "; checked against crashhpd's record (the kernel's own header cannot be read)")
-    if v.in_sync:
-        return (f"in sync: generation {v.generation} is the header a fresh snapshot gives "
-                f"({v.cpus} CPUs, {v.ram_ranges} RAM ranges){against}"), EXIT_OK
-    lines = [f"DIFFERS: generation {v.generation} is not the header a fresh snapshot gives; applying it would change:",
-             *(f"  {line}" for line in v.changes or ["(no visible change: the bytes differ)"]),
+    if v["in_sync"]:
+        return (f"in sync: generation {v['generation']} is the header a fresh snapshot gives "
+                f"({v['cpus']} CPUs, {v['ram_ranges']} RAM ranges){against}"), EXIT_OK
+    lines = [f"DIFFERS: generation {v['generation']} is not the header a fresh snapshot gives; "
+             "applying it would change:",
+             *(f"  {line}" for line in v["changes"] or ["(no visible change: the bytes differ)"]),
              f"crashhpctl reconcile applies it now{against}"]
     return "\n".join(lines), EXIT_FAILED
 
 
 def show_reconcile(r: ReconcileResult, _now: float) -> tuple[str, int]:
-    took = f"{r.duration_s * 1000:.0f} ms"
-    taken = f", {r.events} pending events taken over" if r.events else ""
-    if not r.applied:
-        return f"nothing to apply: generation {r.generation} already matches the system ({took}{taken})", EXIT_OK
-    return "\n".join([f"applied generation {r.generation} in {took}{taken}:", *(f"  {c}" for c in r.changes)]), EXIT_OK
+    took = f"{r['duration_s'] * 1000:.0f} ms"
+    taken = f", {r['events']} pending events taken over" if r["events"] else ""
+    if not r["applied"]:
+        return f"nothing to apply: generation {r['generation']} already matches the system ({took}{taken})", EXIT_OK
+    return "\n".join([f"applied generation {r['generation']} in {took}{taken}:",
+                      *(f"  {c}" for c in r["changes"])]), EXIT_OK
 
 
 def show_metrics(m: MetricsResult, _now: float) -> tuple[str, int]:
-    return m.text.rstrip("\n"), EXIT_OK
+    return m["text"].rstrip("\n"), EXIT_OK
+
+
+# crashhpctl's half of the op table: how each op of contract.OPS is shown (a test holds the two to the same ops)
+SHOW: Mapping[str, Callable[[Any, float], tuple[str, int]]] = {
+    "status": show_status,
+    "header": show_header,
+    "verify": show_verify,
+    "reconcile": show_reconcile,
+    "metrics": show_metrics,
+    "kernel-header": show_header,
+}

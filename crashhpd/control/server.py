@@ -51,7 +51,7 @@ from ..config import ControlConfig
 from ..errors import CrashhpdError
 from ..service.later import Later
 from ..service.status import ControlCounters
-from .protocol import failure
+from .contract import encode_error
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ RECV_CHUNK = 65536
 PROBE_TIMEOUT_S = 1.0
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
-Handler = Callable[[bytes, "Peer"], "bytes | Later[bytes]"]
+Handler = Callable[[bytes, "Peer", float], "bytes | Later[bytes]"]  # a line, who sent it, when it was read
 
 
 class ControlError(CrashhpdError):
@@ -85,6 +85,7 @@ class _Client:
     sock: socket.socket
     peer: Peer
     deadline: float  # the current request must be read and answered by then
+    received_at: float = 0.0  # when the last bytes in inbuf were read: every line there was read by then
     inbuf: bytearray = field(default_factory=bytearray)
     outbuf: bytearray = field(default_factory=bytearray)
     eof: bool = False  # the peer will send nothing more
@@ -105,7 +106,7 @@ def group_id(name: str) -> int:
 
 
 class ControlServer:
-    """Listening socket and clients; `handle(line, peer)` turns one request line into one reply line."""
+    """Listening socket and clients; `handle(line, peer, received_at)` turns one request line into one reply line."""
 
     def __init__(self, cfg: ControlConfig, selector: selectors.BaseSelector, handle: Handler,
                  counters: ControlCounters | None = None, clock: Callable[[], float] = time.monotonic) -> None:
@@ -200,7 +201,7 @@ class ControlServer:
         """
         for client in [c for c in self._clients.values() if c.deadline <= now and c.waiting is None]:
             if not client.outbuf:
-                _send_once(client.sock, failure("timeout", f"no complete request within {self.cfg.timeout_ms} ms"))
+                _send_once(client.sock, encode_error("timeout", f"no complete request within {self.cfg.timeout_ms} ms"))
             logger.debug("control client pid %d timed out", client.peer.pid)
             self._drop(client)
 
@@ -221,7 +222,7 @@ class ControlServer:
             refusal = self._admit(peer)
             if refusal is not None:
                 self._counters.busy += 1
-                _send_once(sock, failure("busy", refusal))
+                _send_once(sock, encode_error("busy", refusal))
                 sock.close()
                 continue
             client = _Client(sock, peer, self._clock() + self.cfg.timeout_ms / 1000)
@@ -248,7 +249,7 @@ class ControlServer:
         oldest = next((c for c in self._clients.values() if c.peer.uid != 0), None)  # dicts keep accept order
         if oldest is None:
             return f"{MAX_CLIENTS} clients of root already connected; try again"
-        _send_once(oldest.sock, failure("busy", "dropped to make room for root"))
+        _send_once(oldest.sock, encode_error("busy", "dropped to make room for root"))
         self._drop(oldest)
         return None
 
@@ -269,6 +270,7 @@ class ControlServer:
             return
         if data:
             client.inbuf += data
+            client.received_at = self._clock()
         else:
             client.eof = True
 
@@ -296,7 +298,7 @@ class ControlServer:
         if not client.outbuf and not client.closing and client.waiting is None:
             line = self._next_line(client)
             if line is not None:
-                reply = self._handle(line, client.peer)
+                reply = self._handle(line, client.peer, client.received_at)
                 if isinstance(reply, Later) and not reply.done:
                     client.waiting = reply
                     reply.on_done(partial(self._answered, client))
@@ -349,7 +351,7 @@ class ControlServer:
         limit = self.cfg.max_request_bytes
         end = client.inbuf.find(b"\n", 0, limit + 1)
         if end < 0 and len(client.inbuf) > limit:
-            client.outbuf += failure("too-large", f"request longer than {limit} bytes")
+            client.outbuf += encode_error("too-large", f"request longer than {limit} bytes")
             client.inbuf.clear()
             client.closing = True
             return None

@@ -15,7 +15,7 @@ from daemonproc import generated, generation, inject, segment_header, wait_for
 from faketree import replace_iomem
 from prometheus_client.parser import text_string_to_metric_families
 
-from crashhpd.control import ops
+from crashhpd.control import contract
 from crashhpd.control.render import age, aligned, duration
 
 CRASHHPCTL = str(Path(sys.executable).with_name("crashhpctl"))
@@ -45,7 +45,7 @@ def test_crashhpctl_offers_exactly_the_ops_of_the_table():
     from crashhpd.control.client import _parser
 
     subcommands = next(a for a in _parser()._actions if a.dest == "op").choices
-    assert set(subcommands) == set(ops.OPS) == {"status", "header", "verify", "reconcile", "metrics", "kernel-header"}
+    assert set(subcommands) == set(contract.OPS) == {"status", "header", "verify", "reconcile", "metrics", "kernel-header"}
 
 
 @pytest.mark.root
@@ -171,11 +171,16 @@ def test_usage_errors_exit_2(args):
     assert proc.returncode == 2 and "usage: crashhpctl" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_an_invalid_config_exits_2_naming_it(tmp_path):
+def test_an_invalid_config_is_one_warning_and_the_default_socket_is_tried(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[control]\nsocket = 'relative'\n")
-    proc = ctl("--config", str(bad), "status")
-    assert proc.returncode == 2 and "control.socket" in proc.stderr and proc.stderr.count("\n") == 1
+    proc = ctl("--config", str(bad), "--timeout", "1", "status")
+    warning = proc.stderr.splitlines()[0]
+    assert warning == (f"crashhpctl: warning: {bad}: control.socket: must be an absolute path (got 'relative'); "
+                       f"using {contract.DEFAULT_SOCKET}")
+    assert proc.returncode != contract.EXIT_USAGE and "Traceback" not in proc.stderr
+    if proc.returncode == contract.EXIT_UNREACHABLE:  # no daemon at the default path on this machine
+        assert contract.DEFAULT_SOCKET in proc.stderr.splitlines()[1]
 
 
 @pytest.mark.root

@@ -21,7 +21,7 @@ import pytest
 from daemonproc import CRASHHPD, DaemonProcess, write_config
 from faketree import BLOCK, make_tree, virtio_mem_plugged
 
-from crashhpd.control import protocol
+from crashhpd.control import contract
 
 HOT_ADDED = "+ RAM 0x350000000-0x357ffffff (128 MiB)"
 NEVER_MS = 600_000  # a debounce no stray uevent from another process ends during a test
@@ -122,7 +122,7 @@ def ask(path: Path, op: str | dict | bytes) -> dict:
 
 def result(path: Path, op: str) -> dict:
     reply = ask(path, op)
-    assert reply["v"] == protocol.VERSION and reply["ok"], reply
+    assert reply["v"] == contract.VERSION and reply["ok"], reply
     return reply["result"]
 
 

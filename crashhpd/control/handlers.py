@@ -1,11 +1,11 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""The control operations: one table that the daemon's server and crashhpctl both read.
+"""The daemon's side of the control contract: how each op is answered, and what a client may cost.
 
-Each row names an op, the function that answers it in the daemon (inside the
-event loop, against the small `Target` interface the loop implements; an
-answer may be a Later, for an op that waits for an update), the
-result type a client validates, whether it needs root, how crashhpctl prints
-it, and its help text. Adding an op is adding a row.
+contract.OPS is the one table of ops (names, help, who may call them);
+HANDLERS here gives each the function that answers it inside the event
+loop, against the small `Target` interface the loop implements (an answer
+may be a Later, for an op that waits for an update), and whether its reply
+may be served from memory. A test holds the two tables to the same ops.
 
 A request never takes the daemon down: a failure becomes an error reply,
 and a bug is logged with its traceback and answered as `internal`, because
@@ -13,6 +13,7 @@ the hotplug tracking matters more than the admin's query.
 """
 
 import base64
+import dataclasses
 import hashlib
 import logging
 import time
@@ -28,24 +29,23 @@ from ..service.later import Later
 from ..service.reconcile import Outcome
 from ..service.status import ControlCounters, HeaderInForce, Status, Verdict
 from ..sysview.loaded_header import LoadedHeader
-from . import render
-from .limits import Budgets, LogLimit
-from .protocol import (
+from .contract import (
+    OPS,
     HeaderResult,
     MetricsResult,
     ReconcileResult,
     RequestError,
     VerifyResult,
-    failure,
+    encode_error,
+    encode_result,
     parse_request,
-    success,
 )
+from .limits import Budgets, LogLimit
 from .server import Peer
 
 logger = logging.getLogger(__name__)
 
 RECONCILE_REASON = "crashhpctl"
-DEFAULT_TIMEOUT_S = 10.0
 VERIFY_MAX_AGE_S = 1.0  # a verify reply is at most this old: a fresh snapshot of 8000 ranges costs tens of ms
 
 
@@ -71,11 +71,12 @@ class Target(Protocol):
         ...
 
 
-# --- the daemon's side ---------------------------------------------------------------------------
+# --- the answers ----------------------------------------------------------------------------------
 
 
-def status(target: Target) -> Status:
-    return target.status()
+def status(target: Target) -> dict[str, Any]:
+    """The Status as it is: the contract's StatusResult names the fields crashhpctl reads of it."""
+    return dataclasses.asdict(target.status())
 
 
 def header(target: Target) -> HeaderResult:
@@ -98,26 +99,15 @@ def _header_result(data: bytes, generation: int, capacity: int | None) -> Header
         segments = parse(data).to_json()["segments"]
     except NotAHeader as err:
         raise RequestError("failed", f"the header cannot be read: {err}") from None
-    return HeaderResult.model_validate({
-        "generation": generation,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "header_bytes": len(data),
-        "capacity_bytes": capacity,
-        "data_base64": base64.b64encode(data).decode(),
-        "segments": segments,
-    })
+    return HeaderResult(generation=generation, sha256=hashlib.sha256(data).hexdigest(), header_bytes=len(data),
+                        capacity_bytes=capacity, data_base64=base64.b64encode(data).decode(), segments=segments)
 
 
 def verify(target: Target) -> VerifyResult:
     verdict = target.verify()
-    return VerifyResult(
-        in_sync=verdict.in_sync,
-        generation=verdict.generation,
-        changes=verdict.changes,
-        cpus=len(verdict.built.model.cpu_notes),
-        ram_ranges=len(verdict.built.model.ram),
-        source=verdict.source,
-    )
+    return VerifyResult(in_sync=verdict.in_sync, generation=verdict.generation, changes=verdict.changes,
+                        cpus=len(verdict.built.model.cpu_notes), ram_ranges=len(verdict.built.model.ram),
+                        source=verdict.source)
 
 
 def reconcile(target: Target) -> Later[ReconcileResult]:
@@ -128,13 +118,8 @@ def reconcile(target: Target) -> Later[ReconcileResult]:
 def _reconciled(target: Target, outcome: Outcome | None, events: int) -> ReconcileResult:
     if outcome is None:
         raise RequestError("failed", target.status().last_error or "the update failed; see the daemon's log")
-    return ReconcileResult(
-        applied=outcome.applied is not None,
-        generation=target.status().generation,
-        changes=outcome.changes,
-        events=events,
-        duration_s=outcome.duration_s,
-    )
+    return ReconcileResult(applied=outcome.applied is not None, generation=target.status().generation,
+                           changes=outcome.changes, events=events, duration_s=outcome.duration_s)
 
 
 def metrics(target: Target) -> MetricsResult:
@@ -145,14 +130,8 @@ def metrics(target: Target) -> MetricsResult:
 
 
 @dataclass(frozen=True, slots=True)
-class Op:
-    name: str
-    answer: Callable[[Target], object]  # in the daemon
-    result: type  # what the reply's `result` is validated as, by crashhpctl
-    show: Callable[[Any, float], tuple[str, int]]  # crashhpctl's rendering: (text, exit status)
-    help: str
-    privileged: bool = False  # uid 0 only, as SO_PEERCRED says: it changes what is loaded
-    timeout_s: float = DEFAULT_TIMEOUT_S  # crashhpctl's default wait for the reply
+class Handler:
+    answer: Callable[[Target], Any]  # a result of the contract's shape, or a Later of one
     # A reply that depends only on the daemon's revision is computed once per revision and served from
     # memory. With a max age it also depends on a fresh snapshot (verify: drift no event announced): then
     # root always gets a fresh one, and other peers one at most that old.
@@ -160,19 +139,21 @@ class Op:
     max_age_s: float | None = None
 
 
-OPS: Mapping[str, Op] = MappingProxyType({op.name: op for op in (
-    Op("status", status, Status, render.show_status, "what the daemon holds and has done"),
-    Op("header", header, HeaderResult, render.show_header, "the header in force, as program headers", cached=True),
-    Op("verify", verify, VerifyResult, render.show_verify,
-       "compare the header in force with a fresh snapshot (exit 1 if they differ)", cached=True,
-       max_age_s=VERIFY_MAX_AGE_S),
-    # the daemon answers after the update, and a kexec reload may take a minute
-    Op("reconcile", reconcile, ReconcileResult, render.show_reconcile,
-       "rescan and apply now, without waiting for the debounce (root only)", privileged=True, timeout_s=120.0),
-    Op("metrics", metrics, MetricsResult, render.show_metrics, "the Prometheus metrics"),
-    Op("kernel-header", kernel_header, HeaderResult, render.show_header,
-       "the header the kernel holds, read back from its memory (also: header --kernel)"),
-)})
+HANDLERS: Mapping[str, Handler] = MappingProxyType({
+    "status": Handler(status),
+    "header": Handler(header, cached=True),
+    "verify": Handler(verify, cached=True, max_age_s=VERIFY_MAX_AGE_S),
+    "reconcile": Handler(reconcile),
+    "metrics": Handler(metrics),
+    "kernel-header": Handler(kernel_header),
+})
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    revision: int
+    started_at: float  # when its computation began: it is fresh for every request read before then
+    reply: bytes
 
 
 class Dispatcher:
@@ -180,8 +161,12 @@ class Dispatcher:
 
     A non-root uid has a request budget (limits.Budgets): past it, `busy`.
     Replies that depend only on the daemon's revision are served from memory
-    once computed. A line about a peer (a refused request, a bug it
-    triggered) is logged once per peer per interval and the rest counted.
+    once computed. A reply that must be fresh (root's `verify`) is fresh
+    when its computation started after the request was read, so one
+    computation answers every such request already read when it began:
+    a client pipelining a thousand costs the loop one snapshot, not a
+    thousand. A line about a peer (a refused request, a bug it triggered)
+    is logged once per peer per interval and the rest counted.
     """
 
     def __init__(self, target: Target, counters: ControlCounters, clock: Callable[[], float] = time.monotonic) -> None:
@@ -190,49 +175,51 @@ class Dispatcher:
         self._clock = clock
         self._budgets = Budgets(clock=clock)
         self._log_limit = LogLimit(clock=clock)
-        self._cache: dict[str, tuple[int, float, bytes]] = {}  # op -> (revision, computed at, reply)
+        self._cache: dict[str, _Cached] = {}
 
-    def handle(self, line: bytes, peer: Peer) -> bytes | Later[bytes]:
-        """One request line in, one reply line out, now or Later for an op that waits; never raises."""
+    def handle(self, line: bytes, peer: Peer, received_at: float) -> bytes | Later[bytes]:
+        """One request line, read at `received_at` (the clock's time), in; one reply line out, now or
+        Later for an op that waits; never raises."""
         try:
             if not self._budgets.take(peer.uid):
                 self._counters.busy += 1
                 raise RequestError("busy", f"uid {peer.uid} is over its request budget; retry in "
                                            f"{self._budgets.retry_after(peer.uid):.1f} s")
-            request = parse_request(line)
-            op = OPS.get(request.op)
-            if op is None:
-                raise RequestError("unknown-op", f"unknown op {request.op!r}; known: {', '.join(OPS)}")
-            if op.privileged:
-                self._authorize(op.name, peer)
-            if op.cached:
-                return self._cached(op, peer)
-            answer = op.answer(self._target)
+            name = parse_request(line)
+            handler = HANDLERS.get(name)
+            if handler is None:
+                raise RequestError("unknown-op", f"unknown op {name!r}; known: {', '.join(OPS)}")
+            if OPS[name].privileged:
+                self._authorize(name, peer)
+            if handler.cached:
+                return self._cached(name, handler, peer, received_at)
+            answer = handler.answer(self._target)
             if not isinstance(answer, Later):
-                return success(answer)
+                return encode_result(answer)
         except Exception as err:
             return self._failure(err, peer)
-        return answer.then(success).otherwise(lambda err: self._failure(err, peer))
+        return answer.then(encode_result).otherwise(lambda err: self._failure(err, peer))
 
-    def _cached(self, op: Op, peer: Peer) -> bytes:
+    def _cached(self, name: str, handler: Handler, peer: Peer, received_at: float) -> bytes:
         revision, now = self._target.revision(), self._clock()
-        hit = self._cache.get(op.name)
-        fresh_enough = op.max_age_s is None or (peer.uid != 0 and hit is not None and now - hit[1] < op.max_age_s)
-        if hit is not None and hit[0] == revision and fresh_enough:
-            return hit[2]
-        reply = success(op.answer(self._target))
-        self._cache[op.name] = (revision, now, reply)
+        hit = self._cache.get(name)
+        if hit is not None and hit.revision == revision and (
+                handler.max_age_s is None or hit.started_at >= received_at
+                or (peer.uid != 0 and now - hit.started_at < handler.max_age_s)):
+            return hit.reply
+        reply = encode_result(handler.answer(self._target))
+        self._cache[name] = _Cached(revision, now, reply)
         return reply
 
     def _failure(self, err: Exception, peer: Peer) -> bytes:
         if isinstance(err, RequestError):
-            return failure(err.code, err.message)
+            return encode_error(err.code, err.message)
         if isinstance(err, CrashhpdError):
-            return failure("failed", str(err))
+            return encode_error("failed", str(err))
         if self._may_log(("internal", peer.uid)):
             logger.error("control request from uid %d (pid %d) failed", peer.uid, peer.pid, exc_info=err,
                          extra=log.fields("control", uid=peer.uid, pid=peer.pid))
-        return failure("internal", "internal error in crashhpd; its log has the details")
+        return encode_error("internal", "internal error in crashhpd; its log has the details")
 
     def _authorize(self, op: str, peer: Peer) -> None:
         fields = log.fields("control", op=op, uid=peer.uid, pid=peer.pid)
