@@ -2,12 +2,18 @@
 """The package's own import graph, read from the source with `ast`: levels, cycles and modules per folder.
 
     python3 tests/import_graph.py [PACKAGE_DIR]     # default: the crashhpd/ beside tests/
+    python3 tests/import_graph.py --closure crashhpd.control.client [PACKAGE_DIR]
+
+`--closure MODULE` lists what importing MODULE imports, transitively: the package's modules (the
+packages above each included, as Python imports them first), and the top-level modules from outside
+it, the standard library's apart from third-party ones (whose own imports are not followed).
 
 Every `import crashhpd...` and `from . import ...` counts, wherever it stands (a function-level import
 still ties the two modules together). A module's level is 0 when it imports nothing of the package,
 else one more than the highest level it imports; the modules of a cycle count as one node, and the cycle is listed.
 """
 
+import argparse
 import ast
 import sys
 from collections import Counter
@@ -47,6 +53,46 @@ def imports_of(name: str, path: Path, known: Iterable[str]) -> set[str]:
             continue
         found.update(t for t in targets if t in known and t != name)
     return found
+
+
+def external_imports(path: Path, package: str) -> set[str]:
+    """The top-level names of the modules from outside `package` that the file imports (relative ones are inside)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found - {package}
+
+
+def closure(package_dir: Path, module: str) -> tuple[set[str], set[str], set[str]]:
+    """What importing `module` imports: (the package's modules, standard library modules, third-party modules)."""
+    mods = modules(package_dir)
+    edges = graph(package_dir)
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for above in (".".join(parts[:n]) for n in range(1, len(parts) + 1)):  # a module's packages come first
+            if above not in seen:
+                seen.add(above)
+                todo.extend(edges[above])
+    outside = set().union(*(external_imports(mods[m], package_dir.name) for m in seen))
+    stdlib = {m for m in outside if m in sys.stdlib_module_names or m == "__future__"}
+    return seen, stdlib, outside - stdlib
+
+
+def closure_report(package_dir: Path, module: str) -> str:
+    own, stdlib, third_party = closure(package_dir, module)
+    return "\n".join([
+        f"{module}: {len(own)} modules of the package, {len(stdlib)} of the standard library, "
+        f"{len(third_party)} third-party",
+        f"  package: {' '.join(sorted(own))}",
+        f"  standard library: {' '.join(sorted(stdlib))}",
+        f"  third-party: {' '.join(sorted(third_party)) or '(none)'}",
+    ])
 
 
 def graph(package_dir: Path) -> dict[str, set[str]]:
@@ -129,5 +175,8 @@ def report(package_dir: Path) -> str:
 
 
 if __name__ == "__main__":
-    default = Path(__file__).resolve().parent.parent / "crashhpd"
-    print(report(Path(sys.argv[1]) if len(sys.argv) > 1 else default))
+    ap = argparse.ArgumentParser(description="The package's import graph, or one module's import closure.")
+    ap.add_argument("package_dir", nargs="?", type=Path, default=Path(__file__).resolve().parent.parent / "crashhpd")
+    ap.add_argument("--closure", metavar="MODULE", help="what importing MODULE imports, third-party modules included")
+    args = ap.parse_args()
+    print(closure_report(args.package_dir, args.closure) if args.closure else report(args.package_dir))

@@ -10,7 +10,7 @@ package itself (its version) are the base every stage stands on.
 
 
 import pytest
-from import_graph import cycles, graph, modules
+from import_graph import closure, cycles, graph, modules
 from repo_paths import REPO
 
 PACKAGE = REPO / "crashhpd"
@@ -72,6 +72,29 @@ def test_the_layering_by_name(edges, folder, forbidden):
     found = sorted(f"{m} imports {d}" for m, deps in edges.items() if m.startswith(f"crashhpd.{folder}")
                    for d in deps if any(d == f"crashhpd.{f}" or d.startswith(f"crashhpd.{f}.") for f in forbidden))
     assert found == []
+
+
+# crashhpctl's side of the control contract: it runs where only the standard library is installed
+CLIENT_SIDE = {"crashhpd.control.client", "crashhpd.control.render"}
+CONTRACT = "crashhpd.control.contract"
+
+
+def test_crashhpctl_imports_the_contract_and_nothing_of_the_daemon(edges):
+    """The client side may import the contract and the package itself (its version); the contract, nothing."""
+    allowed = CLIENT_SIDE | {CONTRACT, "crashhpd"}
+    found = sorted(f"{m} imports {d}" for m in CLIENT_SIDE for d in edges[m] if d not in allowed)
+    found += sorted(f"{CONTRACT} imports {d}" for d in edges[CONTRACT])
+    found += sorted(f"{m} imports {d}" for m, deps in edges.items() if m not in CLIENT_SIDE
+                    for d in deps if d in CLIENT_SIDE)  # nor does the daemon's side lean on the client's
+    assert found == []
+
+
+def test_crashhpctl_imports_no_third_party_package():
+    own, _stdlib, third_party = closure(PACKAGE, "crashhpd.control.client")
+    assert third_party == set()
+    assert own == CLIENT_SIDE | {CONTRACT, "crashhpd", "crashhpd.control"}
+    # the same reading of the daemon's side finds what it needs: the closure does see third-party imports
+    assert {"pydantic", "elftools"} <= closure(PACKAGE, "crashhpd.control.handlers")[2]
 
 
 def test_every_source_file_says_its_license():
