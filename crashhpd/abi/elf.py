@@ -24,6 +24,11 @@ MAX_PHNUM = PN_XNUM - 1
 E_IDENT = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)  # ELFCLASS64, LSB, EV_CURRENT, SYSV
 
 
+def is_core_header(head: bytes) -> bool:
+    """Whether `head` begins with an ELF64 little-endian ET_CORE header (ELFMAG, ELFCLASS64, ELFDATA2LSB)."""
+    return len(head) >= EHDR_SIZE and head.startswith(E_IDENT[:6]) and EHDR.unpack_from(head)[1] == ET_CORE
+
+
 def notes_of(header: bytes) -> list[tuple[int, int]]:
     """(p_paddr, p_memsz) of every PT_NOTE of an ELF64 header, in order; [] when it is not one."""
     if len(header) < EHDR_SIZE or header[:4] != E_IDENT[:4]:

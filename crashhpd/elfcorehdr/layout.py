@@ -3,18 +3,19 @@
 
 `kernel` is what Linux 6.6+ builds in crash_prepare_elf64_headers() (x86:
 prepare_elf_headers()); `kexec-tools` is what kexec-tools' kexec_load path
-builds in crash_create_elf64_headers(), byte for byte (tests/test_real_kexec_tools.py
-compares it with the real binary). The difference is policy, so it is data
-here (a Layout), and plan() is one pure function for both.
+builds in crash_create_elf64_headers(), byte for byte (the real binary is the
+oracle: tests/unit/elfcorehdr/test_real_kexec_tools.py). The difference is
+policy, so it is data here (a Layout), and plan() is one pure function for both.
 """
 
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from ..abi.x86_64 import PAGE_OFFSET_BASE_L4, START_KERNEL_MAP
 from ..errors import HeaderError
 from ..sysview.iomem import Resource
 from ..sysview.ranges import MIB, Range, subtract
-from ..sysview.snapshot import KERNEL_MAP, Snapshot
+from ..sysview.snapshot import Snapshot
 
 # "nprocs": CPUs 0..N-1 that have crash_notes, N = sysconf(_SC_NPROCESSORS_CONF), which glibc counts
 # in /sys/devices/system/cpu/possible ("0-3,6" is 5, so CPU 6 is never looked at); "notes": every CPU
@@ -27,7 +28,6 @@ Memory = Literal["kernel", "kexec-tools"]
 # "kallsyms": _text to _end; "kcore": the /proc/kcore PT_LOAD kexec-tools picks, kallsyms without one
 ImageSource = Literal["kallsyms", "kcore"]
 
-DEFAULT_PAGE_OFFSET = 0xFFFF888000000000  # x86_64 direct map, 4-level paging, no KASLR
 KERNEL_NOTE_SIZE = 368  # sizeof(note_buf_t) on x86_64
 KEXEC_TOOLS_NOTE_SIZE = 1024  # kexec-tools' MAX_NOTE_BYTES when crash_notes_size is missing
 
@@ -164,7 +164,7 @@ def kcore_image(snapshot: Snapshot) -> tuple[int, int, int] | None:
     stext = snapshot.boot.kernel_stext
     chosen = next((load for load in loads if stext and load[0] <= stext < load[0] + load[1]), None)
     if chosen is None:
-        chosen = next((load for load in loads if load[0] + load[1] <= KERNEL_MAP + KERNEL_TEXT_SIZE), None)
+        chosen = next((load for load in loads if load[0] + load[1] <= START_KERNEL_MAP + KERNEL_TEXT_SIZE), None)
     if chosen is None or snapshot.kernel_code is None:
         return image_of(snapshot)
     vaddr = chosen[0] // MIB * MIB
@@ -222,7 +222,7 @@ def plan(snapshot: Snapshot, layout: Layout) -> HeaderModel:
     else:
         ram = tuple(subtract(snapshot.ram, excluded_ranges(snapshot, layout)))
     page_offset = next((v for v in (layout.page_offset, snapshot.boot.direct_map_base) if v is not None),
-                       DEFAULT_PAGE_OFFSET)
+                       PAGE_OFFSET_BASE_L4)
     return HeaderModel(
         cpu_notes=tuple(notes),
         vmcoreinfo=snapshot.vmcoreinfo,

@@ -7,8 +7,10 @@ missing file is None (older kernels lack half of what crashhpd reads); any
 other failure is a SnapshotError naming the file, never a traceback.
 """
 
+import errno
 import os
 import re
+import stat
 
 from ..errors import ParseError, SnapshotError
 
@@ -38,6 +40,35 @@ def under(root: str, rel: str) -> str:
     return os.path.join(root, rel.lstrip("/"))
 
 
+class NotRegularFile(OSError):
+    """A directory, FIFO or device where a kernel file should be."""
+
+
+def snapshot_error(path: str, err: OSError) -> SnapshotError:
+    """The one-line error for a kernel file that is there but cannot be read."""
+    if isinstance(err, PermissionError):
+        return SnapshotError(f"{path}: permission denied; crashhpd must run as root")
+    return SnapshotError(f"{path}: {err.strerror}")
+
+
+def open_regular(path: str) -> int:
+    """A read-only fd of the regular file `path`: OSError as os.open raises it, else NotRegularFile.
+
+    Opened without blocking, then checked: a FIFO in a kernel file's place would block open() forever.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if stat.S_ISREG(mode):
+        return fd
+    os.close(fd)
+    code = errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL
+    raise NotRegularFile(code, os.strerror(code) if code == errno.EISDIR else "not a regular file")
+
+
 def read_text(root: str, rel: str) -> str | None:
     """A kernel file's text, or None when the kernel does not have it."""
     path = under(root, rel)
@@ -46,10 +77,8 @@ def read_text(root: str, rel: str) -> str | None:
             return f.read()
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except PermissionError:
-        raise SnapshotError(f"{path}: permission denied; crashhpd must run as root") from None
     except OSError as err:
-        raise SnapshotError(f"{path}: {err.strerror}") from None
+        raise snapshot_error(path, err) from None
 
 
 def read_int(root: str, rel: str, base: int = 10, signed: bool = False) -> int | None:

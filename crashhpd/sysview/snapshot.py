@@ -1,23 +1,18 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """The system as the header needs it: every kernel file read once per update, under a configurable root.
 
-One snapshot is what one update sees: RAM, CPUs and their notes, and the
-kernel's kexec state (kernel_state.py), read together so that every stage
-after it decides on the same view. Every value is parsed by a pure function;
-the reading goes through files.py. A missing optional file becomes None:
-older kernels lack half of these.
+One snapshot is what one update sees, read together so that every stage after
+it decides on the same view; what stays fixed from boot to shutdown is read
+once (BootConstants). A missing optional file is None: older kernels lack half.
 """
 
 import os
 import re
 from dataclasses import dataclass, field
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
 from ..abi.elf import notes_of
 from ..errors import ParseError, SnapshotError
-from . import cpulist, iomem
+from . import cpulist, iomem, kallsyms, kcore
 from .files import parse_int, read_int, read_text, under
 from .iomem import Resource
 from .kernel_state import KernelState, kexec_path, read_kernel_state
@@ -27,8 +22,6 @@ from .ranges import Range
 CPU_DIR = "sys/devices/system/cpu"
 _CPU_NAME = re.compile(r"cpu(\d{1,5})")
 IOMEM_READS = 4  # reads of /proc/iomem before giving up on one that never holds still
-_GIB = 1 << 30
-KERNEL_MAP = 0xFFFFFFFF80000000  # __START_KERNEL_map: the kernel image and modules are mapped above it
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,15 +30,15 @@ class BootConstants:
 
     kernel_text: int | None  # _text, KASLR'd
     kernel_end: int | None  # _end, when kallsyms lists it
-    direct_map_base: int | None  # from /proc/kcore's lowest PT_LOAD, masked to 1 GiB
+    direct_map_base: int | None  # kexec-tools' rule, kcore.kexec_tools_page_offset(): RAM p_vaddr = base + paddr
     kernel_stext: int | None = None  # _stext: kexec-tools picks the kcore PT_LOAD holding it
-    kcore_kernel_map: tuple[tuple[int, int], ...] = ()  # /proc/kcore's PT_LOADs above KERNEL_MAP: (vaddr, memsz)
+    kcore_kernel_map: tuple[tuple[int, int], ...] = ()  # kcore.kernel_map(): (vaddr, memsz) in the image's mapping
 
 
 @dataclass(frozen=True, slots=True)
 class CpuNote:
     addr: int
-    size: int | None  # None: crash_notes_size missing (kernels before 4.10)
+    size: int | None  # None: no crash_notes_size, an older kernel's (its ABI entry dates from April 2013)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,17 +75,6 @@ def parse_vmcoreinfo(text: str, path: str) -> tuple[int, int]:
     if len(parts) != 2:
         raise ParseError(path, 1, text.strip(), "expected 'ADDR SIZE'")
     return parse_int(parts[0], path, 16), parse_int(parts[1], path, 16)
-
-
-def kallsyms_symbol(text: str, name: str) -> int | None:
-    """One symbol's address, or None where absent or hidden (kptr_restrict shows zeros)."""
-    match = re.search(rf"^([0-9a-fA-F]+) \S {re.escape(name)}$", text, re.MULTILINE)
-    return (int(match.group(1), 16) or None) if match else None
-
-
-def parse_kallsyms(text: str, path: str) -> tuple[int | None, int | None]:
-    """_text and _end, or None where absent or hidden (kptr_restrict shows zeros)."""
-    return kallsyms_symbol(text, "_text"), kallsyms_symbol(text, "_end")
 
 
 def parse_ranges(text: str, path: str) -> tuple[Range, ...]:
@@ -141,22 +123,6 @@ def _read_crash_notes(root: str) -> dict[int, CpuNote]:
     return notes
 
 
-def _read_kcore(root: str) -> tuple[int | None, tuple[tuple[int, int], ...]]:
-    """From /proc/kcore's PT_LOADs: the direct map's base (KASLR moves it; the lowest one, masked to
-    1 GiB), and (vaddr, memsz) of those in the kernel's own mapping, in file order."""
-    path = under(root, "proc/kcore")
-    try:
-        with open(path, "rb") as f:
-            loads = [(seg["p_vaddr"], seg["p_memsz"]) for seg in ELFFile(f).iter_segments()
-                     if seg["p_type"] == "PT_LOAD"]
-    except (OSError, ELFError):
-        return None, ()
-    except Exception:  # pyelftools' construct raises its own family on a truncated or odd file
-        return None, ()
-    base = min(vaddr for vaddr, _size in loads) & ~(_GIB - 1) if loads else None
-    return base, tuple(load for load in loads if load[0] >= KERNEL_MAP)
-
-
 def _read_iomem(root: str) -> str:
     """/proc/iomem as one consistent text: the kernel prints it a page per read(), so a hot-add between
     two pages can tear it; it is read again until two reads agree."""
@@ -173,12 +139,13 @@ def _read_iomem(root: str) -> str:
 
 
 def read_boot_constants(root: str = "/") -> BootConstants:
-    kallsyms = read_text(root, "proc/kallsyms")
-    text, end = parse_kallsyms(kallsyms, under(root, "proc/kallsyms")) if kallsyms is not None else (None, None)
-    stext = kallsyms_symbol(kallsyms, "_stext") if kallsyms is not None else None
-    base, kernel_map = _read_kcore(root)
-    return BootConstants(kernel_text=text, kernel_end=end, direct_map_base=base, kernel_stext=stext,
-                         kcore_kernel_map=kernel_map)
+    """One pass over kallsyms, one parse of kcore's table. A kcore that cannot be read leaves its values
+    unknown (the header says so); a kallsyms that is there but cannot be read is a SnapshotError."""
+    symbols = kallsyms.read_symbols(root, ("_text", "_end", "_stext")) or {}
+    loads = kcore.read_loads(root) or ()
+    return BootConstants(kernel_text=symbols.get("_text"), kernel_end=symbols.get("_end"),
+                         direct_map_base=kcore.kexec_tools_page_offset(loads), kernel_stext=symbols.get("_stext"),
+                         kcore_kernel_map=kcore.kernel_map(loads))
 
 
 def read_snapshot(root: str = "/", boot: BootConstants | None = None,

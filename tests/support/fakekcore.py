@@ -16,7 +16,7 @@ from fakebtf import DEBIAN_LAYOUT, kimage_btf
 from faketree import write
 
 from crashhpd.abi.elf import EHDR, PHDR, PT_LOAD, PT_NOTE
-from crashhpd.elfcorehdr.layout import DEFAULT_PAGE_OFFSET
+from crashhpd.abi.x86_64 import PAGE_OFFSET_BASE_L4
 from crashhpd.sysview.btf import Field
 from crashhpd.sysview.loaded_header import KimageLayout
 
@@ -102,7 +102,7 @@ class CrashKernel:
 
     root: Path
     text: int = TEXT
-    page_offset: int = DEFAULT_PAGE_OFFSET
+    page_offset: int = PAGE_OFFSET_BASE_L4
     btf: bytes | None = None
     layout: KimageLayout = field(default_factory=debian_layout)
     list_page_offset_base: bool = True

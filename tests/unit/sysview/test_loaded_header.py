@@ -17,7 +17,8 @@ from crashhpd.elfcorehdr.layout import preset
 from crashhpd.elfcorehdr.pack import capacity
 from crashhpd.elfcorehdr.validate import check, parse
 from crashhpd.sysview.btf import Btf, BtfError
-from crashhpd.sysview.loaded_header import PAUSE, LoadedHeader, LoadedHeaderReader, find_symbols, kimage_layout
+from crashhpd.sysview.kallsyms import find_symbols
+from crashhpd.sysview.loaded_header import PAUSE, LoadedHeader, LoadedHeaderReader, kimage_layout
 from crashhpd.sysview.snapshot import read_snapshot
 
 IOMEM = (IOMEM_FIXTURES / "qemu-kvm-crashkernel.txt").read_text()  # crash kernel at 0x2a000000
