@@ -10,6 +10,7 @@ running system. A header that fails here must never be applied.
 import bisect
 import io
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -67,7 +68,7 @@ class ParsedHeader:
         """The RAM the header covers: its RAM entries, the empty ones left out."""
         return [(s.paddr, s.end) for s in self.segments if s.is_ram and s.memsz]
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:  # JSON: values of every kind
         return {
             "size": self.size,
             "phnum": len(self.segments),

@@ -3,21 +3,8 @@
 
 Offsets inside kernel structs change with the version and the configuration,
 so crashhpd takes them from the kernel that runs instead of trusting fixed
-numbers. The blob (Documentation/bpf/btf.rst, include/uapi/linux/btf.h) is a
-24-byte header (magic 0xeB9F, version 1, hdr_len, then the offsets and
-lengths of the type and string sections, relative to the header's end), a
-type section of variable-length records, and a string section of
-NUL-terminated names. Each record is `struct btf_type` (name_off, info,
-size_or_type: three u32), followed by data whose length depends on the kind
-in bits 24-28 of info and the count (vlen) in its low 16 bits; type ids
-count the records from 1, 0 is void.
-
-`Btf.parse` walks the records once and keeps where each starts, plus an
-index of struct and union names; everything else (members, sizes, arrays)
-is decoded when asked. A vmlinux blob of 5 MB takes a noticeable fraction
-of a second, so parse it once per boot. Only what crashhpd needs is
-decoded: structs, unions, their members (through anonymous members, as C
-names them), typedefs and modifiers, integer, pointer and array sizes.
+numbers. Only what it needs is decoded, and only when asked; a 5 MB blob
+takes a noticeable fraction of a second to walk, so parse it once per boot.
 """
 
 import array
@@ -25,6 +12,7 @@ import struct
 import sys
 from dataclasses import dataclass, field
 
+from ..abi.x86_64 import POINTER_SIZE
 from ..errors import CrashhpdError
 from ..safefile import read_file
 from .files import under
@@ -33,7 +21,6 @@ VMLINUX = "sys/kernel/btf/vmlinux"
 READ_LIMIT = 64 << 20  # a vmlinux blob is 5 to 10 MB; anything past this is not one
 MAGIC = 0xEB9F
 HEADER = struct.Struct("<HBBIIIII")  # magic, version, flags, hdr_len, type_off, type_len, str_off, str_len
-POINTER_SIZE = 8  # x86_64; BTF does not record it
 MAX_HOPS = 64  # typedef/modifier chains and nested arrays: deeper is a loop in a broken blob
 
 (INT, PTR, ARRAY, STRUCT, UNION, ENUM, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT,
@@ -96,7 +83,7 @@ class ArrayType:
 class Btf:
     """A parsed blob: look types up by name or id. Build it with `Btf.parse`."""
 
-    def __init__(self, words: array.array, strings: bytes, starts: list[int],
+    def __init__(self, words: "array.array[int]", strings: bytes, starts: list[int],
                  named: dict[int, list[int]]) -> None:
         self._words = words
         self._strings = strings
@@ -105,7 +92,16 @@ class Btf:
 
     @classmethod
     def parse(cls, data: bytes) -> "Btf":
-        """Check the header, walk the type section once; BtfError when it is not a BTF blob this parser reads."""
+        """Check the header, walk the type section once; BtfError when it is not a BTF blob this parser reads.
+
+        The blob (Documentation/bpf/btf.rst, include/uapi/linux/btf.h): a 24-byte header (magic 0xeB9F,
+        version 1, hdr_len, then the offsets and lengths of the type and string sections, relative to
+        the header's end), a type section of variable-length records, a string section of NUL-terminated
+        names. Each record is `struct btf_type` (name_off, info, size_or_type: three u32), then data whose
+        length depends on the kind (bits 24-28 of info) and the count (vlen, its low 16 bits); type ids
+        count the records from 1, 0 is void. Kept: where each record starts and the struct and union
+        names; members (through anonymous ones, as C names them), sizes and arrays are decoded when asked.
+        """
         if len(data) < HEADER.size:
             raise BtfError(f"{len(data)} bytes: too short for a BTF header")
         magic, version, _flags, hdr_len, type_off, type_len, str_off, str_len = HEADER.unpack_from(data)
@@ -284,7 +280,7 @@ _FIXED, _PER = _steps()
 _NAMED_TOPS = frozenset((STRUCT, UNION, STRUCT | 0x80, UNION | 0x80))
 
 
-def _walk(words: array.array) -> tuple[list[int], dict[int, list[int]]]:
+def _walk(words: "array.array[int]") -> tuple[list[int], dict[int, list[int]]]:
     """Where each type's record starts, and the struct/union ids by name offset: one pass over the section.
 
     The loop runs once per type (130,000 in a vmlinux blob), so it keeps to locals and table look-ups.
