@@ -14,14 +14,15 @@ from .files import read_int, read_text, under
 
 CRASH_LOADED = "sys/kernel/kexec_crash_loaded"
 CRASH_SIZE = "sys/kernel/kexec_crash_size"
+# since Linux commit 88a6f8994421 ("crash: memory and CPU hotplug sysfs attributes", v6.6)
 CRASH_HOTPLUG_CPU = "sys/devices/system/cpu/crash_hotplug"
 CRASH_HOTPLUG_MEMORY = "sys/devices/system/memory/crash_hotplug"
 ELFCOREHDR_SIZE = "sys/kernel/crash_elfcorehdr_size"
 LOAD_LIMIT = "proc/sys/kernel/kexec_load_limit_panic"
 LOCKDOWN = "sys/kernel/security/lockdown"
 BOOT_ID = "proc/sys/kernel/random/boot_id"
-# Newer kernels publish the kexec attributes under /sys/kernel/kexec/ (the old names stay, as links, for a
-# while): each is read under its old name, else under its new one.
+# Since "kexec: move sysfs entries to /sys/kernel/kexec" (merged after v6.18) the kexec attributes are
+# there, the old names deprecated: each is read under its old name, else under its new one.
 NEW_NAMES = {
     CRASH_LOADED: "sys/kernel/kexec/crash_loaded",
     CRASH_SIZE: "sys/kernel/kexec/crash_size",
@@ -52,7 +53,8 @@ class KernelState:
 
     @property
     def updates_header(self) -> bool:
-        """Whether the loaded image is kept current by the kernel itself (Linux 6.6+)."""
+        """Whether the kernel keeps the loaded image current itself: since Linux commit 247262756121
+        ("crash: add generic infrastructure for crash hotplug support", v6.6), when the loader asked."""
         return 1 in (self.crash_hotplug_cpu, self.crash_hotplug_memory)
 
     @property
