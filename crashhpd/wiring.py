@@ -85,7 +85,7 @@ def build_parts(cfg: Config, old: Parts | None, context: pyudev.Context | None =
 def control_server(cfg: Config, selector: selectors.BaseSelector, daemon: Daemon) -> ControlServer:
     """The admin socket in the loop's selector, answering through the op table for this daemon."""
     counters = ControlCounters()
-    return ControlServer(cfg.control, selector, Dispatcher(daemon, counters).handle, counters)
+    return ControlServer(cfg.control, selector, Dispatcher(daemon, counters), counters)
 
 
 def run(config_path: str | None, root_override: str | None, context: pyudev.Context | None = None) -> int:

@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -40,6 +41,7 @@ from .contract import (
     encode_result,
     parse_request,
 )
+from .kept import Kept
 from .limits import Budgets, LogLimit
 from .server import Peer
 
@@ -132,9 +134,8 @@ def metrics(target: Target) -> MetricsResult:
 @dataclass(frozen=True, slots=True)
 class Handler:
     answer: Callable[[Target], Any]  # a result of the contract's shape, or a Later of one
-    # A reply that depends only on the daemon's revision is computed once per revision and served from
-    # memory. With a max age it also depends on a fresh snapshot (verify: drift no event announced): then
-    # root always gets a fresh one, and other peers one at most that old.
+    # kept in memory (kept.Kept): its answer depends only on the daemon's revision, and with a max age
+    # also on a fresh snapshot (verify: drift no event announced), fresh for root, at most that old for others
     cached: bool = False
     max_age_s: float | None = None
 
@@ -149,37 +150,26 @@ HANDLERS: Mapping[str, Handler] = MappingProxyType({
 })
 
 
-@dataclass(frozen=True, slots=True)
-class _Cached:
-    revision: int
-    started_at: float  # when its computation began: it is fresh for every request read before then
-    reply: bytes
-
-
 class Dispatcher:
     """Turns request lines into reply lines for the server: the op table, applied with what a client may cost.
 
     A non-root uid has a request budget (limits.Budgets): past it, `busy`.
-    Replies that depend only on the daemon's revision are served from memory
-    once computed. A reply that must be fresh (root's `verify`) is fresh
-    when its computation started after the request was read, so one
-    computation answers every such request already read when it began:
-    a client pipelining a thousand costs the loop one snapshot, not a
-    thousand. A line about a peer (a refused request, a bug it triggered)
-    is logged once per peer per interval and the rest counted.
+    The replies of cached ops are kept (kept.Kept: what one computation may
+    answer, and how often root's fresh ones may be computed). A line about a
+    peer (a refused request, a bug it triggered) is logged once per peer per
+    interval and the rest counted.
     """
 
     def __init__(self, target: Target, counters: ControlCounters, clock: Callable[[], float] = time.monotonic) -> None:
         self._target = target
         self._counters = counters
-        self._clock = clock
         self._budgets = Budgets(clock=clock)
         self._log_limit = LogLimit(clock=clock)
-        self._cache: dict[str, _Cached] = {}
+        self._kept = Kept(target.revision, clock)
 
     def handle(self, line: bytes, peer: Peer, received_at: float) -> bytes | Later[bytes]:
         """One request line, read at `received_at` (the clock's time), in; one reply line out, now or
-        Later for an op that waits; never raises."""
+        Later (an op that waits for an update, or root's fresh verify held back); never raises."""
         try:
             if not self._budgets.take(peer.uid):
                 self._counters.busy += 1
@@ -192,7 +182,8 @@ class Dispatcher:
             if OPS[name].privileged:
                 self._authorize(name, peer)
             if handler.cached:
-                return self._cached(name, handler, peer, received_at)
+                return self._kept.reply(name, partial(self._answer_now, handler, peer), handler.max_age_s,
+                                        peer.uid == 0, received_at)
             answer = handler.answer(self._target)
             if not isinstance(answer, Later):
                 return encode_result(answer)
@@ -200,16 +191,18 @@ class Dispatcher:
             return self._failure(err, peer)
         return answer.then(encode_result).otherwise(lambda err: self._failure(err, peer))
 
-    def _cached(self, name: str, handler: Handler, peer: Peer, received_at: float) -> bytes:
-        revision, now = self._target.revision(), self._clock()
-        hit = self._cache.get(name)
-        if hit is not None and hit.revision == revision and (
-                handler.max_age_s is None or hit.started_at >= received_at
-                or (peer.uid != 0 and now - hit.started_at < handler.max_age_s)):
-            return hit.reply
-        reply = encode_result(handler.answer(self._target))
-        self._cache[name] = _Cached(revision, now, reply)
-        return reply
+    def next_deadline(self) -> float | None:
+        return self._kept.next_deadline()
+
+    def expire(self, now: float) -> None:
+        """Answers the requests held back until now."""
+        self._kept.expire(now)
+
+    def _answer_now(self, handler: Handler, peer: Peer) -> bytes:
+        try:
+            return encode_result(handler.answer(self._target))
+        except Exception as err:
+            return self._failure(err, peer)
 
     def _failure(self, err: Exception, peer: Peer) -> bytes:
         if isinstance(err, RequestError):

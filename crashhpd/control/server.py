@@ -10,8 +10,8 @@ written, so a client that never reads cannot make the daemon buffer more
 than one reply for it.
 
 A reply may be deferred: the handler returns a Later (a `reconcile` waits
-for its update, a kexec load included), and the reply is written when the
-loop resolves it. Meanwhile the client is served nothing else and its
+for its update, a kexec load included; root's fresh `verify` waits for its
+turn), and the reply is written when the loop resolves it. Meanwhile the client is served nothing else and its
 deadline does not run, since it is waiting for the daemon and not idle; a
 client that hangs up meanwhile is dropped at once, and its reply, when it
 comes, is thrown away.
@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Protocol
 
 from .. import log
 from ..config import ControlConfig
@@ -64,7 +65,6 @@ RECV_CHUNK = 65536
 PROBE_TIMEOUT_S = 1.0
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
-Handler = Callable[[bytes, "Peer", float], "bytes | Later[bytes]"]  # a line, who sent it, when it was read
 
 
 class ControlError(CrashhpdError):
@@ -94,6 +94,20 @@ class _Client:
     waiting: Later[bytes] | None = None  # a deferred reply not resolved yet
 
 
+class Handler(Protocol):
+    """Turns request lines into reply lines; may hold some replies back until a time of its own."""
+
+    def handle(self, line: bytes, peer: Peer, received_at: float) -> bytes | Later[bytes]:
+        """The reply to `line` from `peer`, read at `received_at` (the server's clock), now or Later."""
+        ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def expire(self, now: float) -> None:
+        """Resolve what was held back until now."""
+        ...
+
+
 def peer_of(sock: socket.socket) -> Peer:
     return Peer(*_UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)))
 
@@ -106,13 +120,13 @@ def group_id(name: str) -> int:
 
 
 class ControlServer:
-    """Listening socket and clients; `handle(line, peer, received_at)` turns one request line into one reply line."""
+    """Listening socket and clients; the handler turns one request line into one reply line."""
 
-    def __init__(self, cfg: ControlConfig, selector: selectors.BaseSelector, handle: Handler,
+    def __init__(self, cfg: ControlConfig, selector: selectors.BaseSelector, handler: Handler,
                  counters: ControlCounters | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
         self._selector = selector
-        self._handle = handle
+        self._handler = handler
         self._counters = counters if counters is not None else ControlCounters()
         self._clock = clock
         self._listener: socket.socket | None = None
@@ -192,13 +206,17 @@ class ControlServer:
     # --- deadlines -------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        return min((c.deadline for c in self._clients.values() if c.waiting is None), default=None)
+        deadlines = [c.deadline for c in self._clients.values() if c.waiting is None]
+        held = self._handler.next_deadline()
+        return min([*deadlines, *([] if held is None else [held])], default=None)
 
     def expire(self, now: float) -> None:
         """Drop clients past their deadline; one still waiting to send its request is told why.
 
-        A client waiting for a deferred reply has no deadline until the reply is there.
+        A client waiting for a deferred reply has no deadline until the reply is there; the
+        handler resolves first what it held back until now.
         """
+        self._handler.expire(now)
         for client in [c for c in self._clients.values() if c.deadline <= now and c.waiting is None]:
             if not client.outbuf:
                 _send_once(client.sock, encode_error("timeout", f"no complete request within {self.cfg.timeout_ms} ms"))
@@ -298,7 +316,7 @@ class ControlServer:
         if not client.outbuf and not client.closing and client.waiting is None:
             line = self._next_line(client)
             if line is not None:
-                reply = self._handle(line, client.peer, client.received_at)
+                reply = self._handler.handle(line, client.peer, client.received_at)
                 if isinstance(reply, Later) and not reply.done:
                     client.waiting = reply
                     reply.on_done(partial(self._answered, client))

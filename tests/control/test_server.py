@@ -98,6 +98,18 @@ def test_verify_sees_drift_that_no_event_announced(env):
     assert generation(env.state_dir) == 1, "verify must never apply"
 
 
+def test_root_pipelining_verify_still_gets_a_fresh_look_for_a_request_sent_after_a_change(env):
+    """Requests read together share one snapshot; one read after the last snapshot began waits for a new one."""
+    env.start()
+    with connect(env.socket) as sock:
+        sock.sendall(b'{"op": "verify"}\n' * 50)
+        assert all(r["result"]["in_sync"] is True for r in read_replies(sock, 50))
+        replace_iomem(env.root, iomem(hot_added=1))  # no uevent: the daemon cannot know
+        sock.sendall(b'{"op": "verify"}\n')  # at once: sooner than root's next snapshot may be taken
+        verdict = read_reply(sock)["result"]
+    assert verdict["in_sync"] is False and HOT_ADDED in verdict["changes"]
+
+
 def test_reconcile_applies_at_once_bypassing_the_debounce(env):
     d = env.start()
     replace_iomem(env.root, iomem(hot_added=1))
