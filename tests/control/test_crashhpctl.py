@@ -45,7 +45,8 @@ def test_crashhpctl_offers_exactly_the_ops_of_the_table():
     from crashhpd.control.client import _parser
 
     subcommands = next(a for a in _parser()._actions if a.dest == "op").choices
-    assert set(subcommands) == set(contract.OPS) == {"status", "header", "verify", "reconcile", "metrics", "kernel-header"}
+    assert set(subcommands) == set(contract.OPS) == {"status", "header", "verify", "reconcile", "metrics",
+                                                     "kernel-header"}
 
 
 @pytest.mark.root

@@ -11,18 +11,23 @@ two hundred, a refused `reconcile` loop became 118,000 warning lines.
 import grp
 import json
 import os
+import selectors
 import stat
 import subprocess
+import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from control_env import NOGROUP, Env, ask, assert_one_line, connect, env, iomem, result, start_failing  # noqa: F401
 from daemonproc import daemon_status, wait_for
 from faketree import replace_iomem
 
+from crashhpd.config import ControlConfig
 from crashhpd.control.limits import REQUEST_BURST
-from crashhpd.control.server import MAX_CLIENTS, MAX_PER_UID
+from crashhpd.control.server import MAX_CLIENTS, MAX_PER_UID, ControlServer
 
 pytestmark = pytest.mark.root
 
@@ -94,19 +99,27 @@ def test_a_pipelined_flood_from_a_group_member_neither_holds_the_loop_nor_slows_
 
 def test_root_is_never_locked_out_by_other_uids_holding_every_slot(env):
     start(env)
+    assert len(SPARE_UIDS[:9]) * MAX_PER_UID > MAX_CLIENTS  # enough to fill the table
     holders = [as_user(uid, HOLD, env.socket, MAX_PER_UID, stdin=subprocess.PIPE) for uid in SPARE_UIDS[:9]]
     try:
         for holder in holders:
             assert holder.stdout.readline().strip() == "held"
-        wait_for(lambda: result(env.socket, "status")["control_clients"] == MAX_CLIENTS, 10, "the table to fill")
+        # 9 uids x 32 connections: the table takes 256 of them. The daemon accepts in the order of connect()
+        # and each holder's have returned, so a tenth uid's connection is taken after all of them: no room
+        assert one_request(env.socket, SPARE_UIDS[9]) == {"busy": 1}
         ok = sum(ask(env.socket, "status").get("ok", False) for _ in range(50))
         assert ok == 50, f"root got {ok} of 50 status replies with the table full of other uids"
-        one_more = as_user(SPARE_UIDS[9], FLOOD, env.socket, "status", 1)
-        assert json.loads(one_more.communicate(timeout=30)[0]) in ({"busy": 1}, {"ok": 1})
     finally:
         for holder in holders:
             holder.stdin.close()
             holder.wait(timeout=30)
+    wait_for(lambda: result(env.socket, "status")["control_clients"] == 1, 10, "the holders' connections to go")
+    assert one_request(env.socket, SPARE_UIDS[9]) == {"ok": 1}  # with room, the same client: the busy was the table's
+
+
+def one_request(path: Path, uid: int) -> dict[str, int]:
+    """The reply codes, counted, of one `status` request by `uid` on a connection of its own."""
+    return json.loads(as_user(uid, FLOOD, path, "status", 1).communicate(timeout=30)[0])
 
 
 def test_one_uid_holds_at_most_its_share_of_connections(env):
@@ -139,17 +152,53 @@ def test_a_refused_request_loop_is_one_log_line_and_counted(env):
 # --- the socket file -------------------------------------------------------------------------------
 
 
-def test_a_symlink_planted_where_the_socket_is_bound_changes_nothing(env, tmp_path):
+def test_symlinks_planted_at_the_names_the_socket_is_bound_under_change_nothing(env, tmp_path, monkeypatch):
+    """The socket is bound in a fresh directory that mkdtemp names at random. Here its random names are
+    made the test's, so the links are planted at exactly the names it will try first: it must pass over
+    them (a directory is never created through a link) and bind under the next one."""
     secret = tmp_path / "root-only"
     secret.write_text("secret\n")
     secret.chmod(0o600)
+    lure = tmp_path / "lure"
+    lure.mkdir()
+    tried: list[str] = []
+
+    def candidate_names() -> Iterator[str]:
+        for name in ("file", "dir", "fresh"):
+            tried.append(name)
+            yield name
+
+    monkeypatch.setattr(tempfile, "_get_candidate_names", candidate_names)
     directory = env.socket.parent
-    for name in (f"{env.socket.name}.{os.getpid()}.tmp", ".crashhpd-bind-x"):
-        (directory / name).symlink_to(secret)  # where a daemon bound, or could be guessed to bind
-    start(env)
-    st = secret.stat()
-    assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o600, 0)
-    assert stat.S_IMODE(os.lstat(env.socket).st_mode) == 0o660 and stat.S_ISSOCK(os.lstat(env.socket).st_mode)
+    (directory / ".crashhpd-bind-file").symlink_to(secret)
+    (directory / ".crashhpd-bind-dir").symlink_to(lure, target_is_directory=True)
+    server = ControlServer(ControlConfig(socket=str(env.socket), group=NOGROUP), selectors.DefaultSelector(),
+                           NoRequests())
+    server.open()
+    try:
+        assert tried == ["file", "dir", "fresh"]  # both planted names were tried, and passed over
+        assert (stat.S_IMODE(secret.stat().st_mode), secret.stat().st_gid, secret.read_text()) == (0o600, 0, "secret\n")
+        assert list(lure.iterdir()) == []
+        st = os.lstat(env.socket)
+        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
+        assert st.st_gid == grp.getgrnam(NOGROUP).gr_gid
+        assert sorted(p.name for p in directory.iterdir()) == [".crashhpd-bind-dir", ".crashhpd-bind-file",
+                                                               env.socket.name]  # the fresh one removed
+    finally:
+        server.close()
+
+
+class NoRequests:
+    """A handler for a server that is only opened and closed."""
+
+    def handle(self, line: bytes, peer: object, received_at: float) -> bytes:
+        raise AssertionError("no request expected")
+
+    def next_deadline(self) -> None:
+        return None
+
+    def expire(self, now: float) -> None:
+        pass
 
 
 @pytest.mark.parametrize("mode", [0o777, 0o775, 0o1777])
