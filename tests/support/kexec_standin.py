@@ -25,9 +25,12 @@ in the same process group first, to prove a timeout kills the whole group
 before the outcome's own stderr, as a very verbose kexec would.
 Every call is appended to the log with its argv, pid, time, the outcome's
 index and exit status, and the sha256 of the tree's proc/iomem at that moment
-(what real kexec would build its header from).
+(what real kexec would build its header from). A load holds a lock on LOG.lock
+until it exits and is logged with "overlapped": true when another load held it
+as it started: two loads at once, which crashhpd must never run.
 """
 
+import fcntl
 import hashlib
 import json
 import os
@@ -83,12 +86,23 @@ def _kernel_effect(control: dict, argv: list[str], state: str) -> None:
         _write(root, "sys/kernel/kexec_crash_loaded", "loaded?\n")
 
 
+def _overlapped(log: str) -> bool:
+    """Lock LOG.lock for as long as this load runs (a child started later does not inherit it); True when
+    another load holds it now."""
+    fd = os.open(log + ".lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    return False  # fd stays open, the lock held, until this process exits
+
+
 def _load(control: dict, argv: list[str]) -> int:
     index = _loads_so_far(control["log"])
     outcomes = control.get("outcomes", [])
     outcome = outcomes[index] if index < len(outcomes) else control.get("default", {})
     code = outcome.get("exit", 0)
-    _record(control, argv, {"outcome": index, "exit": code})
+    _record(control, argv, {"outcome": index, "exit": code, "overlapped": _overlapped(control["log"])})
     if outcome.get("child"):
         child = subprocess.Popen(["sleep", "60"])
         with open(control["log"] + ".pids", "w") as f:
