@@ -13,7 +13,8 @@ revision it was computed at and the time its computation started:
 - with a max age, a peer other than root takes one that old at most;
 - root always gets a fresh one, but not at any rate: a computation for root
   starts only once the last one has been followed by enough idle time that
-  they take at most FRESH_SHARE of the loop. A request that comes sooner
+  they take at most FRESH_SHARE of the loop (idle MAX_REST_S at most, so a
+  slow snapshot does not make root wait past its timeout). A request sooner
   waits (a Later, which the server holds the client on), and the next
   computation, whoever it is for, answers everyone waiting. Root's reply can
   be late, never stale, and another client's `status` never waits behind a
@@ -26,7 +27,8 @@ from dataclasses import dataclass, field
 
 from ..service.later import Later
 
-FRESH_SHARE = 0.1  # at most this share of the loop's time goes to fresh computations root waits for
+FRESH_SHARE = 0.1  # at most this share of the loop's time goes to fresh computations root waits for...
+MAX_REST_S = 1.0  # ...unless one takes over 0.1 s: root waits no longer for its turn (crashhpctl waits 10 s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +84,7 @@ class Kept:
         reply = compute()
         ended = self._clock()
         self._replies[op] = _Reply(revision, started, reply)
-        self._rested_at[op] = ended + (ended - started) * (1 / FRESH_SHARE - 1)
+        self._rested_at[op] = ended + min((ended - started) * (1 / FRESH_SHARE - 1), MAX_REST_S)
         waiting = self._waiting.pop(op, None)
         for later in waiting.laters if waiting is not None else []:
             later.resolve(reply)

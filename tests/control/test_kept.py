@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from crashhpd.control.kept import FRESH_SHARE, Kept
+from crashhpd.control.kept import FRESH_SHARE, MAX_REST_S, Kept
 from crashhpd.service.later import Later
 
 COST_S = 0.02  # what one computation takes on the test's clock
@@ -18,11 +18,12 @@ class World:
 
     now: float = 100.0
     revision: int = 1
+    cost: float = COST_S
     computed: list[float] = field(default_factory=list)  # when each computation started
 
     def compute(self) -> bytes:
         self.computed.append(self.now)
-        self.now += COST_S
+        self.now += self.cost
         return f"reply {len(self.computed)}".encode()
 
 
@@ -67,6 +68,13 @@ def test_root_waits_only_when_it_asks_again_too_soon(kept, world):
     assert ask(kept, world) == b"reply 1"
     world.now += COST_S / FRESH_SHARE  # idle long enough
     assert ask(kept, world) == b"reply 2"
+
+
+def test_after_a_slow_computation_root_waits_at_most_max_rest(kept, world):
+    world.cost = MAX_REST_S  # nine times as long idle would be 9 s
+    assert ask(kept, world) == b"reply 1"
+    assert isinstance(ask(kept, world), Later)
+    assert kept.next_deadline() == pytest.approx(world.computed[0] + world.cost + MAX_REST_S)
 
 
 def test_other_peers_take_a_reply_up_to_max_age_old_and_never_wait(kept, world):
