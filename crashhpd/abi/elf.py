@@ -34,15 +34,10 @@ def notes_of(header: bytes) -> list[tuple[int, int]]:
     if len(header) < EHDR_SIZE or header[:4] != E_IDENT[:4]:
         return []
     phoff, phnum = EHDR.unpack_from(header)[5], EHDR.unpack_from(header)[10]
-    notes = []
-    for i in range(phnum):
-        at = phoff + i * PHDR_SIZE
-        if at + PHDR_SIZE > len(header):
-            break
-        p_type, _flags, _offset, _vaddr, paddr, _filesz, memsz, _align = PHDR.unpack_from(header, at)
-        if p_type == PT_NOTE:
-            notes.append((paddr, memsz))
-    return notes
+    whole = max(min(phnum, (len(header) - phoff) // PHDR_SIZE), 0)  # the complete entries there are
+    table = header[phoff:phoff + whole * PHDR_SIZE]
+    return [(paddr, memsz) for p_type, _flags, _offset, _vaddr, paddr, _filesz, memsz, _align
+            in PHDR.iter_unpack(table) if p_type == PT_NOTE]
 
 
 def align_up(value: int, align: int) -> int:

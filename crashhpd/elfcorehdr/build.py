@@ -5,7 +5,7 @@ A header that breaks any rule never leaves this function, so nothing that
 calls it can apply, write or compare an invalid one.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import InvalidHeader
 from ..sysview.snapshot import Snapshot
@@ -23,17 +23,29 @@ class Built:
     model: HeaderModel
     data: bytes
     parsed: ParsedHeader
+    layout: Layout
 
 
-def build_valid(snapshot: Snapshot, layout: Layout) -> Built:
-    """The header for this snapshot; InvalidHeader naming every rule it breaks (HeaderError if it cannot be packed)."""
+def build_valid(snapshot: Snapshot, layout: Layout, previous: Built | None = None) -> Built:
+    """The header for this snapshot; InvalidHeader naming every rule it breaks (HeaderError if it cannot be packed).
+
+    `previous`, built on a snapshot that had the same inputs in the same layout, is taken as it is: a header is a
+    pure function of them, and an update that finds nothing changed then costs a comparison, not a build.
+    """
+    if previous is not None and previous.layout == layout and _same_inputs(previous.snapshot, snapshot):
+        return replace(previous, snapshot=snapshot)
     model = plan(snapshot, layout)
     data = build(model)
     parsed = parse(data)
     problems = check(parsed, snapshot, layout)
     if problems:
         raise InvalidHeader("generated header is invalid: " + "; ".join(problems))
-    return Built(snapshot, model, data, parsed)
+    return Built(snapshot, model, data, parsed, layout)
+
+
+def _same_inputs(old: Snapshot, new: Snapshot) -> bool:
+    """Everything a header is made of is the same: all but the kexec state and the header the kernel holds."""
+    return replace(old, kernel=new.kernel, loaded_header=new.loaded_header) == new
 
 
 def changes(old: bytes | None, new: Built) -> list[str]:

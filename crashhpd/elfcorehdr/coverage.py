@@ -10,7 +10,7 @@ is gone; a CPU without its note loses its registers.
 """
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from ..sysview.loaded_header import LoadedHeader
 from ..sysview.ranges import Range, subtract
@@ -60,14 +60,21 @@ class KernelView:
     unreadable_reason: str | None = "not read yet"
     segment_bytes: int | None = None  # the segment's memsz: the real capacity
     coverage: Coverage | None = None
+    # what the coverage was computed from: the kernel's header bytes and the fresh header's parse
+    basis: tuple[bytes, ParsedHeader] | None = field(default=None, repr=False, compare=False)
 
 
-def view(loaded: LoadedHeader | None, fresh: Built) -> KernelView:
+def view(loaded: LoadedHeader | None, fresh: Built, previous: KernelView | None = None) -> KernelView:
+    """`previous`, computed from the same kernel header against the same build, is taken as it is: an update
+    that finds both unchanged then costs a comparison of bytes, not a parse and a diff of 8192 ranges."""
     if loaded is None:
         return KernelView(unreadable_reason="not read: no reader of the kernel's memory here")
     if not loaded.readable:
         return KernelView(unreadable_reason=loaded.reason)
+    basis = previous.basis if previous is not None else None
+    if previous is not None and basis is not None and basis[1] is fresh.parsed and basis[0] == loaded.header:
+        return replace(previous, segment_bytes=loaded.memsz)
     try:
-        return KernelView(True, None, loaded.memsz, compare(loaded.header, fresh))
+        return KernelView(True, None, loaded.memsz, compare(loaded.header, fresh), (loaded.header, fresh.parsed))
     except NotAHeader as err:
         return KernelView(unreadable_reason=f"the kernel's segment does not hold an ELF core header: {err}")

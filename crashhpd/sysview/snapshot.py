@@ -152,15 +152,13 @@ def read_snapshot(root: str = "/", boot: BootConstants | None = None,
                   header_reader: LoadedHeaderReader | None = None) -> Snapshot:
     """Everything the header depends on, read now; `boot` saves re-reading kallsyms and kcore."""
     iomem_path = under(root, "proc/iomem")
-    resources = iomem.parse(_read_iomem(root), iomem_path)
-    ram = tuple(iomem.system_ram(resources))
+    memory = iomem.view_of(_read_iomem(root), iomem_path)
+    ram = memory.ram
     if not ram:
         raise SnapshotError(f"{iomem_path}: no System RAM listed; a header without RAM would save nothing")
     online = _read_cpus(root, "online")
     if online == frozenset():
         raise SnapshotError(f"{under(root, CPU_DIR)}/online: no CPU online; a running kernel always has one")
-    code = iomem.named(resources, "Kernel code")
-    bss = iomem.named(resources, "Kernel bss")
     vmcoreinfo_text = read_text(root, "sys/kernel/vmcoreinfo")
     cma_rel = kexec_path(root, "sys/kernel/kexec_crash_cma_ranges")
     cma_text = read_text(root, cma_rel)
@@ -175,9 +173,9 @@ def read_snapshot(root: str = "/", boot: BootConstants | None = None,
     return Snapshot(
         root=root,
         ram=ram,
-        crash_kernel=tuple(iomem.named(resources, iomem.CRASH_KERNEL)),
-        kernel_code=code[0] if code else None,
-        kernel_bss=bss[0] if bss else None,
+        crash_kernel=memory.crash_kernel,
+        kernel_code=memory.kernel_code,
+        kernel_bss=memory.kernel_bss,
         cpus_possible=possible,
         cpus_present=_read_cpus(root, "present"),
         cpus_online=online,
@@ -187,7 +185,7 @@ def read_snapshot(root: str = "/", boot: BootConstants | None = None,
         kernel=read_kernel_state(root),
         kernel_max=kernel_max,
         crash_cma=() if cma_text is None else parse_ranges(cma_text, under(root, cma_rel)),
-        resources=tuple(resources),
+        resources=memory.resources,
         loaded_header=loaded,
     )
 

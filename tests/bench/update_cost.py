@@ -1,0 +1,136 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""What one update costs the loop at 64 CPUs and 8192 RAM ranges: snapshot, build, compare, the kernel's header.
+
+Run: .venv/bin/python tests/bench/update_cost.py [--updates 50] [--baseline SRC]
+
+A fake root (tests/support/faketree.py) with 64 CPUs and 8192 RAM ranges, whose
+fake kernel (tests/support/fakekcore.py) holds the header a fresh snapshot gives,
+read back through kallsyms, BTF and /proc/kcore as on a real host. The daemon is
+built as `crashhpd run` builds it (the passive kernel backend, so no kexec runs)
+and each update is run as the loop runs it, in this process; `verify` likewise:
+first on a system that does not change, then with /proc/iomem one 128 MiB block
+larger or smaller at each update (the kernel's header then differs: the passive
+backend records, the kernel's header is reported stale).
+--baseline SRC measures the same tree with the crashhpd package found in SRC
+(a checkout of an earlier commit: `git worktree add /tmp/before <commit>`), in a
+child process, and prints the ratio.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent / "support"), str(HERE.parent.parent)]
+
+MEASURE = """
+import json, os, selectors, sys, time
+from crashhpd import config as config_mod
+from crashhpd.service.daemon import Daemon
+from crashhpd.service.metrics import Metrics
+from crashhpd.service.notify import Notifier
+from crashhpd.wiring import build_parts
+
+path, count, iomem, grown = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+cfg = config_mod.load(path)
+daemon = Daemon(build_parts(cfg, None), build_parts, selectors.DefaultSelector(), Metrics(), Notifier(), path,
+                None, config_mod.load)
+daemon.update("startup")
+times = {"update": [], "verify": [], "changed": []}
+for _ in range(count):
+    started = time.perf_counter()
+    daemon.update("events")
+    times["update"].append(time.perf_counter() - started)
+    started = time.perf_counter()
+    verdict = daemon.verify()
+    times["verify"].append(time.perf_counter() - started)
+status = daemon.status()
+assert status.in_sync and verdict.in_sync and status.kernel_header_in_sync, status
+texts = [open(grown).read(), open(iomem).read()]
+for i in range(count):  # each update finds one 128 MiB block more, or fewer, than the one before
+    with open(iomem + ".new", "w") as f:
+        f.write(texts[i % 2])
+    os.replace(iomem + ".new", iomem)
+    started = time.perf_counter()
+    daemon.update("events")
+    times["changed"].append(time.perf_counter() - started)
+    assert daemon.status().in_sync, daemon.status().last_error
+with open(iomem, "w") as f:  # as it was, for the next run on the same tree
+    f.write(texts[1])
+times["ranges"], times["cpus"] = status.ram_ranges, status.cpus
+print(json.dumps(times))
+"""
+
+
+def tree(work: Path) -> Path:
+    """The root, its fake kernel holding the right header, and a configuration for the kernel backend."""
+    from fakekcore import CrashKernel
+    from faketree import BLOCK, QEMU_GUEST, QEMU_HOT_ADD_BASE, hot_added, make_tree
+
+    from crashhpd.abi.elf import align_up
+    from crashhpd.elfcorehdr.build import build_valid
+    from crashhpd.elfcorehdr.layout import preset
+    from crashhpd.sysview.snapshot import read_snapshot
+
+    root = make_tree(work / "root", hot_added(QEMU_GUEST, 8190, QEMU_HOT_ADD_BASE, stride=2 * BLOCK),
+                     possible="0-63", extra={"sys/devices/system/cpu/crash_hotplug": "1\n",
+                                             "sys/devices/system/memory/crash_hotplug": "1\n",
+                                             "sys/kernel/kexec_crash_loaded": "1\n"})
+    memsz = align_up(64 + 56 * 8400, 4096)
+    crash = CrashKernel(root).install(b"\x7fELF", memsz)
+    crash.fill(build_valid(read_snapshot(str(root)), preset("kernel", "possible")).data, memsz)
+    (work / "grown").write_text(hot_added(QEMU_GUEST, 8191, QEMU_HOT_ADD_BASE, stride=2 * BLOCK))
+    config = work / "crashhpd.toml"
+    config.write_text(f'root = "{root}"\nbackend = "kernel"\nstate_dir = "{work / "state"}"\n'
+                      f'[kernel]\nrecover = false\n[control]\nsocket = "{work / "control.sock"}"\n')
+    return config
+
+
+def measure(src: Path, config: Path, count: int) -> dict[str, list[float]]:
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    work = config.parent
+    proc = subprocess.run([sys.executable, "-c", MEASURE, str(config), str(count), str(work / "root/proc/iomem"),
+                           str(work / "grown")], env=env, capture_output=True, text=True,
+                          cwd=work)  # not this tree's directory: `python -c` puts the cwd first on sys.path
+    if proc.returncode != 0:
+        sys.exit(f"the measurement with {src} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout)
+
+
+def row(name: str, times: list[float]) -> str:
+    ms = sorted(t * 1000 for t in times)
+    return (f"| {name} | {statistics.median(ms):.2f} ms | {ms[int(len(ms) * 0.9)]:.2f} ms | {ms[-1]:.2f} ms "
+            f"| {len(ms)} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--updates", type=int, default=50)
+    ap.add_argument("--baseline", type=Path, help="a source tree whose crashhpd package is measured too")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = tree(Path(tmp))
+        runs = {"this tree": measure(HERE.parent.parent, config, args.updates)}
+        if args.baseline:
+            runs[f"baseline {args.baseline}"] = measure(args.baseline, config, args.updates)
+    first = next(iter(runs.values()))
+    print(f"{first['cpus']} CPUs, {first['ranges']} RAM ranges, the kernel backend, the kernel's header read back\n")
+    print("| run: what | median | p90 | max | n |\n| --- | ---: | ---: | ---: | ---: |")
+    for name, times in runs.items():
+        print(row(f"{name}: update, nothing changed", times["update"]))
+        print(row(f"{name}: verify, nothing changed", times["verify"]))
+        print(row(f"{name}: update, one block more or fewer", times["changed"]))
+    if args.baseline:
+        ours, theirs = runs["this tree"], runs[f"baseline {args.baseline}"]
+        for what in ("update", "verify", "changed"):
+            print(f"{what}: baseline / this tree = "
+                  f"{statistics.median(theirs[what]) / statistics.median(ours[what]):.1f}x (medians)")
+
+
+if __name__ == "__main__":
+    main()
