@@ -15,10 +15,10 @@ import base64
 import hashlib
 import json
 import os
+import select
 import signal
 import socket
 import stat
-import time
 
 import nobody
 import pytest
@@ -214,13 +214,15 @@ def test_an_oversized_request_is_refused_and_the_connection_closed(env, newline)
 
 
 def test_a_client_that_never_sends_is_told_and_dropped_after_timeout_ms(env):
-    env.start(control={"timeout_ms": 300})
-    started = time.monotonic()
+    env.start(control={"timeout_ms": 1000})
     with connect(env.socket) as sock:
+        clients = result(env.socket, "status")["control_clients"]  # served while the silent one waits
+        early = select.select([sock], [], [], 0)[0]
         reply = read_reply(sock)
-        waited = time.monotonic() - started
-        assert reply["error"]["code"] == "timeout" and closed(sock)
-    assert 0.25 <= waited < 3
+        assert reply["error"] == {"code": "timeout", "message": "no complete request within 1000 ms"}
+        assert closed(sock)
+    assert (clients, early) == (2, [])  # not told, nor dropped, before its time
+    assert result(env.socket, "status")["control_clients"] == 1  # only the asker now
 
 
 def test_abuse_does_not_stop_status_or_event_applies(env):
@@ -244,12 +246,8 @@ def test_abuse_does_not_stop_status_or_event_applies(env):
     assert leaver.recv(100)  # the reply has started
     leaver.close()  # with most of the reply unread
 
-    latencies = []
-    for _ in range(20):
-        started = time.monotonic()
+    for _ in range(20):  # how fast, under attack: tests/bench/status_latency.py --hostile
         assert result(env.socket, "status")["backend"] == "sandbox"
-        latencies.append(time.monotonic() - started)
-    assert max(latencies) < 0.1, f"status took {max(latencies) * 1000:.0f} ms under abuse"
 
     replace_iomem(env.root, iomem(hot_added=1, separate=2000))
     inject("online")
@@ -259,9 +257,7 @@ def test_abuse_does_not_stop_status_or_event_applies(env):
     for sock in crowd:
         sock.sendall(b'tus"}\n')
     assert all(read_reply(sock)["result"]["generation"] >= 2 for sock in crowd)
-    started = time.monotonic()
     assert result(env.socket, "status")["in_sync"] is True
-    assert time.monotonic() - started < 0.1
     wait_for(lambda: "went away mid-reply" in d.stderr(), 5, "the leaving client to be noticed")
     assert d.proc.poll() is None
     for sock in [*crowd, silent, oversized, malformed]:
