@@ -24,6 +24,18 @@ besides: how many of the attacker's requests were answered and how many
 turned away (busy).
 
     .venv/bin/python tests/bench/status_latency.py --hostile --requests 2000 [--crashhpd OTHER/bin/crashhpd]
+
+With --root-verify-flood, on the same 8000-range tree: a second process
+running as root (exempt from the request budget) pipelines 1000 `verify`
+requests in one write, reads the 1000 replies and starts over, as fast as it
+can; root's `status` is timed as above, first with no flood, then during it.
+Targets: p99 under 5 ms during the flood. Printed besides: `crashhpctl
+--config FILE status` end to end, the median of --runs subprocess runs, beside
+`python -c pass` run by the same interpreter (target: under 60 ms). --crashhpd
+and --crashhpctl measure another build (say a checkout of the previous commit):
+
+    .venv/bin/python tests/bench/status_latency.py --root-verify-flood --requests 2000 \
+        [--crashhpd OTHER/crashhpd] [--crashhpctl OTHER/crashhpctl]
 """
 
 import argparse
@@ -33,12 +45,16 @@ import os
 import shlex
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 
@@ -154,7 +170,19 @@ def attacker(path: str, stop: Event, answered: Synchronized, busy: Synchronized)
     answered.value, busy.value = ok, refused
 
 
-def hostile(requests: int, crashhpd: str | None) -> None:
+@dataclass(frozen=True)
+class Attacked:
+    baseline: list[float]  # root's status times with no second process
+    during: list[float]  # ... and while it runs
+    elapsed: float  # seconds the `during` requests took
+    counts: tuple[int, int]  # what the second process counted
+    first: object  # what `first` returned
+
+
+def status_under(attack: Callable[..., None], requests: int, crashhpd: str | None, group: str = "root",
+                 first: Callable[[Path], object] = lambda _config: None) -> Attacked:
+    """root's `status` timed on an 8000-range tree, with no second process, then while `attack(socket, stop,
+    count, count)` runs in one; `first(config)` runs once the daemon is ready, before either."""
     with tempfile.TemporaryDirectory() as work_dir:
         work = Path(work_dir)
         root = make_tree(work / "root", hot_added(QEMU_GUEST, 8000, QEMU_HOT_ADD_BASE, stride=2 * BLOCK))
@@ -162,30 +190,81 @@ def hostile(requests: int, crashhpd: str | None) -> None:
         os.chmod(work, 0o755)  # nobody must reach the socket
         config = write_config(work / "crashhpd.toml", {
             "root": str(root), "monitor": {"source": "kernel"}, "sandbox": {"state_dir": str(work / "state")},
-            "control": {"socket": sock_path, "group": "nogroup"}, "log": {"level": "info"},
+            "control": {"socket": sock_path, "group": group}, "log": {"level": "info"},
         })
         daemon = DaemonProcess(work, config, command=[crashhpd, "run", "--config", str(config)] if crashhpd else None)
         stop = multiprocessing.Event()
-        answered, busy = multiprocessing.Value("q", 0), multiprocessing.Value("q", 0)
-        attack = multiprocessing.Process(target=attacker, args=(sock_path, stop, answered, busy))
+        counts = multiprocessing.Value("q", 0), multiprocessing.Value("q", 0)
+        second = multiprocessing.Process(target=attack, args=(sock_path, stop, *counts))
         try:
             daemon.wait_ready()
+            before = first(config)
             baseline = one_per_connection(sock_path, requests)
-            attack.start()
+            second.start()
             time.sleep(1.0)  # the attack is under way
             started = time.monotonic()
             during = one_per_connection(sock_path, requests)
             elapsed = time.monotonic() - started
         finally:
             stop.set()
-            attack.join()
+            if second.pid is not None:
+                second.join()
             daemon.stop()
+    return Attacked(baseline, during, elapsed, (counts[0].value, counts[1].value), before)
+
+
+def hostile(requests: int, crashhpd: str | None) -> None:
+    run = status_under(attacker, requests, crashhpd, group="nogroup")
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
-    print(f"tree: 8000 RAM ranges; attacker (uid {NOBODY}, in the socket's group): {answered.value} requests "
-          f"answered, {busy.value} turned away (busy) over {elapsed:.1f} s")
-    print(f"root status x {requests}, no attacker (baseline) {figures(baseline)}")
-    print(f"root status x {requests}, during the attack     {figures(during)}")
-    print(f"p99 during / baseline: {figures_p99(during) / figures_p99(baseline):.1f}x")
+    print(f"tree: 8000 RAM ranges; attacker (uid {NOBODY}, in the socket's group): {run.counts[0]} requests "
+          f"answered, {run.counts[1]} turned away (busy) over {run.elapsed:.1f} s")
+    print(f"root status x {requests}, no attacker (baseline) {figures(run.baseline)}")
+    print(f"root status x {requests}, during the attack     {figures(run.during)}")
+    print(f"p99 during / baseline: {figures_p99(run.during) / figures_p99(run.baseline):.1f}x")
+
+
+ROUND = 1000  # verify requests per write
+FLOOD = b'{"op": "verify"}\n' * ROUND
+
+
+def verify_flood(path: str, stop: Event, answered: Synchronized, rounds: Synchronized) -> None:
+    """The second process, as root: ROUND pipelined `verify` requests per write, read back, over and over."""
+    ok = done = 0
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(path)
+        pending = bytearray()
+        while not stop.is_set():
+            sock.sendall(FLOOD)
+            for _ in range(ROUND):
+                ok += json.loads(read_line(sock, pending))["ok"]
+            done += 1
+    answered.value, rounds.value = ok, done
+
+
+def crashhpctl_runs(crashhpctl: str, config: Path, runs: int) -> tuple[list[float], list[float]]:
+    """Wall-clock seconds of `crashhpctl --config CONFIG status` and of `python -c pass`, each run `runs` times."""
+    def timed(argv: list[str]) -> float:
+        started = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        return time.perf_counter() - started
+
+    ctl, bare = [], []
+    for _ in range(runs):  # alternated, so a busy moment of the machine weighs on both alike
+        ctl.append(timed([crashhpctl, "--config", str(config), "status"]))
+        bare.append(timed([sys.executable, "-c", "pass"]))
+    return ctl, bare
+
+
+def root_verify_flood(requests: int, runs: int, crashhpd: str | None, crashhpctl: str) -> None:
+    run = status_under(verify_flood, requests, crashhpd, first=lambda config: crashhpctl_runs(crashhpctl, config, runs))
+    ctl, bare = cast(tuple[list[float], list[float]], run.first)
+    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    print(f"crashhpctl --config FILE status, median of {runs}: {statistics.median(ctl) * 1000:.1f} ms "
+          f"(python -c pass: {statistics.median(bare) * 1000:.1f} ms)")
+    print(f"tree: 8000 RAM ranges; root flood: {run.counts[0]} verify replies in {run.counts[1]} rounds of "
+          f"{ROUND} pipelined requests, over {run.elapsed:.1f} s of status requests")
+    print(f"root status x {requests}, no flood (baseline) {figures(run.baseline)}")
+    print(f"root status x {requests}, during the flood    {figures(run.during)}")
 
 
 def figures_p99(times: list[float]) -> float:
@@ -197,12 +276,21 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=10_000, help="status requests per mode")
     ap.add_argument("--rate", type=float, default=0, help="events per second (0: as fast as one process can)")
     ap.add_argument("--hostile", action="store_true", help="a group member hammering verify and header instead")
-    ap.add_argument("--crashhpd", help="with --hostile: the crashhpd to measure (e.g. an older build's)")
+    ap.add_argument("--root-verify-flood", action="store_true",
+                    help="root pipelining 1000 verify requests at a time instead, and crashhpctl's start-up")
+    ap.add_argument("--runs", type=int, default=50, help="with --root-verify-flood: crashhpctl runs to time")
+    ap.add_argument("--crashhpd", help="with --hostile or --root-verify-flood: the crashhpd to measure "
+                                       "(e.g. an older build's)")
+    ap.add_argument("--crashhpctl", default=str(Path(sys.executable).with_name("crashhpctl")),
+                    help="with --root-verify-flood: the crashhpctl to time")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("status_latency.py needs root: it injects real kernel uevents or runs a client as nobody")
     if args.hostile:
         hostile(args.requests, args.crashhpd)
+        return
+    if args.root_verify_flood:
+        root_verify_flood(args.requests, args.runs, args.crashhpd, args.crashhpctl)
         return
     with tempfile.TemporaryDirectory() as work_dir:
         work = Path(work_dir)
