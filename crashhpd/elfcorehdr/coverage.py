@@ -13,9 +13,8 @@ import hashlib
 from dataclasses import dataclass, field, replace
 
 from ..sysview.loaded_header import LoadedHeader
-from ..sysview.ranges import Range, subtract
+from ..sysview.ranges import Cover, Range
 from .build import Built, changes_from
-from .diff import merged
 from .validate import NotAHeader, ParsedHeader, parse
 
 
@@ -38,14 +37,12 @@ def _bytes(ranges: list[Range]) -> int:
 
 def compare(kernel_header: bytes, fresh: Built) -> Coverage:
     """The kernel's header (as read back) against `fresh`; NotAHeader when the kernel's cannot be parsed."""
-    held: ParsedHeader = parse(kernel_header)
-    held_ram = merged([r for r in held.ram if r[1] >= r[0]])  # kexec-tools may write an empty PT_LOAD
-    want_ram = merged([r for r in fresh.parsed.ram if r[1] >= r[0]])
+    held: ParsedHeader = parse(kernel_header)  # its RAM leaves out the empty PT_LOAD kexec-tools may write
     held_notes = {s.paddr for s in held.notes}
     return Coverage(
         sha256=hashlib.sha256(kernel_header).hexdigest(),
-        uncovered_ram_bytes=_bytes(subtract(want_ram, held_ram)),
-        stale_ram_bytes=_bytes(subtract(held_ram, merged(list(fresh.snapshot.ram)))),
+        uncovered_ram_bytes=_bytes(held.cover.missing(fresh.parsed.cover.ranges)),
+        stale_ram_bytes=_bytes(Cover(fresh.snapshot.ram).missing(held.cover.ranges)),
         missing_cpu_notes=sum(1 for _cpu, addr, _size in fresh.model.cpu_notes if addr not in held_notes),
         changes=changes_from(held, fresh),
     )

@@ -6,7 +6,7 @@ extends a range reads "+ RAM 0x140000000-0x17fffffff (1 GiB)" instead of a
 removed and an added entry.
 """
 
-from ..sysview.ranges import Range, size_text, subtract
+from ..sysview.ranges import Range, size_text
 from .validate import ParsedHeader, Segment
 
 
@@ -40,9 +40,8 @@ def diff(
     new_image = [s for s in new.segments if s.is_image]
     if old_image != new_image:
         lines.append(f"~ kernel image {_image_text(old_image)} -> {_image_text(new_image)}")
-    old_ram, new_ram = merged(old.ram), merged(new.ram)
-    lines += [_ram_line("-", r) for r in subtract(old_ram, new_ram)]
-    lines += [_ram_line("+", r) for r in subtract(new_ram, old_ram)]
+    lines += [_ram_line("-", r) for r in new.cover.missing(old.cover.ranges)]
+    lines += [_ram_line("+", r) for r in old.cover.missing(new.cover.ranges)]
     if not lines and old != new:
         lines.append(
             f"~ same CPUs and RAM, different encoding ({len(old.segments)} -> {len(new.segments)} "
@@ -53,14 +52,3 @@ def diff(
 
 def _image_text(segs: list[Segment]) -> str:
     return ", ".join(f"0x{s.paddr:x}+0x{s.memsz:x}@0x{s.vaddr:x}" for s in segs) or "none"
-
-
-def merged(ranges: list[Range]) -> list[Range]:
-    """Adjacent entries joined, so a split of one range into two reads as no change in coverage."""
-    out: list[Range] = []
-    for start, end in sorted(ranges):
-        if out and start <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], end))
-        else:
-            out.append((start, end))
-    return out

@@ -8,12 +8,12 @@ running system. A header that fails here must never be applied.
 """
 
 import bisect
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..abi.elf import EHDR, EHDR_SIZE, EM_X86_64, ET_CORE, MAX_PHNUM, PF_RWX, PHDR, PHDR_SIZE
 from ..abi.x86_64 import START_KERNEL_MAP
-from ..sysview.ranges import Range
+from ..sysview.ranges import Cover, Range
 from ..sysview.snapshot import Snapshot
 from .layout import BACKUP_LIMIT, Layout, image_of
 
@@ -54,15 +54,12 @@ class ParsedHeader:
     e_phentsize: int
     segments: tuple[Segment, ...]
     trailing: bytes  # everything after the program headers: must be zero padding
+    ram: tuple[Range, ...] = field(compare=False)  # its RAM entries in order, the empty ones left out
+    cover: Cover = field(compare=False, repr=False)  # the RAM they cover, merged
 
     @property
     def notes(self) -> list[Segment]:
         return [s for s in self.segments if s.type == "PT_NOTE"]
-
-    @property
-    def ram(self) -> list[Range]:
-        """The RAM the header covers: its RAM entries, the empty ones left out."""
-        return [(s.paddr, s.end) for s in self.segments if s.is_ram and s.memsz]
 
     def to_json(self) -> dict[str, Any]:  # JSON: values of every kind
         return {
@@ -102,9 +99,11 @@ def parse(data: bytes) -> ParsedHeader:
     segments = tuple(Segment(_TYPE_NAMES.get(p_type) or f"0x{p_type:x}", flags, offset, vaddr, paddr, filesz,
                              memsz, align)
                      for p_type, flags, offset, vaddr, paddr, filesz, memsz, align in rows)
+    ram = tuple((s.paddr, s.paddr + s.memsz - 1) for s in segments
+                if s.type == "PT_LOAD" and s.memsz and s.vaddr < START_KERNEL_MAP)
     return ParsedHeader(size=len(data), ident=ident, e_type=e_type, e_machine=e_machine, e_version=e_version,
                         e_phoff=e_phoff, e_ehsize=e_ehsize, e_phentsize=e_phentsize, segments=segments,
-                        trailing=data[max(table_end, EHDR_SIZE):])
+                        trailing=data[max(table_end, EHDR_SIZE):], ram=ram, cover=Cover(ram))
 
 
 def check(header: ParsedHeader, snapshot: Snapshot | None = None, layout: Layout | None = None) -> list[str]:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..backends.base import Applied, Backend, Pending
-from ..elfcorehdr.build import Built, build_valid, changes
+from ..elfcorehdr.build import Built, build_valid, changes, changes_from
 from ..elfcorehdr.coverage import KernelView, view
 from ..elfcorehdr.layout import Layout
 from ..sysview.kernel_state import KernelState
@@ -60,7 +60,12 @@ def reconcile(backend: Backend, snapshot: Snapshot, layout: Layout, clock: Calla
     current = backend.loaded(snapshot.kernel)
     if current == built.data or (deciding is not None and deciding.in_sync):
         return Outcome(built, None, [], clock() - started, kernel)
-    lines = deciding.changes if deciding is not None else changes(current, built)
+    if deciding is not None:
+        lines = deciding.changes
+    elif last[0] is not None and current == last[0].data:  # the backend holds the last build: parsed already
+        lines = changes_from(last[0].parsed, built)
+    else:
+        lines = changes(current, built)
     applied = backend.begin(built.data, snapshot.kernel)
     if isinstance(applied, Applied):
         return Outcome(built, applied, lines, clock() - started, kernel)
