@@ -37,6 +37,8 @@ from .safefile import describe, read_file
 
 DEFAULT_PATH = "/etc/crashhpd/crashhpd.toml"
 MAX_FILE_BYTES = 1 << 20  # a configuration file is a few KiB; a larger one is refused unread
+MAX_TOTAL_BYTES = 1 << 20  # the main file and its drop-ins together: reading 40 drop-ins of 1 MiB took 34 s
+MAX_DEPTH = 8  # tables and arrays inside one another; crashhpd's deepest key is two tables down
 MAX_DELAY_MS = 600_000  # ten minutes: any debounce or client deadline beyond that is a typo, not a policy
 MAX_KEXEC_TIMEOUT_S = 600.0  # kexec -p takes seconds; a load may not keep the daemon from stopping longer
 DROPIN_SUFFIX = ".d"
@@ -358,13 +360,29 @@ def read_toml(path: str, required: bool = True) -> Table | None:
             return None
         raise ConfigError([describe(err, path)]) from None
     try:
-        return tomllib.loads(data.decode())
+        table = tomllib.loads(data.decode())
     except UnicodeDecodeError as err:
         raise ConfigError([f"{path}: not UTF-8 text (byte {err.start})"]) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError([f"{path}: {err}"]) from None
     except RecursionError:
         raise ConfigError([f"{path}: arrays or tables nested too deeply"]) from None
+    if _depth(table) > MAX_DEPTH:  # dotted keys (a.a.a...b = 1) nest tables that tomllib builds without recursing
+        raise ConfigError([f"{path}: arrays or tables nested too deeply (more than {MAX_DEPTH} levels)"])
+    return table
+
+
+def _depth(value: object) -> int:
+    """How deep tables and arrays nest, measured without recursion (the merge and validation recurse)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def read_layers(main: str, required: bool) -> tuple[list[tuple[str, Table]], list[str]]:
@@ -375,7 +393,14 @@ def read_layers(main: str, required: bool) -> tuple[list[tuple[str, Table]], lis
     except ConfigError as err:
         files, problems = [(main, required)], list(err.problems)
     layers: list[tuple[str, Table]] = []
+    total = 0
     for path, needed in files:
+        size = _size(path)
+        total += size if size <= MAX_FILE_BYTES else 0  # a file too large alone is refused by its own name
+        if total > MAX_TOTAL_BYTES:
+            problems.append(f"{path}: the configuration files together exceed {MAX_TOTAL_BYTES} bytes; "
+                            "crashhpd refuses to read further")
+            break
         try:
             table = read_toml(path, needed)
         except ConfigError as err:
@@ -384,6 +409,14 @@ def read_layers(main: str, required: bool) -> tuple[list[tuple[str, Table]], lis
         if table is not None:
             layers.append((path, table))
     return layers, problems
+
+
+def _size(path: str) -> int:
+    """A file's size before it is read (0 where it cannot be had: reading it then says why)."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def load(path: str | None = None, root_override: str | None = None) -> Config:
