@@ -30,7 +30,7 @@ from .debounce import Debouncer
 from .later import Later
 from .metrics import Metrics
 from .notify import Notifier
-from .parts import Builder, EventSource, Parts
+from .parts import Builder, Drained, EventSource, Parts
 from .status import ControlCounters, HeaderInForce, Status, Verdict
 from .updater import Done, LoopFacts, Updater
 
@@ -138,7 +138,11 @@ class Daemon:
     # --- events ----------------------------------------------------------------------------
 
     def _on_uevents(self, _mask: int) -> None:
-        drained = self.parts.monitor.drain()
+        try:
+            drained = self.parts.monitor.drain()
+        except Exception as err:  # a malformed uevent (libudev's EINVAL is pyudev's ValueError), or a bug:
+            # the snapshot, not the event stream, is the truth, so it costs a rescan, never the daemon
+            drained = Drained(lost=True, broken=True, error=f"unreadable uevent ({type(err).__name__}: {err})")
         now = self.clock()
         if drained.events:
             self.updater.counters.events_received += drained.events

@@ -11,10 +11,11 @@ import errno
 import logging
 import os
 import socket
-from dataclasses import dataclass, field
 from typing import Literal
 
 import pyudev
+
+from .parts import Drained
 
 logger = logging.getLogger(__name__)
 
@@ -30,16 +31,6 @@ def resolve_source(source: Source) -> Literal["udev", "kernel"]:
     if source == "auto":
         return "udev" if os.path.exists(UDEV_CONTROL) else "kernel"
     return source
-
-
-@dataclass(slots=True)
-class Drained:
-    events: int = 0
-    lost: bool = False  # events may have been dropped: rescan
-    broken: bool = False  # the socket failed: reopen the monitor
-    more: bool = False  # stopped at DRAIN_LIMIT with events still queued
-    error: str | None = None
-    actions: dict[str, int] = field(default_factory=dict)  # "memory/online" -> count, at debug level only
 
 
 def _socket_error(fd: int) -> int:

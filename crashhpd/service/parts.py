@@ -2,8 +2,8 @@
 """Everything a configuration decides, built together (crashhpd.wiring) so a reload swaps all of it or nothing."""
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..backends.base import Backend
 from ..config import Config
@@ -12,8 +12,17 @@ from ..sysview.loaded_header import LoadedHeaderReader
 from ..sysview.snapshot import BootConstants
 from .udev_takeover import UdevTakeover
 
-if TYPE_CHECKING:
-    from .monitor import Drained  # pyudev is imported only where the monitor is built
+
+@dataclass(slots=True)
+class Drained:
+    """What one drain of an event source took."""
+
+    events: int = 0
+    lost: bool = False  # events may have been dropped: rescan
+    broken: bool = False  # the source failed: reopen it
+    more: bool = False  # stopped at its limit with events still queued
+    error: str | None = None
+    actions: dict[str, int] = field(default_factory=dict)  # "memory/online" -> count, at debug level only
 
 
 class EventSource(Protocol):
@@ -28,7 +37,7 @@ class EventSource(Protocol):
 
     def close(self) -> None: ...
 
-    def drain(self) -> "Drained": ...
+    def drain(self) -> Drained: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,8 +42,8 @@ from crashhpd.errors import BackendError
 from crashhpd.service import daemon as daemon_mod
 from crashhpd.service.daemon import Daemon
 from crashhpd.service.metrics import Metrics
-from crashhpd.service.monitor import Drained
 from crashhpd.service.notify import Notifier
+from crashhpd.service.parts import Drained
 from crashhpd.wiring import build_parts, control_server
 
 UDEV_RULES = REPO / "udev"

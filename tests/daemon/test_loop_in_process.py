@@ -44,8 +44,8 @@ from crashhpd.config import Config
 from crashhpd.control.server import ControlServer
 from crashhpd.service.daemon import Daemon, Parts
 from crashhpd.service.metrics import Metrics
-from crashhpd.service.monitor import Drained
 from crashhpd.service.notify import Notifier
+from crashhpd.service.parts import Drained
 from crashhpd.wiring import build_parts, control_server
 
 QUIET_MS = 100
@@ -59,7 +59,7 @@ class FakeSource:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._items: deque[Drained | tuple[Callable[[], Any], Future]] = deque()
+        self._items: deque[Drained | Exception | tuple[Callable[[], Any], Future]] = deque()
         self._r: socket.socket | None = None
         self._w: socket.socket | None = None
         self.opened = 0
@@ -100,6 +100,8 @@ class FakeSource:
             item = self._items.popleft()
         if isinstance(item, Drained):
             return item
+        if isinstance(item, Exception):
+            raise item
         call, done = item
         try:
             done.set_result(call())
@@ -109,8 +111,8 @@ class FakeSource:
 
     # --- the test's side ---------------------------------------------------------------------
 
-    def send(self, drained: Drained) -> None:
-        """What the loop's next drain returns: events, or a loss, or a broken socket."""
+    def send(self, drained: Drained | Exception) -> None:
+        """What the loop's next drain returns (events, or a loss, or a broken socket) or raises."""
         self._put(drained)
 
     def in_loop(self, call: Callable[[], Any]) -> Any:
@@ -119,7 +121,7 @@ class FakeSource:
         self._put((call, done))
         return done.result(TIMEOUT_S)
 
-    def _put(self, item: Drained | tuple[Callable[[], Any], Future]) -> None:
+    def _put(self, item: Drained | Exception | tuple[Callable[[], Any], Future]) -> None:
         with self._lock:
             self._items.append(item)
             if self._w is not None:
@@ -287,7 +289,25 @@ def test_a_broken_source_is_reopened_and_events_still_arrive(service):
     service.run(drive)
 
 
+def test_a_source_that_raises_is_a_rescan_and_the_daemon_goes_on(service):
+    """libudev answers a malformed uevent with EINVAL, which pyudev raises as ValueError from its poll."""
+    def drive() -> None:
+        service.idle()
+        service.source.send(ValueError("[Errno 22] Invalid argument"))
+        status = service.idle()
+        assert (service.source.opened, service.source.closed) == (2, 1)
+        assert status["rescans"] == 1 and status["errors"] == {"events-lost": 1}
+        assert status["last_error"] == "unreadable uevent (ValueError: [Errno 22] Invalid argument)"
+        replace_iomem(service.root, virtio_mem_plugged(1))
+        burst(service.source, 1)  # through the reopened source
+        status = service.idle()
+        assert status["generation"] == 2 and segment_header(service.state_dir) == generated(service.root)
+
+    service.run(drive)
+
+
 # --- what it reports and how it is reconfigured ---------------------------------------------------
+
 
 
 def test_status_over_the_socket_is_the_daemons_own(service):
