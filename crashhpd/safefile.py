@@ -1,45 +1,11 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """Files replaced whole, in one directory, without following anything planted there.
 
-Every file crashhpd writes (the sandbox segment and its state.json, the
-kexec backend's model header and record, the metrics textfile) goes through
-`SafeDir`, so each has the same guarantees:
-
-- Everything is opened relative to one descriptor of the directory, opened
-  with O_NOFOLLOW: a symlink in place of the directory is refused, and
-  nothing read or written can lie outside it, even if the directory is
-  renamed meanwhile. Only the directory's ancestors may be symlinks
-  (Debian's /var/run -> /run).
-- A write goes to a new temporary `.tmp-<name>-<random>`, created with
-  O_EXCL|O_NOFOLLOW (a symlink or FIFO planted at any name is never
-  followed or opened), is fsynced, renamed over `name`, and the directory
-  fsynced. A reader sees the old file or the new one, never a torn one; on
-  any failure (a full disk, SIGKILL) the old file is untouched, and the
-  only thing left behind is a temporary no reader looks at.
-- A file to be replaced or read must be a regular file: a symlink, FIFO or
-  device at `name` is refused, never followed, opened for writing or read
-  from. A read is capped at a limit, however large the file is or grows.
-
-Refusals are `UnsafeFileError`, an OSError whose text is one line naming
-the path; the other errors are the system's own OSErrors, with `filename`
-the absolute path of the file concerned (never a temporary's random name,
-so the same failure reads the same each time). `describe` makes a line of
-either.
-
-Two kinds of directory:
-
-- crashhpd's own (`SafeDir(path, mode)`), e.g. the state directory: created
-  with `mode` (0700 by default; the umask does not narrow or widen it) when
-  missing, and refused unless it is owned by the effective uid and nobody
-  else can write it, since whoever can write it could remove or swap what
-  crashhpd reads back at start.
-- another program's (`SafeDir(path, shared=True)`), e.g. node_exporter's
-  textfile directory: it must exist and crashhpd never creates it; it may
-  belong to anyone (often the prometheus user) and be group-writable. It is
-  refused only when it is a symlink or not a directory, or when anyone may
-  replace files in it (world-writable without the sticky bit): crashhpd's
-  own writes would still be safe there, but what it wrote could not be
-  trusted by the time it is read.
+Every file crashhpd writes (the sandbox segment and its state.json, the kexec
+backend's model header and record, the metrics textfile) goes through `SafeDir`:
+a reader sees the old file or the new one, never a torn one, and a symlink, FIFO
+or device planted at a name is refused, never followed. A refusal is an
+`UnsafeFileError`, one line that names the path.
 """
 
 import contextlib
@@ -60,7 +26,11 @@ READ_CHUNK = 1 << 20
 
 
 class UnsafeFileError(OSError):
-    """A file or directory crashhpd refuses to use; its text is one line that starts with the path."""
+    """A file or directory crashhpd refuses to use; its text is one line that starts with the path.
+
+    Every other error from here is the system's own OSError, its `filename` the absolute path of the
+    file concerned, never a temporary's random name, so the same failure reads the same each time.
+    """
 
     def __init__(self, path: str, problem: str, code: int = errno.EPERM) -> None:
         super().__init__(code, f"{path} {problem}", path)
@@ -87,8 +57,20 @@ class Staged:
 class SafeDir:
     """One directory, held open by a descriptor, in which files are read and replaced whole.
 
+    Everything is opened relative to that descriptor, itself opened with
+    O_NOFOLLOW: a symlink in place of the directory is refused, and nothing
+    read or written can lie outside it, even if the directory is renamed
+    meanwhile. Only its ancestors may be symlinks (Debian's /var/run -> /run).
     Open it for each piece of work (`with SafeDir(path) as d:`), so a
     directory replaced while the daemon runs is checked again.
+
+    Two kinds of directory (see `_check_dir` for why each is refused):
+    - crashhpd's own (`SafeDir(path, mode)`), e.g. the state directory:
+      created with `mode` when missing (0700 by default; the umask does not
+      narrow or widen it);
+    - another program's (`SafeDir(path, shared=True)`), e.g. node_exporter's
+      textfile directory: it must exist, crashhpd never creates it, and it
+      may belong to anyone (often the prometheus user) and be group-writable.
     """
 
     def __init__(self, path: str, mode: int = DIR_MODE, *, shared: bool = False) -> None:
@@ -151,8 +133,12 @@ class SafeDir:
     def write(self, name: str, data: bytes, mode: int) -> None:
         """Replace `name` with `data`, permissions `mode`: whole or not at all.
 
-        An error after the rename (the directory's fsync) leaves the new file
-        in place, possibly not yet durable.
+        A temporary is written and fsynced (`stage`), renamed over `name` and
+        the directory fsynced (`commit`), so a reader sees the old file or the
+        new one; on any failure before the rename (a full disk, SIGKILL) the old
+        file is untouched, and all that is left is a temporary no reader looks
+        at. An error after the rename (the directory's fsync) leaves the new
+        file in place, possibly not yet durable.
         """
         self.check_target(name)
         self.commit(self.stage(name, data, mode))
@@ -165,6 +151,8 @@ class SafeDir:
     def stage(self, name: str, data: bytes, mode: int) -> Staged:
         """Write `data` to a new temporary for `name` and fsync it; on failure nothing is left.
 
+        The temporary, `.tmp-<name>-<random>`, is created with O_EXCL|O_NOFOLLOW:
+        a symlink or FIFO planted at any name is never followed or opened.
         Stage every file of an update first, so a full disk fails before
         anything is replaced; then commit them in the order readers need.
         """
@@ -322,7 +310,14 @@ def _open_dir(path: str, create_mode: int | None) -> int:
 
 
 def _check_dir(path: str, st: os.stat_result, shared: bool) -> None:
-    """Refuse a directory someone else could change under crashhpd (see the module docstring)."""
+    """Refuse a directory someone else could change under crashhpd.
+
+    Its own must be the effective uid's and writable by nobody else: whoever
+    can write it could remove or swap what crashhpd reads back at start. A
+    shared one is refused only when anyone may replace files in it
+    (world-writable without the sticky bit): crashhpd's own writes would still
+    be safe there, but what it wrote could not be trusted by the time it is read.
+    """
     mode = stat.S_IMODE(st.st_mode)
     if shared:
         if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
