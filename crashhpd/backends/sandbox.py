@@ -1,33 +1,11 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""The sandbox backend: a file that stands for the loaded elfcorehdr segment.
+"""The sandbox backend, the default: a file that stands for the loaded elfcorehdr segment.
 
 It keeps the kernel segment's semantics (a fixed capacity, the header at
 offset 0, zero padding, an oversize header refused with the old one kept)
-without kexec, so the whole daemon can run anywhere; it is the default.
-
-A reader of `<state_dir>/elfcorehdr` must never see a torn header, whatever
-happens to the writer (SIGKILL, a full disk). So nothing is ever written in
-place: every apply writes a complete new segment and a new state.json to
-temporary files, fsyncs them, then renames the segment over the old one and
-state.json after it. A reader holds either the old inode or the new one.
-
-The segment is the truth. A crash between the two renames leaves state.json
-one generation behind; start-up notices (its sha256 no longer describes the
-segment) and rebuilds it from the segment itself.
-
-Every file is read and written through crashhpd.safefile: relative to a
-descriptor of the state directory, under fixed names, with O_NOFOLLOW, so
-nothing read or written can lie outside that directory, and a symlink in
-place of the directory, the segment or state.json is refused rather than
-followed. Only the directory's ancestors may be symlinks (Debian's
-/var/run -> /run). The directory must be root's (the daemon's euid) and
-writable by nobody else; it is created 0700, and both files are 0600: the
-header holds the KASLR'd kernel address, the direct-map base and the RAM
-map, which the kernel hides from other users (/proc/kallsyms, /proc/iomem).
-`crashhpctl header` serves it to the control socket's group.
-
-A different capacity (another max_cpus or max_memory_ranges) is a full
-reload, as it is with kexec: the next apply writes a segment of the new size.
+without kexec, so the whole daemon can run anywhere. A reader of
+`<state_dir>/elfcorehdr` never sees a torn header, whatever happens to the
+writer, and the segment, not state.json, is the truth.
 """
 
 import hashlib
@@ -47,15 +25,22 @@ from .base import Applied, Capabilities, Health
 
 SEGMENT = "elfcorehdr"
 STATE = "state.json"
-DIR_MODE = 0o700
-FILE_MODE = 0o600  # the header is as secret as /proc/kallsyms and /proc/iomem
+DIR_MODE = 0o700  # root's (the daemon's euid) and writable by nobody else: SafeDir refuses any other
+# The header holds the KASLR'd kernel address, the direct-map base and the RAM map, which the kernel hides
+# from other users (/proc/kallsyms, /proc/iomem); `crashhpctl header` serves it to the control socket's group.
+FILE_MODE = 0o600
 STATE_LIMIT = 64 * 1024  # a few hundred bytes in practice
 
 logger = logging.getLogger(__name__)
 
 
 class SandboxBackend:
-    """The segment as a file in `state_dir`; see the module docstring for the guarantees."""
+    """The segment as a file in `state_dir`, read and written through crashhpd.safefile.
+
+    Both files are opened relative to a descriptor of the state directory,
+    under fixed names, with O_NOFOLLOW: a symlink in place of the directory,
+    the segment or state.json is refused rather than followed.
+    """
 
     name = "sandbox"
     capabilities = Capabilities(reloads=False, keeps_kernel_header=False)
@@ -84,7 +69,11 @@ class SandboxBackend:
 
     def capacity(self, kernel: KernelState) -> int:
         """The configured capacity, which the next apply enforces; after a capacity change it
-        differs from state().capacity, the size of the segment loaded now, until that apply."""
+        differs from state().capacity, the size of the segment loaded now, until that apply.
+
+        A different capacity (another max_cpus or max_memory_ranges) is a full
+        reload, as it is with kexec: the next apply writes a segment of the new size.
+        """
         return self._capacity
 
     def begin(self, header: bytes, kernel: KernelState) -> Applied:
@@ -135,7 +124,12 @@ class SandboxBackend:
             raise _failure(err, self._path(name), "cannot read") from None
 
     def _recover(self, d: SafeDir) -> tuple[Applied | None, bytes | None, int]:
-        """What is loaded, from the files a previous run left; repairs state.json from the segment."""
+        """What is loaded, from the files a previous run left; repairs state.json from the segment.
+
+        The segment is the truth: a crash between the two renames leaves
+        state.json one generation behind, its sha256 no longer describing the
+        segment, and it is rebuilt from the segment itself.
+        """
         state_data = self._read(d, STATE, STATE_LIMIT)
         recorded = None if state_data is None else _parse_state(state_data, self._path(STATE))
         last = recorded.generation if recorded else 0
@@ -165,7 +159,13 @@ class SandboxBackend:
         return applied, header
 
     def _install(self, d: SafeDir, header: bytes, applied: Applied) -> None:
-        """Stage both files first, so a full disk fails before anything is replaced."""
+        """Stage both files first, so a full disk fails before anything is replaced.
+
+        Nothing is written in place: a complete new segment and a new
+        state.json are written to temporaries and fsynced, then the segment is
+        renamed over the old one and state.json after it, so a reader holds
+        either the old inode or the new one, whatever happens (SIGKILL, a full disk).
+        """
         staged: list[Staged] = []
         try:
             for name in (SEGMENT, STATE):
