@@ -1,25 +1,10 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """Take over from the distribution's udev reload rule, only while crashhpd does its job.
 
-Every distribution reloads the whole crash kernel on each hotplug event from a
-udev rule; while crashhpd keeps the header current itself (the `kexec`
-backend, or `kernel` on a kernel whose own rule would still reload, as
-Debian's kdump-tools never checks crash_hotplug), that rule only undoes its
-work. So, while such a backend runs, crashhpd places its comment-only
-override files (udev/*.rules, shipped in /usr/share/crashhpd/udev) in
-/run/udev/rules.d, which takes precedence over the packaged rules and
-vanishes on reboot, and reloads udev; when it stops, or falls back to the
-sandbox backend, it removes them again, so the distribution's rule works
-whenever crashhpd does not. The unit's ExecStopPost does the same after a
-daemon that could not (SIGKILL, the watchdog).
-
-An override an admin put in /etc/udev/rules.d is theirs: it takes precedence
-over /run anyway, and crashhpd neither places its own beside it nor touches it.
-Only files crashhpd placed (they start with MARKER) are ever removed.
-
-/run/udev/rules.d and /etc/udev/rules.d are the system's, so they are taken
-under the configured root like /proc and /sys (a test tree gets its own);
-udev is told to reload only when the root's udevd runs (its control socket).
+Every distribution reloads the whole crash kernel from a udev rule on each
+hotplug event; while crashhpd keeps the header current itself, that rule only
+undoes its work. So crashhpd overrides it while such a backend runs, and gives
+it back when it stops: the distribution's rule works whenever crashhpd does not.
 """
 
 import logging
@@ -35,7 +20,10 @@ from ..sysview.files import under
 
 logger = logging.getLogger(__name__)
 
+# The first line of every file crashhpd places: only files that start with it are ever removed.
 MARKER = b"# crashhpd: placed while it keeps the kdump header current; removed when it stops\n"
+# An override an admin put here is theirs: it takes precedence over /run anyway, and crashhpd neither
+# places its own beside it nor touches it.
 ADMIN_DIR = "etc/udev/rules.d"
 UDEV_CONTROL = "run/udev/control"
 MAX_RULE_BYTES = 64 * 1024
@@ -51,6 +39,14 @@ class Verdict:
 
 
 class UdevTakeover:
+    """crashhpd's comment-only override files (udev/*.rules, shipped in /usr/share/crashhpd/udev), placed
+    in /run/udev/rules.d, which takes precedence over the packaged rules and vanishes on reboot.
+
+    The runtime and admin directories are the system's, so they are taken under the configured root like
+    /proc and /sys (a test tree gets its own). The unit's ExecStopPost removes the files after a daemon
+    that could not (SIGKILL, the watchdog).
+    """
+
     def __init__(self, root: str, source_dir: str, runtime_dir: str, enabled: bool = True) -> None:
         self._source = source_dir  # crashhpd's own files: not under the root
         self._runtime = under(root, runtime_dir)
@@ -61,7 +57,12 @@ class UdevTakeover:
         self.verdict = Verdict(False, "not taken over yet")
 
     def sync(self, backend: Backend) -> Verdict:
-        """Place or remove the overrides for the backend that runs now; never raises."""
+        """Place or remove the overrides for the backend that runs now; never raises.
+
+        Placed while the backend keeps the kernel's header current: `kexec`, or `kernel` on a kernel whose
+        distribution rule would still reload (Debian's kdump-tools never checks crash_hotplug); removed on
+        a fall back to the sandbox backend.
+        """
         name = backend.name
         if not self._enabled:
             self.verdict = Verdict(False, "udev takeover disabled ([udev] takeover = false): "
@@ -141,7 +142,8 @@ class UdevTakeover:
 
 
     def _reload_udev(self) -> None:
-        """`udevadm control --reload`, where udevd runs; the rules take effect from the next event."""
+        """`udevadm control --reload`, where the root's udevd runs (its control socket); the rules take
+        effect from the next event."""
         udevadm = shutil.which("udevadm")
         if udevadm is None or not os.path.exists(self._control):
             return
