@@ -1,22 +1,9 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """Prometheus metrics: answered on the control socket and optionally kept as a node_exporter textfile.
 
-Counters and gauges are not kept twice: a collector reads them from the
-same status the `status` request returns, at scrape time, so the two can
-never disagree. Only the two histograms hold their own data, observed by
-the daemon after each apply. The registry is private, so nothing the
-Python runtime or a library registers ends up in crashhpd's exposition.
-
-prometheus-client is imported only when metrics are asked for (a request
-or a textfile): it costs the daemon 3 MiB of memory it does not otherwise
-need, so the histograms count into plain buckets until then.
-
-The textfile is how the metrics leave the host without opening a port. It
-is replaced through crashhpd.safefile (a temporary, fsync, rename), so
-node_exporter never reads half of it, and only the temporary, whose name
-does not end in `.prom`, can be torn. The directory is node_exporter's, so
-it is never created and may be anyone's (see SafeDir's `shared`); the file
-is 0644, since node_exporter rarely runs as root.
+Counters and gauges are not kept twice: they are read at scrape time from the
+same status the `status` request returns, so the two can never disagree. The
+textfile is how the metrics leave the host without opening a port.
 """
 
 import bisect
@@ -145,7 +132,13 @@ def families(s: Status, now: float) -> list["Metric"]:
 
 
 class Metrics:
-    """The two histograms, and the exposition of a status handed in by the caller."""
+    """The two histograms, and the exposition of a status handed in by the caller.
+
+    Only the histograms hold their own data, observed by the daemon after each
+    apply. prometheus-client is imported only when metrics are asked for (a
+    request or a textfile): it costs the daemon 3 MiB of memory it does not
+    otherwise need, so the histograms count into plain buckets until then.
+    """
 
     def __init__(self, now: Callable[[], float] = time.time) -> None:
         self._now = now
@@ -156,7 +149,8 @@ class Metrics:
         self._textfile_error: str | None = None
 
     def _exposition(self, status: Status) -> bytes:
-        """The text format, from a registry of this daemon's families only (nothing of the runtime's)."""
+        """The text format, from a private registry of this daemon's families only: nothing the Python
+        runtime or a library registers ends up in crashhpd's exposition."""
         from prometheus_client import CollectorRegistry, generate_latest
 
         collected = [*families(status, self._now()), self.apply_duration.family(), self.event_to_apply.family()]
@@ -174,7 +168,13 @@ class Metrics:
         return self._exposition(status).decode()
 
     def write_textfile(self, directory: str | None, status: Status) -> None:
-        """Replace `<directory>/crashhpd.prom`; a failure is logged once until it changes, never raised."""
+        """Replace `<directory>/crashhpd.prom`; a failure is logged once until it changes, never raised.
+
+        Replaced through crashhpd.safefile, so node_exporter never reads half of
+        it: only the temporary, whose name does not end in `.prom`, can be torn.
+        The directory is node_exporter's, so it is never created and may be
+        anyone's (SafeDir's `shared`).
+        """
         if directory is None:
             return
         try:
