@@ -5,11 +5,7 @@ One selector holds every fd (the uevent monitor, the signal pipe, the control
 socket and its clients, a kexec child's pipes); timers are deadlines the loop
 sleeps until (debounce, retry, watchdog), so an idle daemon wakes only for the
 watchdog. What an update does is updater.py's; every part is built by
-crashhpd.wiring and handed in. While an apply runs (a kexec load) no other
-update starts: events keep going into the debounce, and a `reconcile` request
-or a SIGHUP waits for its end. SIGTERM lets it finish for at most STOP_GRACE_S
-(below the unit's TimeoutStopSec, so systemd never SIGKILLs a load silently);
-a second SIGTERM ends it now.
+crashhpd.wiring and handed in.
 """
 
 import logging
@@ -57,6 +53,9 @@ class Server(Protocol):
 
 
 class Daemon:
+    """The loop and what it owns. While an apply runs (a kexec load) no other update starts: events keep
+    going into the debounce, and a `reconcile` request or a SIGHUP waits for its end."""
+
     def __init__(self, parts: Parts, build: Builder, selector: selectors.BaseSelector, metrics: Metrics,
                  notifier: Notifier, config_path: str | None, root_override: str | None,
                  load_config: Callable[[str | None, str | None], Config],
@@ -173,7 +172,11 @@ class Daemon:
                 self._stop()
 
     def _stop(self) -> None:
-        """SIGTERM or SIGINT: stop now, or once the apply in flight has ended (see the module's docstring)."""
+        """SIGTERM or SIGINT: stop now, or once the apply in flight has ended.
+
+        The apply may finish for at most STOP_GRACE_S, below the unit's TimeoutStopSec, so systemd never
+        SIGKILLs a load silently; a second SIGTERM ends it now.
+        """
         again = self.stopping
         self.stopping = True
         if self.updater.applying is None:
