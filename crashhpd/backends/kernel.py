@@ -1,13 +1,10 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""The passive backend: the kernel rewrites the loaded header on hotplug (Linux 6.6+), crashhpd only watches.
+"""The passive backend: the kernel rewrites the loaded header on hotplug, crashhpd only watches.
 
-When the crash image was loaded with kexec_file_load (`kexec -s`) or with
-`kexec --hotplug`, the kernel rebuilds the elfcorehdr in place on every CPU
-or memory event, in microseconds. A reload from userspace would then only
+Where the kernel keeps the header itself, a reload from userspace would only
 open a window with no crash kernel, so this backend never loads and never
-writes. It keeps what the kernel is expected to hold, so the daemon's
-status, diffs and metrics stay meaningful, and it says so loudly when the
-kernel stops doing the job.
+writes. It keeps what the kernel is expected to hold, so status, diffs and
+metrics stay meaningful, and says so loudly when the kernel stops doing the job.
 """
 
 import hashlib
@@ -36,6 +33,13 @@ def _state_text(value: int | None) -> str:
 
 
 class KernelBackend:
+    """For a crash image loaded with kexec_file_load (`kexec -s`) the kernel rebuilds the elfcorehdr in
+    place on every CPU or memory event, in microseconds, since Linux commit 247262756121 ("crash: add
+    generic infrastructure for crash hotplug support", v6.6) and, on x86, ea53ad9cf73b ("x86/crash: add
+    x86 crash hotplug support", v6.6); for one loaded with kexec_load and `kexec --hotplug`, since
+    a72bbec70da2 ("crash: hotplug support for kexec_load()", v6.6).
+    """
+
     name = "kernel"
     layout: LayoutName = "kernel"
     capabilities = Capabilities(reloads=False, keeps_kernel_header=True)
