@@ -4,10 +4,8 @@
 Where the kernel cannot update the loaded header in place (Debian 12: Linux 6.1,
 kexec-tools 2.0.25) the only way in is a full `kexec -p`. Distributions run it
 per udev event after a `kexec -p -u`, leaving no crash kernel in between; this
-backend reloads once per debounced burst and never unloads: `kexec -p` replaces
-the image inside one kexec_load call, whose own gap is the copy (22 ms sampled on
-a 6.1 guest under TCG, tests/bench/guest_hotplug.py). The load runs as a child of
-the loop (kexec_process.py); failures are retried on the daemon's timer, backed off.
+backend reloads once per debounced burst, as a child of the loop
+(kexec_process.py), and never unloads.
 """
 
 import contextlib
@@ -47,7 +45,9 @@ def hotplug_blocker(wanted: bool, version: tuple[int, int, int] | None, kernel_h
     """Why `--hotplug` is not used, or None when it is.
 
     With `-s` the kernel updates kexec_file_load images by itself, so the flag
-    only matters for kexec_load.
+    only matters for kexec_load. It sets KEXEC_UPDATE_ELFCOREHDR, and sizes the
+    segment from /sys/kernel/crash_elfcorehdr_size, both since Linux commit
+    a72bbec70da2 ("crash: hotplug support for kexec_load()", v6.6).
     """
     if not wanted:
         return "not enabled (kexec.hotplug = false)"
@@ -63,7 +63,11 @@ def hotplug_blocker(wanted: bool, version: tuple[int, int, int] | None, kernel_h
 
 
 def load_argv(binary: str, crash: CrashKernel, file_load: bool, hotplug: bool) -> list[str]:
-    """`kexec -p` replacing the loaded crash image in one call: never `-u` first, never a shell."""
+    """`kexec -p` replacing the loaded crash image in one call: never `-u` first, never a shell.
+
+    The image is replaced inside one kexec_load call, whose own gap is the copy
+    (22 ms sampled on a 6.1 guest under TCG, tests/bench/guest_hotplug.py).
+    """
     argv = [binary, "-p"]
     # -s: kexec_file_load, the kernel builds the header; -c: kexec_load, which a plain -p no longer means
     # since kexec-tools 2.0.27 (it tries kexec_file_load first), and the kexec-tools layout models
@@ -222,7 +226,11 @@ class KexecBackend:
         return self._remember(header, self._argv or [], kernel, persist=not self._cfg.dry_run)
 
     def _check_load_limit(self, kernel: KernelState) -> None:
-        """Never spend the kernel's last allowed crash load on an update: an admin may need it."""
+        """Never spend the kernel's last allowed crash load on an update: an admin may need it.
+
+        kexec_load_limit_panic exists since Linux commit a42aaad2e47b ("kexec: introduce sysctl
+        parameters kexec_load_limit_*", v6.3); without it (None) there is no limit.
+        """
         limit = kernel.load_limit
         if limit is None or limit < 0 or limit > 1:
             return
