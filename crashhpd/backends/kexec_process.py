@@ -97,9 +97,11 @@ class Child:
         self._open = set(self._pipes)  # pipes not at EOF yet
         for fd in self._pipes:
             os.set_blocking(fd, False)
+        # pidfd_open since Linux commit 32fcb426ec00 ("pid: add pidfd_open()", v5.3), and poll on a pidfd
+        # since b53b0b9d9a61 ("pidfd: add polling support", v5.3): the error is an older kernel's
         try:
             self._pidfd = os.pidfd_open(self._proc.pid)
-        except OSError as error:  # only before Linux 5.3
+        except OSError as error:
             self._kill()
             self._proc.wait()
             self._close_pipes()
