@@ -45,9 +45,11 @@ BACKEND_KEYS = ("root", "backend", "state_dir", "sandbox", "kexec")
 def layout_for(cfg: Config, backend: Backend, kernel: KernelState) -> Layout:
     """The config's layout, else the one the backend's loader produces.
 
-    For the passive backend the CPU set is the running kernel's, whatever `cpus` says: Linux 6.6+ (the
-    kernels that publish crash_hotplug) writes a note for every possible CPU, earlier ones for every
-    present CPU; `cpus` chooses only for the sandbox, which stands in for no kernel in particular.
+    For the passive backend the CPU set is the running kernel's, whatever `cpus` says: a note for every
+    possible CPU since Linux commit a396d0f81b1c ("crash: change crash_prepare_elf64_headers() to
+    for_each_possible_cpu()", v6.6), for every present CPU before; the kernels with it are those that
+    publish crash_hotplug, since 88a6f8994421 ("crash: memory and CPU hotplug sysfs attributes", v6.6).
+    `cpus` chooses only for the sandbox, which stands in for no kernel in particular.
     """
     name = cfg.layout or backend.layout
     if name != "kernel":
