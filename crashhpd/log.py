@@ -48,6 +48,7 @@ MESSAGE_IDS: Mapping[str, str] = MappingProxyType({
     "control": "8b9d7c88c0924d80ae8258e1e800c744",
     "kernel-header-stale": "ad5c2f75b8b54bca994fb2d34454a2c9",
     "model-drift": "a697cc5dcae6478582a3ca620e8a257e",
+    "kernel-log": "5e664cb9c6ea45bdb8e4c5c62ed17da8",  # /dev/kmsg watched or not, and why
     "udev": "945d70f4be4f4e1795f060b1c091d4d5",
 })
 

@@ -12,6 +12,7 @@ nothing can be read back.
 
 import logging
 import selectors
+import time
 from collections.abc import Callable
 
 from .. import log
@@ -24,6 +25,7 @@ from .kmsg import KernelLog
 logger = logging.getLogger(__name__)
 
 Report = Callable[[str, str], None]  # (error kind, message): counted in the daemon's stats
+LOG_INTERVAL_S = 60.0  # the kernel's complaints reach the journal at most once a minute; the rest are counted
 
 
 class KernelWatch:
@@ -31,25 +33,37 @@ class KernelWatch:
     `check_soon` asks for an update after the quiet window, to read the header back."""
 
     def __init__(self, root: str, selector: selectors.BaseSelector, backend: Callable[[], str], report: Report,
-                 check_soon: Callable[[], None]) -> None:
+                 check_soon: Callable[[], None], clock: Callable[[], float] = time.monotonic) -> None:
         self._selector = selector
         self._backend = backend
         self._report = report
         self._check_soon = check_soon
+        self._clock = clock
         self._log = KernelLog(root)
+        self._said_at: float | None = None  # when a complaint last reached the journal
+        self._held_back = 0  # complaints counted since, not logged
         self.view = KernelView()  # the header the kernel holds, as the last update read it
         self.log_watched = False  # /dev/kmsg is in the selector
+        self.log_unwatched_reason: str | None = "not opened yet"
         self.complaint: str | None = None  # the kernel's last word on a failed header rewrite
         self.recover_wanted = False  # the passive backend should reload once: the kernel left its header stale
 
     # --- /dev/kmsg ------------------------------------------------------------------------------
 
     def open(self) -> None:
-        reason = self._log.open()
-        if reason is not None:
-            logger.debug("not watching the kernel's log for failed header rewrites: %s", reason)
+        """Watch /dev/kmsg where it can be; where not (absent, refused, a /dev/null that cannot be polled), say
+        why in status: the header read back after each update still tells the truth, only later."""
+        self.log_unwatched_reason = self._log.open()
+        if self.log_unwatched_reason is None:
+            try:
+                self._selector.register(self._log.fileno(), selectors.EVENT_READ, self._on_log)
+            except (OSError, ValueError) as err:
+                self._log.close()
+                self.log_unwatched_reason = f"{self._log.path}: cannot be watched ({err})"
+        if self.log_unwatched_reason is not None:
+            logger.info("not watching the kernel's log for failed header rewrites: %s", self.log_unwatched_reason,
+                        extra=log.fields("kernel-log", backend=self._backend()))
             return
-        self._selector.register(self._log.fileno(), selectors.EVENT_READ, self._on_log)
         self.log_watched = True
 
     def close(self) -> None:
@@ -64,11 +78,22 @@ class KernelWatch:
         for line in drained.lines:
             self.complaint = f"the kernel could not update the loaded header: {quoted(line.strip())}"
             self._report("kernel-header-stale", self.complaint)
-            logger.warning("%s", self.complaint, extra=log.fields("kernel-header-stale", backend=self._backend()))
+            self._say(self.complaint)
         if drained.lines:
             self._check_soon()
         if drained.ended:
             self.close()
+            self.log_unwatched_reason = f"{self._log.path}: ended (not a kernel log)"
+
+    def _say(self, complaint: str) -> None:
+        """At most one journal line per LOG_INTERVAL_S; those held back are counted in the next."""
+        now = self._clock()
+        if self._said_at is not None and now - self._said_at < LOG_INTERVAL_S:
+            self._held_back += 1
+            return
+        held, self._held_back, self._said_at = self._held_back, 0, now
+        more = f" ({held} more such lines in the last {LOG_INTERVAL_S:g} s)" if held else ""
+        logger.warning("%s%s", complaint, more, extra=log.fields("kernel-header-stale", backend=self._backend()))
 
     # --- after an update --------------------------------------------------------------------------
 
@@ -103,6 +128,7 @@ class KernelWatch:
         if now is None or (was is not None and was.in_sync == now.in_sync):
             return
         if now.in_sync:
+            self.complaint = None  # the header read back covers everything: whatever the kernel said is past
             if was is not None:
                 logger.info("the kernel's header is current again",
                             extra=log.fields("kernel-header-stale", backend=backend))

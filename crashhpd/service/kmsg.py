@@ -1,57 +1,76 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""The kernel's own word on its header rewrites: `crash hp:` lines in /dev/kmsg, watched from the loop.
+"""The kernel's own word on its header rewrites: its `crash hp:` records in /dev/kmsg, watched from the loop.
 
-A kernel that updates the loaded header itself (Linux 6.6+) says so only in
-printk lines when it cannot: `crash hp: update elfcorehdr elfsz %lu > memsz
-%lu` (the header outgrew its segment; the stale one stays) or `kexec_trylock()
-failed, kdump image may be inaccurate` (the update was skipped). Where the
-header cannot be read back, these lines are the only signal; where it can,
-they are a reason to check at once rather than after the next burst.
-
-/dev/kmsg is read from its end at open (old lines say nothing about now),
-non-blocking, one record per read, at most MAX_RECORDS per turn of the loop.
-A record overwritten before it was read (EPIPE) is skipped. The path is under
-the configured root, like /proc and /sys.
+A kernel that rewrites the loaded header itself says so only in printk lines when it
+cannot (the header outgrew its segment, or the kexec lock was taken). Only the kernel's
+own records count: facility 0, which user space cannot write (Documentation/ABI/
+testing/dev-kmsg), whose message starts with one of those failures' own words.
 """
 
 import errno
-import logging
 import os
 from dataclasses import dataclass, field
 
 from ..sysview.files import under
 
-logger = logging.getLogger(__name__)
-
 KMSG = "dev/kmsg"
-MAX_RECORDS = 64
-RECORD_BYTES = 8192  # the kernel's records are shorter; a read is one record
-TELLING = ("crash hp: ", "kexec_trylock() failed")
+MAX_RECORDS = 64  # per turn of the loop
+RECORD_BYTES = 8192  # one read is one record, shorter than this
+KERNEL_FACILITY = 0  # LOG_KERN; a record written to /dev/kmsg from user space is LOG_USER whatever it asks
+# The starts of the kernel's messages (pr_fmt "crash hp: ", and the lock message of kernels that printed it
+# without one). Each is longer than a task name (TASK_COMM_LEN 16), so a process named `crash hp: x` whose
+# segfault the kernel logs as "crash hp: x[pid]: segfault at ..." (facility 0 too) can never spell one.
+PREFIXES = ("crash hp: update elfcorehdr", "crash hp: kexec_trylock() failed", "kexec_trylock() failed")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    facility: int
+    level: int
+    message: str
+
+
+def parse_record(record: bytes) -> Record | None:
+    """`PRI,SEQ,TIME,FLAGS[,...];MESSAGE` and its ` KEY=value` lines; None for what is not such a record."""
+    first = record.split(b"\n", 1)[0].decode(errors="replace")
+    head, sep, message = first.partition(";")
+    fields = head.split(",")
+    if not sep or len(fields) < 4 or not fields[0].isdigit() or len(fields[0]) > 4:
+        return None
+    pri = int(fields[0])
+    return Record(pri >> 3, pri & 7, message)
+
+
+def complaint(record: Record | None) -> str | None:
+    """The message of a kernel record about a failed header rewrite, else None."""
+    if record is None or record.facility != KERNEL_FACILITY or not record.message.startswith(PREFIXES):
+        return None
+    return record.message
 
 
 @dataclass(slots=True)
 class Drained:
     lines: list[str] = field(default_factory=list)  # the kernel's complaints about its header, this turn
     more: bool = False  # stopped at MAX_RECORDS
-    ended: bool = False  # not a kmsg after all (end of file): stop watching it
+    ended: bool = False  # end of file: not a kmsg after all (a /dev/null in its place), stop watching it
 
 
 class KernelLog:
     def __init__(self, root: str) -> None:
         self.path = under(root, KMSG)
         self._fd: int | None = None
-        self._partial = b""  # a line split across reads (a FIFO in tests; /dev/kmsg gives whole records)
 
     def open(self) -> str | None:
-        """Open at the end; the reason when it cannot be watched (no /dev/kmsg, no permission)."""
+        """Open at the end (old records say nothing about now); the reason when it cannot be watched."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as err:
             return f"{self.path}: {err.strerror}"
         try:
             os.lseek(fd, 0, os.SEEK_END)
-        except OSError:
-            pass  # a FIFO has no end to seek to: everything it carries is new
+        except OSError as err:
+            os.close(fd)
+            return f"{self.path}: not a kernel log ({err.strerror})"
         self._fd = fd
         return None
 
@@ -73,20 +92,14 @@ class KernelLog:
             except BlockingIOError:
                 return out
             except OSError as err:
-                if err.errno == errno.EPIPE:  # overwritten before we read it: the next one is there
+                if err.errno == errno.EPIPE:  # overwritten before it was read: the next one is there
                     continue
                 raise
             if not data:
                 out.ended = True
                 return out
-            *lines, self._partial = (self._partial + data).split(b"\n")
-            out.lines += [text for text in map(_message, lines) if any(mark in text for mark in TELLING)]
+            line = complaint(parse_record(data))
+            if line is not None:
+                out.lines.append(line)
         out.more = True
         return out
-
-
-def _message(record: bytes) -> str:
-    """The text of a /dev/kmsg record, `PRI,SEQ,TIME,FLAGS;TEXT` (a plain line passes through)."""
-    text = record.decode(errors="replace")
-    head, sep, message = text.partition(";")
-    return message if sep and head.count(",") >= 2 else text

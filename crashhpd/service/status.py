@@ -82,7 +82,9 @@ class Status(Counters):
     # CPUs of the layout's set that sysfs gives no crash_notes address (possible, not present): not modelled
     cpus_without_notes: list[int] = field(default_factory=list)
     kernel_log_watched: bool = False  # /dev/kmsg is read for the kernel's `crash hp:` lines
-    kernel_log_complaint: str | None = None  # the last such line: the kernel could not update its header
+    kernel_log_unwatched_reason: str | None = None  # why not (absent, refused, cannot be polled)
+    # the last such line: the kernel could not update its header; cleared once its header reads back in sync
+    kernel_log_complaint: str | None = None
 
 
 @dataclass(slots=True)

@@ -301,6 +301,7 @@ class Updater:
             direct_map_base_known=not (model and model.page_offset_guessed),
             cpus_without_notes=list(model.cpus_without_notes) if model else [],
             kernel_log_watched=self.kernel_watch.log_watched,
+            kernel_log_unwatched_reason=self.kernel_watch.log_unwatched_reason,
             kernel_log_complaint=self.kernel_watch.complaint,
         )
 
