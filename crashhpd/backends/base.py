@@ -4,9 +4,7 @@
 The daemon never knows how a header reaches the kernel: it builds the header in
 the backend's layout, compares, and calls `begin()` only on a difference. What a
 backend does with the crash kernel is declared in its `capabilities`, never
-guessed from its name. An apply that takes time (a `kexec -p`) returns a
-`Pending` whose fds and deadline join the loop's selector; `drive()` runs one to
-its end for callers without a loop.
+guessed from its name. An apply that takes time (a `kexec -p`) is a `Pending`.
 """
 
 import selectors
@@ -76,7 +74,8 @@ class Running(Protocol):
 
 
 class Pending(Running, Protocol):
-    """An apply still running; `finish()` once it is done."""
+    """An apply still running (a `kexec -p`): its fds and deadline join the loop's selector, or `drive()`
+    runs it to its end for callers without a loop; `finish()` once it is done."""
 
     def stop(self, by: float) -> None:
         """The daemon is stopping: end by `by` at the latest, as the backend ends a timeout."""

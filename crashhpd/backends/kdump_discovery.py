@@ -3,11 +3,9 @@
 
 A reload must load the same crash kernel, initrd and command line that the
 distribution's own loader would (Debian's kdump-config, Fedora's kdumpctl):
-anything else boots a dump environment nobody tested. Their settings are
-shell-style KEY=value files; they are parsed here with shlex and never
-sourced, so a config file cannot run code in a daemon that holds
-CAP_SYS_BOOT. Parsing is pure; the I/O at the bottom reads only under `root`,
-like the rest of crashhpd.
+anything else boots a dump environment nobody tested. Their shell-style
+settings are parsed, never sourced, so a config file cannot run code in a
+daemon that holds CAP_SYS_BOOT.
 """
 
 import os
@@ -163,7 +161,7 @@ def fedora_recipe(settings: Mapping[str, str], source: str, release: str, apicid
     )
 
 
-# --- I/O at the edge ------------------------------------------------------------------------
+# --- I/O at the edge: everything above is pure; this reads only under `root`, like the rest of crashhpd
 
 
 def release(root: str) -> str:
