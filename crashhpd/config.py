@@ -1,12 +1,11 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """crashhpd's configuration: one TOML file, its drop-ins, validated as a whole.
 
-The daemon must start on a fresh host, so every key has a default and a missing
-default file is not an error. A packager or admin changes one thing in a
-drop-in instead of editing the main file, so files are deep-merged per table
-and a later file wins. When something is wrong the admin gets every problem
-at once, each naming the file that set the key and its dotted name, because a
-daemon that stops at the first typo is fixed one restart at a time.
+Every key has a default and a missing default file is not an error, so the
+daemon starts on a fresh host. Drop-ins are deep-merged per table, a later file
+winning, so a packager or admin changes one thing without editing the main file.
+Every problem is reported at once, naming the file that set the key and its
+dotted name: a daemon that stops at the first typo is fixed one restart at a time.
 """
 
 import difflib
