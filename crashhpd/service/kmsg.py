@@ -17,6 +17,11 @@ KMSG = "dev/kmsg"
 MAX_RECORDS = 64  # per turn of the loop
 RECORD_BYTES = 8192  # one read is one record, shorter than this
 KERNEL_FACILITY = 0  # LOG_KERN; a record written to /dev/kmsg from user space is LOG_USER whatever it asks
+# The crash hotplug handlers' words when they leave the header as it was: x86's `update elfcorehdr elfsz %lu
+# > memsz %lu` (the header outgrew its segment; the stale one stays), since Linux commit ea53ad9cf73b
+# ("x86/crash: add x86 crash hotplug support", v6.6), and the generic handler's `kexec_trylock() failed,
+# elfcorehdr may be inaccurate` (the update was skipped; later kernels say "kdump image"), since
+# 247262756121 ("crash: add generic infrastructure for crash hotplug support", v6.6).
 # The starts of the kernel's messages (pr_fmt "crash hp: ", and the lock message of kernels that printed it
 # without one). Each is longer than a task name (TASK_COMM_LEN 16), so a process named `crash hp: x` whose
 # segfault the kernel logs as "crash hp: x[pid]: segfault at ..." (facility 0 too) can never spell one.
