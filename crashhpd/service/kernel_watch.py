@@ -1,13 +1,10 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """What the loop knows of the header the kernel holds, and the kernel's own word on it.
 
-After every update the view of that header (read back, compared with the fresh
-one once, in reconcile) is kept for status, and a change for the worse is said
-once (MESSAGE_ID kernel-header-stale): an error where keeping it is the
-backend's job, with one recovery asked for where the backend has one. After a
-reload the header read back is checked against the model (MESSAGE_ID
-model-drift). /dev/kmsg's `crash hp:` lines (kmsg.py) say the same where
-nothing can be read back.
+A dump is only as good as the header the kernel holds, so a change for the
+worse is said once (MESSAGE_ID kernel-header-stale), and after a reload the
+header read back is checked against the model (MESSAGE_ID model-drift).
+/dev/kmsg's `crash hp:` lines (kmsg.py) say the same where nothing can be read back.
 """
 
 import logging
@@ -120,7 +117,11 @@ class KernelWatch:
                        extra=log.fields("model-drift", backend=self._backend()))
 
     def _watch(self, kernel: KernelView, keeps_header: bool, can_recover: bool) -> None:
-        """Keep what the kernel holds for status; say so once when it starts (or stops) missing something."""
+        """Keep what the kernel holds for status; say so once when it starts (or stops) missing something.
+
+        `kernel` was read back and compared with the fresh header once, in reconcile. A stale header is an
+        error where keeping it is the backend's job, with one recovery asked for where the backend has one.
+        """
         backend = self._backend()
         was = self.view.coverage
         self.view = kernel
