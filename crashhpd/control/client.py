@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import socket
+import stat
 import sys
 import time
 from collections.abc import Sequence
@@ -135,11 +136,13 @@ def socket_from_config(main: str, required: bool) -> tuple[str, list[str]]:
 
 def _socket_in(file: str) -> str | None:
     """One file's `[control] socket`, None when it sets none; ValueError when the file or the value is wrong."""
-    with open(file, "rb") as f:
+    with open(os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:  # a FIFO must not block
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ValueError("not a regular file")
         data = f.read(MAX_CONFIG_BYTES + 1)
-    import tomllib  # here, not at the top: a third of crashhpctl's start-up, and most calls have no file to parse
     if len(data) > MAX_CONFIG_BYTES:
         raise ValueError(f"larger than {MAX_CONFIG_BYTES} bytes")
+    import tomllib  # here, not at the top: --socket, --help and a host without the file skip its import (~6 ms)
     try:
         control = tomllib.loads(data.decode()).get("control", {})
     except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as err:

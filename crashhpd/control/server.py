@@ -11,10 +11,10 @@ than one reply for it.
 
 A reply may be deferred: the handler returns a Later (a `reconcile` waits
 for its update, a kexec load included; root's fresh `verify` waits for its
-turn), and the reply is written when the loop resolves it. Meanwhile the client is served nothing else and its
-deadline does not run, since it is waiting for the daemon and not idle; a
-client that hangs up meanwhile is dropped at once, and its reply, when it
-comes, is thrown away.
+turn), and the reply is written when the loop resolves it. Meanwhile the
+client is served nothing else and its deadline does not run, since it is
+waiting for the daemon and not idle; a client that hangs up meanwhile is
+dropped at once, and its reply, when it comes, is thrown away.
 
 Access is the file system's: the socket is mode 0660 with the configured
 group, so only root and that group can connect at all. Which requests a
@@ -64,7 +64,6 @@ ACCEPT_BATCH = 64  # connections taken per wake-up, so one flood does not delay 
 RECV_CHUNK = 65536
 PROBE_TIMEOUT_S = 1.0
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
 
 
 class ControlError(CrashhpdError):

@@ -10,6 +10,7 @@ headers are shown) is checked here against the daemon's own code.
 import base64
 import dataclasses
 import hashlib
+import os
 import typing
 from pathlib import Path
 
@@ -186,7 +187,7 @@ def test_the_socket_is_found_as_the_daemon_finds_it(tmp_path_factory, main, drop
     assert socket_from_config(str(path), required=False) == (config.load(str(path)).control.socket, [])
 
 
-def test_a_broken_file_is_passed_over_with_one_problem_each(tmp_path):
+def test_a_broken_file_is_passed_over_with_one_problem_each(tmp_path, deadline):
     main = tmp_path / "crashhpd.toml"
     main.write_text("[control]\nsocket = '/run/main.sock'\n")
     dropins = tmp_path / "crashhpd.toml.d"
@@ -197,13 +198,16 @@ def test_a_broken_file_is_passed_over_with_one_problem_each(tmp_path):
     (dropins / "40-relative.toml").write_text("[control]\nsocket = 'control.sock'\n")
     (dropins / "50-table.toml").write_text("control = 1\n")
     (dropins / "60-unreadable.toml").mkdir()  # open() fails: a directory
+    os.mkfifo(dropins / "70-fifo.toml")  # opened for reading, it would block crashhpctl
     with pytest.raises(ConfigError):  # the daemon refuses this configuration...
         config.load(str(main))
     path, problems = socket_from_config(str(main), required=False)
     assert path == "/run/moved.sock"  # ...and crashhpctl takes what the good files say
     assert [p.split(":")[0] for p in problems] == [str(dropins / f) for f in (
-        "20-syntax.toml", "30-number.toml", "40-relative.toml", "50-table.toml", "60-unreadable.toml")]
+        "20-syntax.toml", "30-number.toml", "40-relative.toml", "50-table.toml", "60-unreadable.toml",
+        "70-fifo.toml")]
     assert problems[1].endswith("control.socket: must be an absolute path (got 5)")
+    assert problems[-1].endswith(": not a regular file")
     assert all("\n" not in p for p in problems)
 
 
