@@ -58,7 +58,9 @@ class Status(Counters):
     capacity_bytes: int | None
     header_bytes: int
     fill_ratio: float | None  # header_bytes / capacity_bytes
-    crash_hotplug_cpu: int | None  # None: the kernel does not publish it (before 6.6)
+    # None: the kernel does not publish it (before commit 88a6f8994421, "crash: memory and CPU hotplug sysfs
+    # attributes", v6.6)
+    crash_hotplug_cpu: int | None
     crash_hotplug_memory: int | None
     last_apply_at: float | None  # time.time(); may predate this daemon (the backend remembers it)
     applying: bool = False  # an apply (a kexec load) is running now; the next update waits for it
