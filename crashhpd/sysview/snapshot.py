@@ -85,8 +85,8 @@ def parse_ranges(text: str, path: str) -> tuple[Range, ...]:
             continue
         first, dash, last = line.strip().partition("-")
         try:
-            start, end = int(first, 16), int(last, 16)
-        except ValueError:
+            start, end = parse_int(first, path, 16), parse_int(last, path, 16)  # int() would take '+' and '_'
+        except ParseError:
             raise ParseError(path, lineno, line, "expected 'START-END' in hex") from None
         if not dash or start > end:
             raise ParseError(path, lineno, line, "expected 'START-END' in hex")

@@ -288,7 +288,6 @@ def test_the_reference_parses_refuse_what_the_kernel_never_prints():
     assert all(value is NOT_READ for value in refused)
 
 
-@pytest.mark.xfail(strict=True, reason="parse_ranges() reads each side with int(), which takes '_' and '+'")
 @pytest.mark.parametrize("text", ["1_0-20\n", "+10-20\n"])
 def test_cma_ranges_take_hex_digits_only(tmp_path, text):
     root = make_tree(tmp_path, "00100000-3fffffff : System RAM\n", extra={"sys/kernel/kexec_crash_cma_ranges": text})
