@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """`crashhpctl`: ask the running crashhpd what it holds and does, check it, and make it act now.
 
-Exit status, which scripts rely on: 0 ok; 1 the daemon answered with an
-error, or `verify` found the header in force differs from the system; 2 a
-usage error; 3 the daemon cannot be reached. `--json` prints the reply's
+Exit status, which scripts rely on: 0 ok (for `status`: protected); 1 the
+daemon answered with an error, `status` says NOT protected, or `verify` found
+the header in force differs; 2 a usage error; 3 the daemon cannot be reached. `--json` prints the reply's
 `result` (or its `error`) as the daemon sent it, keys it may add included.
 
 Client side: this imports the contract and the standard library only. It
@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from .. import __version__
 from .contract import (
     DEFAULT_CONFIG,
     DEFAULT_SOCKET,
@@ -45,7 +46,11 @@ MAX_CONFIG_BYTES = 1 << 20  # as the daemon reads it (config.MAX_FILE_BYTES): a 
 
 
 class Unreachable(Exception):
-    """No reply from the daemon: not running, not allowed to connect, or not answering."""
+    """No reply from the daemon: not running, not allowed to connect, or not answering; `hint` says what to do."""
+
+    def __init__(self, message: str, hint: str = HINT) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 # --- the client -----------------------------------------------------------------------------------
@@ -61,6 +66,9 @@ def request(path: str, op: str, timeout: float) -> Reply:
         line = _read_line(sock)
     except TimeoutError:
         raise Unreachable(f"{path}: no reply within {timeout:g} s") from None
+    except PermissionError as err:  # the daemon may well run: this user is not let in
+        raise Unreachable(f"cannot reach crashhpd at {path}: {err.strerror}",
+                          "only root and members of the socket's group may connect ([control] group)") from None
     except OSError as err:
         raise Unreachable(f"cannot reach crashhpd at {path}: {err.strerror or err}") from None
     finally:
@@ -169,7 +177,10 @@ def _seconds(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="crashhpctl", description="Query and control the running crashhpd.")
+    ap = argparse.ArgumentParser(prog="crashhpctl", description="Query and control the running crashhpd.",
+                                 epilog="exit status: 0 ok (status: protected), 1 failed (status: NOT protected; "
+                                        "verify: the header differs), 2 usage, 3 the daemon cannot be reached")
+    ap.add_argument("--version", action="version", version=f"crashhpctl {__version__}")
     ap.add_argument("--socket", metavar="PATH",
                     help=f"control socket (default: [control] socket of the config, else {DEFAULT_SOCKET})")
     ap.add_argument("--config", metavar="FILE",
@@ -201,7 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         reply = request(path, args.op, timeout)
     except Unreachable as err:
-        print(f"crashhpctl: {err} ({HINT})", file=sys.stderr)
+        if args.json:  # a script reading stdout gets an object, not nothing
+            print(json.dumps({"code": "unreachable", "message": str(err), "hint": err.hint}, indent=2))
+        print(f"crashhpctl: {err} ({err.hint})", file=sys.stderr)
         return EXIT_UNREACHABLE
     out, err_text, status = render(args.op, reply, args.json, time.time())
     try:

@@ -31,7 +31,7 @@ DROPIN_SUFFIX = ".d"
 
 # crashhpctl's exit statuses, which scripts rely on
 EXIT_OK = 0
-EXIT_FAILED = 1  # the daemon answered with an error, or `verify` found the header in force differs
+EXIT_FAILED = 1  # the daemon answered with an error, `verify` found the header differs, `status` says NOT protected
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3  # no reply: the daemon is not running, refuses the connection or does not answer
 
@@ -62,43 +62,53 @@ class RequestError(Exception):
 
 
 class StatusResult(TypedDict):
-    """The daemon's Status (crashhpd/service/status.py); these are the fields crashhpctl shows."""
+    """The daemon's Status (crashhpd/service/status.py); these are the fields crashhpctl shows, in its order."""
 
-    version: str
-    pid: int
-    uptime_s: float
+    protected: NotRequired[bool]  # the NotRequired keys came later: an older daemon leaves them out
+    unprotected_reasons: NotRequired[list[str]]
+    crash_kernel_loaded: NotRequired[int | None]
+    kernel_header_readable: NotRequired[bool]
+    kernel_header_unreadable_reason: NotRequired[str | None]
+    kernel_header_in_sync: NotRequired[bool | None]
+    uncovered_ram_bytes: NotRequired[int | None]
+    missing_cpu_notes: NotRequired[int | None]
+    stale_ram_bytes: NotRequired[int | None]
     backend: str
     backend_ok: bool
     backend_detail: str
+    version: str
+    pid: int
+    uptime_s: float
     layout: str
     generation: int
     in_sync: bool
-    events_received: int
-    events_coalesced: int
-    updates: int
-    applies: int
-    skipped_noop: int
-    rescans: int
-    errors: dict[str, int]
-    pending_events: int
-    next_update_in_s: float | None
+    last_apply_at: float | None
+    last_apply_reason: str | None
+    last_changes: list[str]
     cpus: int
+    cpus_without_notes: NotRequired[list[int]]
     ram_ranges: int
     ram_bytes: int
     capacity_bytes: int | None
     header_bytes: int
     fill_ratio: float | None
+    events_received: int
+    events_coalesced: int
+    rescans: int
+    updates: int
+    applies: int
+    skipped_noop: int
+    pending_events: int
+    next_update_in_s: float | None
+    applying: NotRequired[bool]
+    apply_running_s: NotRequired[float | None]
     crash_hotplug_cpu: int | None
     crash_hotplug_memory: int | None
-    last_apply_at: float | None
-    last_apply_reason: str | None
-    last_changes: list[str]
-    last_error: str | None
-    last_error_at: float | None
-    applying: NotRequired[bool]  # the NotRequired keys came later: an older daemon leaves them out
-    apply_running_s: NotRequired[float | None]
     udev_rule_inert: NotRequired[bool]
     udev_rule_detail: NotRequired[str]
+    errors: dict[str, int]
+    last_error: str | None
+    last_error_at: float | None
 
 
 # a PT_LOAD mapped at or above __START_KERNEL_map is the kernel image, the others are RAM (abi/x86_64.py)

@@ -66,13 +66,17 @@ def show_status(s: StatusResult, now: float) -> tuple[str, int]:
     cpu, memory = s["crash_hotplug_cpu"], s["crash_hotplug_memory"]
     hotplug = ("not published (kernel before 6.6, or no CONFIG_CRASH_HOTPLUG)" if cpu is None and memory is None
                else f"cpu {_unknown(cpu)}, memory {_unknown(memory)}")
+    protected = s.get("protected")
     rows = [
+        ("protected", _verdict(s)),
+        ("crash kernel", _crash_kernel(s.get("crash_kernel_loaded"))),
+        ("kernel header", _kernel_header(s)),
         ("crashhpd", f"{s['version']}, pid {s['pid']}, up {duration(s['uptime_s'])}"),
         ("backend", f"{s['backend']} ({'healthy' if s['backend_ok'] else 'UNHEALTHY'}: {s['backend_detail']})"),
         ("layout", s["layout"]),
         ("generation", f"{s['generation']}, {'in sync' if s['in_sync'] else 'NOT in sync: the last update failed'}"),
         ("last apply", _last_apply(s, now)),
-        ("CPUs", str(s["cpus"])),
+        ("CPUs", _cpus(s)),
         ("RAM", f"{s['ram_ranges']} ranges, {gib(s['ram_bytes'])}"),
         ("segment", _segment(s)),
         ("events", f"{s['events_received']} received, {s['events_coalesced']} coalesced, "
@@ -87,7 +91,44 @@ def show_status(s: StatusResult, now: float) -> tuple[str, int]:
         ("last error", "none" if s["last_error"] is None
          else f"{age(now - s['last_error_at']) if s['last_error_at'] else 'at some time'}: {s['last_error']}"),
     ]
-    return aligned(rows), EXIT_OK
+    return aligned(rows), EXIT_FAILED if protected is False else EXIT_OK
+
+
+def _verdict(s: StatusResult) -> str:
+    """The one line that matters first: would a dump taken now save everything, and if not, every reason."""
+    if "protected" not in s:
+        return "unknown (the daemon is older than this crashhpctl)"
+    if s["protected"]:
+        return "yes: a dump taken now would save every byte of RAM and every CPU"
+    reasons = s.get("unprotected_reasons") or ["no reason given"]
+    return "\n".join([f"NO: {reasons[0]}", *reasons[1:]])
+
+
+def _crash_kernel(loaded: int | None) -> str:
+    if loaded is None:
+        return "unknown (no kexec in this kernel, or an older daemon)"
+    return "loaded" if loaded else "NOT LOADED: a panic now saves no dump"
+
+
+def _kernel_header(s: StatusResult) -> str:
+    if not s.get("kernel_header_readable"):
+        return f"not read back: {s.get('kernel_header_unreadable_reason') or 'unknown'}"
+    if s.get("kernel_header_in_sync"):
+        return "read back, in sync: it covers every RAM range and CPU of a fresh snapshot"
+    return (f"read back, STALE: a dump would miss {size(s.get('uncovered_ram_bytes') or 0)} of RAM and "
+            f"{s.get('missing_cpu_notes') or 0} CPU notes, and cover {size(s.get('stale_ram_bytes') or 0)} "
+            "that is gone")
+
+
+def _cpus(s: StatusResult) -> str:
+    """A count, and why it is 0 where it is: no update has succeeded yet (the last error says why)."""
+    text = str(s["cpus"])
+    if s["cpus"] == 0:
+        text += " (no header built yet" + (f": {s['last_error']})" if s["last_error"] else ")")
+    missing = s.get("cpus_without_notes") or []
+    if missing:
+        text += f"; CPUs {', '.join(map(str, missing))} have no crash_notes in sysfs (possible, not present)"
+    return text
 
 
 def _unknown(value: int | None) -> str:

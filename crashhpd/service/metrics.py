@@ -92,6 +92,8 @@ def families(s: Status, now: float) -> list["Metric"]:
         _gauge("crashhpd_header_bytes", "Size of the header in force.", s.header_bytes),
         _gauge("crashhpd_in_sync", "1 when the last update succeeded.", int(s.in_sync)),
         _gauge("crashhpd_backend_healthy", "1 when the backend reports itself healthy.", int(s.backend_ok)),
+        _gauge("crashhpd_protected", "1 when a dump taken now would save every byte of RAM and every CPU "
+               "(crashhpctl status says why not).", int(s.protected)),
         _gauge("crashhpd_pending_events", "Events waiting for the debounce.", s.pending_events),
         _gauge("crashhpd_applying", "1 while an apply (a kexec load) is running.", int(s.applying)),
         _gauge("crashhpd_control_clients", "Clients connected to the control socket.", s.control_clients),

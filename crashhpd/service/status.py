@@ -87,6 +87,9 @@ class Status(Counters):
     kernel_log_unwatched_reason: str | None = None  # why not (absent, refused, cannot be polled)
     # the last such line: the kernel could not update its header; cleared once its header reads back in sync
     kernel_log_complaint: str | None = None
+    protected: bool = False  # a dump taken now would save every byte of RAM and every CPU (service/protection.py)
+    unprotected_reasons: list[str] = field(default_factory=list)  # why not, the first to fix first
+    protection_source: str = "model"  # "kernel": the header read back decided; "model": the backend's record
 
 
 @dataclass(slots=True)

@@ -28,6 +28,7 @@ from .kernel_watch import KernelWatch
 from .later import Later
 from .metrics import Metrics
 from .parts import Parts
+from .protection import NOT_JUDGED, Protection, judge
 from .reconcile import InFlight, Outcome, reconcile
 from .status import ControlCounters, Counters, HeaderInForce, Status, Verdict
 
@@ -77,6 +78,7 @@ class Updater:
         self.retry_at: float | None = None
         self.applying: _Update | None = None  # an update whose apply is still running
         self.revision = 0  # changes whenever what `header` and `verify` answer may have
+        self.protection: Protection = NOT_JUDGED  # judged at the end of every update
         self.kernel_watch = KernelWatch(parts.cfg.root, selector, lambda: self.backend.name, self.counters.error,
                                         check_soon)
         self._selector = selector
@@ -185,7 +187,10 @@ class Updater:
             outcome = result
             self._succeeded(update, outcome)
         self.revision += 1
-        self._health_log.observe(self.backend.name, self.backend.health(self.kernel))
+        health = self.backend.health(self.kernel)
+        self._health_log.observe(self.backend.name, health)
+        self.protection = judge(self.backend.name, self.backend.capabilities.keeps_kernel_header, self.kernel,
+                                health, self.kernel_watch.view, self.counters.in_sync, self.counters.last_error)
         self._ended()
         for waiter in update.waiters:
             waiter.resolve((outcome, update.events))
@@ -303,6 +308,9 @@ class Updater:
             kernel_log_watched=self.kernel_watch.log_watched,
             kernel_log_unwatched_reason=self.kernel_watch.log_unwatched_reason,
             kernel_log_complaint=self.kernel_watch.complaint,
+            protected=self.protection.protected,
+            unprotected_reasons=list(self.protection.reasons),
+            protection_source=self.protection.source,
         )
 
     def header_in_force(self) -> HeaderInForce | None:

@@ -3,6 +3,7 @@
 
 import base64
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -53,12 +54,15 @@ def test_crashhpctl_offers_exactly_the_ops_of_the_table():
 def test_status_readable_is_an_aligned_table(running):
     env, sock = running
     proc = ctl(*sock, "status")
-    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.returncode == 1 and proc.stderr == ""  # the sandbox protects nothing: exit 1, NOT protected
     lines = proc.stdout.splitlines()
-    column = lines[0].index("0.1.0")
+    assert lines[0].startswith("protected ")
+    column = next(line for line in lines if line.startswith("crashhpd ")).index("0.1.0")
     assert all(line[column - 2:column] == "  " and line[column] != " " for line in lines if line[0] != " "), \
         "every value starts in one column"
     rows = {line[:column].strip(): line[column:] for line in lines if line[0] != " "}
+    assert rows["protected"] == "NO: the sandbox backend keeps no crash kernel current: it only writes a file " \
+                                '(set backend = "auto" in /etc/crashhpd/crashhpd.toml)'
     assert rows["generation"] == "1, in sync"
     assert rows["backend"].startswith("sandbox (healthy: ")
     assert rows["RAM"] == "7 ranges, 4.34 GiB"  # the virtio-mem fixture minus the crash kernel and low 1 MiB
@@ -72,7 +76,8 @@ def test_status_readable_is_an_aligned_table(running):
 def test_status_json_is_the_result_object(running):
     env, sock = running
     code, status = ctl_json(*sock, "status")
-    assert code == 0 and set(status) >= STATUS_KEYS
+    assert code == 1 and set(status) >= STATUS_KEYS
+    assert status["protected"] is False and "sandbox" in status["unprotected_reasons"][0]
     assert status["generation"] == generation(env.state_dir) == 1
 
 
@@ -139,12 +144,39 @@ def test_no_daemon_exits_3_with_the_hint(tmp_path):
     assert proc.stderr.count("\n") == 1 and HINT in proc.stderr and "none.sock" in proc.stderr
 
 
-def test_a_stale_socket_exits_3(tmp_path):
+def test_a_stale_socket_exits_3_and_json_gets_an_error_object(tmp_path):
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(tmp_path / "stale.sock"))
     stale.close()
     proc = ctl("--socket", str(tmp_path / "stale.sock"), "status", "--json")
     assert proc.returncode == 3 and "Connection refused" in proc.stderr and HINT in proc.stderr
+    assert json.loads(proc.stdout) == {"code": "unreachable", "hint": HINT,
+                                       "message": f"cannot reach crashhpd at {tmp_path / 'stale.sock'}: "
+                                                  "Connection refused"}
+
+
+@pytest.mark.root
+def test_a_user_outside_the_sockets_group_is_told_so_not_asked_whether_crashhpd_runs():
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as where:
+        os.chmod(where, 0o755)
+        path = os.path.join(where, "control.sock")
+        listening = socket.socket(socket.AF_UNIX)
+        listening.bind(path)
+        os.chmod(path, 0o660)  # root's, group root: nobody may not connect, though a daemon listens
+        listening.listen()
+        try:
+            proc = run_as_nobody(nobody.staged().crashhpctl, "--socket", path, "status")  # staged: see below
+        finally:
+            listening.close()
+    assert proc.returncode == 3 and "Permission denied" in proc.stderr and HINT not in proc.stderr
+    assert "only root and members of the socket's group may connect" in proc.stderr
+
+
+def test_version_is_the_packages():
+    proc = ctl("--version")
+    assert (proc.returncode, proc.stdout) == (0, "crashhpctl 0.1.0\n")
 
 
 def test_a_daemon_that_does_not_answer_exits_3(tmp_path):
@@ -162,7 +194,7 @@ def test_a_daemon_that_does_not_answer_exits_3(tmp_path):
 def test_the_socket_comes_from_the_config(running):
     env, _ = running
     proc = ctl("--config", str(env.config()), "status")
-    assert proc.returncode == 0 and "generation" in proc.stdout
+    assert proc.returncode == 1 and "generation" in proc.stdout  # reached: 1 is the sandbox's NOT protected
 
 
 @pytest.mark.parametrize("args", [[], ["bogus"], ["status", "--yaml"], ["--timeout", "-1", "status"],
@@ -200,7 +232,8 @@ def test_as_nobody_status_works_and_reconcile_is_refused(env):
     env.start(control={"group": NOGROUP})
     sock = ("--socket", str(env.socket))
     crashhpctl = nobody.staged().crashhpctl  # the checkout may be where nobody cannot enter (/root)
-    assert run_as_nobody(crashhpctl, *sock, "status").returncode == 0
+    proc = run_as_nobody(crashhpctl, *sock, "status")
+    assert proc.returncode == 1 and proc.stdout.startswith("protected ")  # answered: NOT protected (sandbox)
     proc = run_as_nobody(crashhpctl, *sock, "reconcile")
     assert proc.returncode == 1 and "reconcile needs root" in proc.stderr and "(permission-denied)" in proc.stderr
     proc = run_as_nobody(crashhpctl, *sock, "reconcile", "--json")

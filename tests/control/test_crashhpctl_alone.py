@@ -58,7 +58,7 @@ def test_help_and_a_missing_daemon_need_no_dependency(bare, tmp_path):
 def test_the_bare_crashhpctl_talks_to_a_real_daemon(bare, env):
     d = env.start()
     proc = run(bare, "--socket", str(env.socket), "status")
-    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.returncode == 1 and proc.stderr == "", proc.stderr  # answered: the sandbox is NOT protected
     rows = {line[:15].strip(): line[15:] for line in proc.stdout.splitlines() if line[0] != " "}
     assert rows["crashhpd"].startswith(f"0.1.0, pid {d.proc.pid}, up ")
     assert (rows["generation"], rows["CPUs"], rows["RAM"]) == ("1, in sync", "4", "7 ranges, 4.34 GiB")
@@ -82,7 +82,7 @@ def test_a_bad_drop_in_the_daemon_refused_is_one_warning_and_the_daemon_is_still
     wait_for(lambda: "config not reloaded" in d.stderr(), 10, "the daemon to refuse the drop-ins")
 
     proc = run(bare, "--config", str(main), "status")
-    assert proc.returncode == 0 and "1, in sync" in proc.stdout
+    assert proc.returncode == 1 and "1, in sync" in proc.stdout  # reached; 1: the sandbox is NOT protected
     warning, = proc.stderr.splitlines()
     assert warning.startswith(f"crashhpctl: warning: {dropins / '50-typo.toml'}: not a TOML file: ")
     assert f"; {dropins / '60-number.toml'}: control.socket: must be an absolute path (got 5); " in warning

@@ -132,6 +132,31 @@ def test_a_crash_kernel_already_right_at_start_costs_no_reload_and_a_hot_add_cos
         d.stop()
 
 
+def test_status_says_protected_only_while_the_kernels_header_covers_everything(tmp_path):
+    """The verdict both ways on one host: the kernel holds the right header (exit 0), then a hot-add its reload
+    did not reach (the stand-in kexec cannot write the fake kernel's memory), which a dump would really miss."""
+    setup = kexec_setup(tmp_path, QEMU_GUEST)
+    root, sock = setup.root, setup.socket
+    crash = CrashKernel(root).install(b"\x7fELF", MEMSZ)
+    crash.fill(build_valid(read_snapshot(str(root)), preset("kexec-tools")).data, MEMSZ)
+    d = DaemonProcess(tmp_path, setup.config, setup.env())
+    try:
+        d.wait_ready()
+        proc = subprocess.run([CRASHHPCTL, "--socket", str(sock), "status"], capture_output=True, text=True,
+                              timeout=30)
+        assert proc.returncode == 0, proc.stdout
+        assert proc.stdout.splitlines()[0].split(None, 1) == \
+            ["protected", "yes: a dump taken now would save every byte of RAM and every CPU"]
+        replace_iomem(root, hot_added(QEMU_GUEST, 1, QEMU_HOT_ADD_BASE))
+        assert ctl(sock, "reconcile")[0] == 0
+        code, status = ctl(sock, "status")
+        assert code == 1 and status["protected"] is False and status["protection_source"] == "kernel"
+        assert status["unprotected_reasons"] == ["the kernel's header is stale: a dump taken now would miss "
+                                                 "128 MiB of RAM and 0 CPU notes, and cover 0 B that is gone"]
+    finally:
+        d.stop()
+
+
 # --- the passive backend guards the kernel's own rewrite ---------------------------------------------
 
 
