@@ -214,6 +214,12 @@ def _check_against(h: ParsedHeader, snap: Snapshot, layout: Layout | None) -> li
                 p.append(f"RAM 0x{start:x}-0x{end:x} overlaps crash-kernel memory 0x{hole[0]:x}-0x{hole[1]:x}")
     notes = {(n.addr) for n in snap.crash_notes.values()}
     vmcoreinfo = snap.vmcoreinfo
+    # sysfs that cannot say which CPUs are online yields no note at all: never a header to apply (a kernel
+    # without CONFIG_CRASH_DUMP, whose online CPUs have no crash_notes, has no kdump to apply one to)
+    if snap.cpus_online is None and all(vmcoreinfo is not None and (s.paddr, s.memsz) == vmcoreinfo
+                                        for s in h.notes):
+        p.append("no CPU note: a dump would save no CPU's registers, and a running system has at least one CPU "
+                 f"({snap.root.rstrip('/')}/sys/devices/system/cpu/online cannot be read)")
     for s in h.notes:
         if vmcoreinfo is not None and (s.paddr, s.memsz) == vmcoreinfo:
             continue
