@@ -258,4 +258,5 @@ def test_sighup_whose_socket_cannot_be_made_changes_nothing_else_either(daemon):
     d.signal(signal.SIGHUP)
     wait_for(lambda: "config not reloaded, keeping the running one" in d.stderr(), 10, "the refused reload")
     code, status = ctl(sock, "status")
-    assert code == 1 and status["layout"] == "kernel"  # 1: the sandbox is NOT protected  # the new layout came with the socket: neither applies
+    # the new layout came with the socket: neither applies; 1 is the sandbox's NOT protected
+    assert code == 1 and status["layout"] == "kernel"
