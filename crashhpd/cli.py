@@ -17,7 +17,7 @@ from .elfcorehdr.build import build_valid
 from .elfcorehdr.layout import preset
 from .elfcorehdr.table import table
 from .elfcorehdr.validate import NotAHeader, ParsedHeader, check, parse
-from .errors import CrashhpdError, InvalidHeader
+from .errors import ConfigError, CrashhpdError, InvalidHeader
 from .sysview.ranges import size_text
 from .sysview.snapshot import read_snapshot
 
@@ -62,16 +62,26 @@ def _parser() -> argparse.ArgumentParser:
 
     release = sub.add_parser("release-udev", help="remove the udev overrides a daemon placed and could not remove "
                                                   "(the unit's ExecStopPost): the distribution's rule applies again")
-    release.add_argument("--config", default=None, help="config file (default /etc/crashhpd/crashhpd.toml)")
+    release.add_argument("--config", default=None, help="config file to take the root from (default "
+                         "/etc/crashhpd/crashhpd.toml); one that does not parse means /")
+    release.add_argument("--root", default=None, help="the root the daemon ran on (default: the config's, else /)")
     return ap
 
 
 def release_udev(args: argparse.Namespace) -> int:
+    """The unit's ExecStopPost: remove what the record names, whatever the configuration says now, valid or not
+    (a daemon killed for a drop-in it refused must not leave the host with neither rule nor daemon)."""
     from . import config as config_mod
-    from .service.udev_takeover import UdevTakeover
+    from .service.udev_takeover import release_recorded
 
-    cfg = config_mod.load(args.config)
-    UdevTakeover(cfg.root, cfg.udev.rules, cfg.udev.runtime_dir).release("crashhpd is not running")
+    root = args.root
+    if root is None:
+        try:
+            root = config_mod.load(args.config).root
+        except ConfigError as err:
+            print(f"crashhpd: warning: {'; '.join(err.problems)}; releasing under /", file=sys.stderr)
+            root = "/"
+    release_recorded(root, "crashhpd is not running")
     return EXIT_OK
 
 

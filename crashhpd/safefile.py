@@ -197,6 +197,14 @@ class SafeDir:
         for s in staged:
             self._unlink(s.temp)
 
+    def remove(self, name: str) -> None:
+        """Remove `name` (a link itself, never what it points to); an absent one is fine."""
+        with _naming(self.path_of(name)):
+            try:
+                os.unlink(name, dir_fd=self._fd)
+            except FileNotFoundError:
+                pass
+
     def remove_temporaries(self, names: tuple[str, ...]) -> None:
         """Remove what writes of `names` left when they were killed: never renamed, never seen by a reader.
 

@@ -80,6 +80,8 @@ class Daemon:
         self._previous_signals: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
         self._previous_wakeup_fd = -1
         self._monitor_fd = -1
+        self._ready_said = False  # READY=1 sent: from then on the udev takeover follows every update
+        self._grace_seen: float | None = None  # the end of an unhealthy backend's grace, acted on
         self._wake_r, self._wake_w = socket.socketpair()
         self.control: Server | None = None
 
@@ -199,7 +201,12 @@ class Daemon:
         self.updater.start(reason, self.debounce.take(), burst_started, waiters)
 
     def _update_ended(self) -> None:
+        if self._ready_said:  # from READY on, the takeover follows what crashhpd can keep current
+            self._sync_udev()
         self.metrics.write_textfile(self.cfg.metrics.textfile_dir, self.status())
+
+    def _sync_udev(self) -> None:
+        self.parts.udev.sync(self.backend, self.updater.not_keeping(self.clock()))
 
     def _update_times(self) -> list[float | None]:
         """When each reason for an update wants one: the debounce, then the updater's (a retry, a recovery)."""
@@ -276,7 +283,7 @@ class Daemon:
             self._watch_monitor()
         if new.udev is not old.udev:
             old.udev.release("the configuration changed")
-        new.udev.sync(new.backend)
+        self._sync_udev()
 
     # --- what the control requests ask -------------------------------------------------------
 
@@ -345,8 +352,14 @@ class Daemon:
             candidates.append(applying.inflight.pending.deadline())
         elif not self.stopping:
             candidates += self._update_times()
+            candidates.append(self._grace_due())
         due = [t for t in candidates if t is not None]
         return min(due) if due else None
+
+    def _grace_due(self) -> float | None:
+        """The end of an unhealthy backend's grace, until it has been acted on."""
+        grace = self.updater.give_back_at()
+        return grace if self._ready_said and grace != self._grace_seen else None
 
     def _next_update(self, now: float) -> None:
         """With no apply in flight: what waited for one first, then the debounce, then a retry."""
@@ -363,7 +376,8 @@ class Daemon:
     def _ready(self) -> None:
         if self.stopping:
             return
-        self.parts.udev.sync(self.backend)  # crashhpd does the distribution rule's job from now on
+        self._ready_said = True
+        self._sync_udev()  # crashhpd does the distribution rule's job from now on, while it can
         self.notifier.ready(self.status_line())
         logger.info("ready: %s", self.status_line(), extra=log.fields("ready", backend=self.backend.name))
 
@@ -378,6 +392,7 @@ class Daemon:
 
     def _serve(self, control: Server | None) -> int:
         self._open_monitor()  # before the first snapshot, so nothing happens unseen in between
+        self.parts.udev.clear_leftovers()  # of a daemon killed before this one, before deciding anew
         self.updater.kernel_watch.open()
         if control is not None:
             control.open()
@@ -408,6 +423,10 @@ class Daemon:
                 continue  # drain what queued up before deciding whether the burst is over
             if self.updater.applying is None and not self.stopping:
                 self._next_update(now)
+                grace = self._grace_due()
+                if grace is not None and now >= grace:
+                    self._grace_seen = grace
+                    self._sync_udev()
             if interval is not None and watchdog_at is not None and now >= watchdog_at:
                 self.notifier.watchdog()
                 watchdog_at = now + interval

@@ -7,6 +7,7 @@ undoes its work. So crashhpd overrides it while such a backend runs, and gives
 it back when it stops: the distribution's rule works whenever crashhpd does not.
 """
 
+import json
 import logging
 import os
 import shutil
@@ -26,7 +27,12 @@ MARKER = b"# crashhpd: placed while it keeps the kdump header current; removed w
 # places its own beside it nor touches it.
 ADMIN_DIR = "etc/udev/rules.d"
 UDEV_CONTROL = "run/udev/control"
+# Which files were placed, where: the stop path and the next start remove exactly these, whatever the
+# configuration says by then (it may have changed, or no longer parse). In crashhpd's RuntimeDirectory.
+RECORD_DIR = "run/crashhpd"
+RECORD = "udev-overrides.json"
 MAX_RULE_BYTES = 64 * 1024
+MAX_RECORD_BYTES = 64 * 1024
 RELOAD_TIMEOUT_S = 10.0
 
 
@@ -36,6 +42,57 @@ class Verdict:
 
     inert: bool
     detail: str
+
+
+def release_recorded(root: str, why: str) -> list[str]:
+    """Remove the overrides the record names (each only while it still starts with MARKER), then the record:
+    what `crashhpd release-udev` does after a daemon that could not (SIGKILL, the watchdog), needing no
+    configuration. Returns the paths removed; never raises."""
+    removed = []
+    for path in _recorded(root):
+        try:
+            if read_file(path, MAX_RULE_BYTES).startswith(MARKER):
+                os.unlink(path)
+                removed.append(path)
+        except OSError:
+            continue  # absent, or not ours: left alone
+    if os.path.isdir(under(root, RECORD_DIR)):  # never created just to find it empty
+        try:
+            with SafeDir(under(root, RECORD_DIR), 0o755) as d:
+                d.remove(RECORD)
+        except OSError:
+            pass
+    if removed:
+        _reload_udev(under(root, UDEV_CONTROL))
+        logger.info("gave the udev rule back to the distribution (%s): removed %s", why, ", ".join(removed),
+                    extra=log.fields("udev"))
+    return removed
+
+
+def _recorded(root: str) -> list[str]:
+    if not os.path.isdir(under(root, RECORD_DIR)):
+        return []
+    try:
+        with SafeDir(under(root, RECORD_DIR), 0o755) as d:
+            data = d.read(RECORD, MAX_RECORD_BYTES)
+        paths = json.loads(data) if data is not None else []
+    except (OSError, ValueError):
+        return []
+    runtime = os.path.realpath(under(root, "run/udev"))  # only ever files under the root's /run/udev
+    return [p for p in paths if isinstance(p, str) and os.path.realpath(os.path.dirname(p)).startswith(runtime)]
+
+
+def _reload_udev(control: str) -> None:
+    """`udevadm control --reload`, where the root's udevd runs (its control socket); the rules take effect
+    from the next event."""
+    udevadm = shutil.which("udevadm")
+    if udevadm is None or not os.path.exists(control):
+        return
+    try:
+        subprocess.run([udevadm, "control", "--reload"], stdin=subprocess.DEVNULL, capture_output=True,
+                       timeout=RELOAD_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        logger.warning("udevadm control --reload failed: %s", err, extra=log.fields("udev"))
 
 
 class UdevTakeover:
@@ -48,6 +105,7 @@ class UdevTakeover:
     """
 
     def __init__(self, root: str, source_dir: str, runtime_dir: str, enabled: bool = True) -> None:
+        self._root = root
         self._source = source_dir  # crashhpd's own files: not under the root
         self._runtime = under(root, runtime_dir)
         self._admin = under(root, ADMIN_DIR)
@@ -56,8 +114,9 @@ class UdevTakeover:
         self._placed: tuple[str, ...] = ()
         self.verdict = Verdict(False, "not taken over yet")
 
-    def sync(self, backend: Backend) -> Verdict:
-        """Place or remove the overrides for the backend that runs now; never raises.
+    def sync(self, backend: Backend, not_keeping: str | None = None) -> Verdict:
+        """Place or remove the overrides for the backend that runs now; never raises. `not_keeping`: why
+        crashhpd cannot keep the crash kernel current now (the rule is given back until it can).
 
         Placed while the backend keeps the kernel's header current: `kexec`, or `kernel` on a kernel whose
         distribution rule would still reload (Debian's kdump-tools never checks crash_hotplug); removed on
@@ -67,6 +126,9 @@ class UdevTakeover:
         if not self._enabled:
             self.verdict = Verdict(False, "udev takeover disabled ([udev] takeover = false): "
                                           "the distribution's rule reloads on every event")
+        elif backend.capabilities.keeps_kernel_header and not_keeping is not None:
+            self._remove(not_keeping)
+            self.verdict = Verdict(False, f"given back to the distribution: {not_keeping}")
         elif backend.capabilities.keeps_kernel_header:
             self.verdict = self._place(name)
         else:
@@ -80,6 +142,10 @@ class UdevTakeover:
         self._remove(why)
         self.verdict = Verdict(False, f"released: {why}")
 
+    def clear_leftovers(self) -> None:
+        """At start, before deciding anew: what a daemon that was killed left placed goes."""
+        release_recorded(self._root, "left by a crashhpd that did not stop cleanly")
+
     def _names(self) -> list[str]:
         try:
             return sorted(name for name in os.listdir(self._source) if name.endswith(".rules"))
@@ -92,6 +158,9 @@ class UdevTakeover:
             admin = [name for name in names if os.path.lexists(os.path.join(self._admin, name))
                      or self._foreign(name)]
             ours = [name for name in names if name not in admin]
+            placed = [os.path.join(self._runtime, name) for name in ours]
+            with SafeDir(under(self._root, RECORD_DIR), 0o755) as record:  # first: never a file unrecorded
+                record.write(RECORD, json.dumps(sorted(set(placed) | set(_recorded(self._root)))).encode(), 0o644)
             with SafeDir(self._runtime, 0o755) as target:
                 for name in ours:
                     text = read_file(os.path.join(self._source, name), MAX_RULE_BYTES)
@@ -102,7 +171,7 @@ class UdevTakeover:
             return Verdict(False, f"the distribution's rule is still active: {err}")
         if tuple(ours) != self._placed:
             self._placed = tuple(ours)
-            self._reload_udev()
+            _reload_udev(self._control)
             logger.info("took over from the distribution's udev rule: %s in %s%s", ", ".join(ours) or "nothing",
                         self._runtime, f" ({', '.join(admin)} overridden by the admin in {self._admin})" if admin
                         else "", extra=log.fields("udev", backend=backend))
@@ -112,20 +181,9 @@ class UdevTakeover:
                              + "; ".join(where))
 
     def _remove(self, why: str) -> None:
-        removed = []
-        for name in self._placed or self._names_quietly():
-            path = os.path.join(self._runtime, name)
-            try:
-                if read_file(path, MAX_RULE_BYTES).startswith(MARKER):
-                    os.unlink(path)
-                    removed.append(name)
-            except OSError:
-                continue  # absent, or not ours: left alone
+        """Exactly what the record names (what this daemon, or one killed before it, placed)."""
+        release_recorded(self._root, why)
         self._placed = ()
-        if removed:
-            self._reload_udev()
-            logger.info("gave the udev rule back to the distribution (%s): removed %s from %s", why,
-                        ", ".join(removed), self._runtime, extra=log.fields("udev"))
 
     def _foreign(self, name: str) -> bool:
         """A file of that name in the runtime directory that crashhpd did not put there: someone else's."""
@@ -133,22 +191,3 @@ class UdevTakeover:
             return not read_file(os.path.join(self._runtime, name), MAX_RULE_BYTES).startswith(MARKER)
         except FileNotFoundError:
             return False
-
-    def _names_quietly(self) -> list[str]:
-        try:
-            return self._names()
-        except OSError:
-            return []
-
-
-    def _reload_udev(self) -> None:
-        """`udevadm control --reload`, where the root's udevd runs (its control socket); the rules take
-        effect from the next event."""
-        udevadm = shutil.which("udevadm")
-        if udevadm is None or not os.path.exists(self._control):
-            return
-        try:
-            subprocess.run([udevadm, "control", "--reload"], stdin=subprocess.DEVNULL, capture_output=True,
-                           timeout=RELOAD_TIMEOUT_S, check=False)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            logger.warning("udevadm control --reload failed: %s", err, extra=log.fields("udev"))

@@ -35,6 +35,7 @@ from .status import ControlCounters, Counters, HeaderInForce, Status, Verdict
 logger = logging.getLogger(__name__)
 
 RECOVER_REASON = "recover"  # an update that reloads for a kernel that did not update its own header
+GIVE_BACK_AFTER_S = 60.0  # an unhealthy backend gets this long to recover before the distribution's rule is back
 
 Done = Later[tuple[Outcome | None, int]]  # an update's outcome (None: it failed) and the events it took over
 
@@ -79,6 +80,7 @@ class Updater:
         self.applying: _Update | None = None  # an update whose apply is still running
         self.revision = 0  # changes whenever what `header` and `verify` answer may have
         self.protection: Protection = NOT_JUDGED  # judged at the end of every update
+        self.unhealthy_since: float | None = None  # the backend's health, judged at the end of every update
         self.kernel_watch = KernelWatch(parts.cfg.root, selector, lambda: self.backend.name, self.counters.error,
                                         check_soon)
         self._selector = selector
@@ -189,6 +191,7 @@ class Updater:
         self.revision += 1
         health = self.backend.health(self.kernel)
         self._health_log.observe(self.backend.name, health)
+        self.unhealthy_since = None if health.ok else self.unhealthy_since or self._clock()
         self.protection = judge(self.backend.name, self.backend.capabilities.keeps_kernel_header, self.kernel,
                                 health, self.kernel_watch.view, self.counters.in_sync, self.counters.last_error)
         self._ended()
@@ -253,6 +256,25 @@ class Updater:
         self.counters.in_sync = False
         self.counters.error(kind, message)
         logger.error("%s", message, extra=log.fields(kind, events=events, backend=self.backend.name))
+
+    def not_keeping(self, now: float) -> str | None:
+        """Why crashhpd cannot keep the crash kernel current now, so that the distribution's rule should;
+        None while it can (or its backend has no such job: the takeover leaves the rule alone then)."""
+        backend, kernel = self.backend, self.kernel
+        if self.applying is not None or not backend.capabilities.keeps_kernel_header or self.unhealthy_since is None:
+            return None
+        detail = backend.health(kernel).detail
+        if kernel.crash_loaded == 0 and not self.counters.in_sync:
+            return f"no crash kernel is loaded and crashhpd's last update failed: {self.counters.last_error}"
+        if not backend.capabilities.reloads and backend.recovery is None:
+            return f"the {backend.name} backend cannot recover ([kernel] recover = false): {detail}"
+        if now - self.unhealthy_since >= GIVE_BACK_AFTER_S:
+            return f"the {backend.name} backend has been unhealthy for {GIVE_BACK_AFTER_S:g} s: {detail}"
+        return None
+
+    def give_back_at(self) -> float | None:
+        """When not_keeping() may change without an update: the end of the unhealthy backend's grace."""
+        return None if self.unhealthy_since is None else self.unhealthy_since + GIVE_BACK_AFTER_S
 
     # --- what the admin's queries see ----------------------------------------------------------------
 
