@@ -195,7 +195,7 @@ class Config(_Section):
     """Everything the daemon reads at start and on reload; `Config()` is the embedded default."""
 
     root: AbsPath = "/"
-    backend: Literal["sandbox", "kexec", "kernel", "auto"] = "sandbox"
+    backend: Literal["sandbox", "kexec", "kernel", "auto"] = "auto"  # protected from install: never the sandbox
     state_dir: AbsPath = DEFAULT_STATE_DIR  # every backend's files; [sandbox] state_dir is its older spelling
     layout: LayoutName | None = None
     cpus: KernelCpuSet = "online"

@@ -74,6 +74,7 @@ class StatusResult(TypedDict):
     missing_cpu_notes: NotRequired[int | None]
     stale_ram_bytes: NotRequired[int | None]
     backend: str
+    backend_setting: NotRequired[str]
     backend_ok: bool
     backend_detail: str
     version: str

@@ -72,7 +72,8 @@ def show_status(s: StatusResult, now: float) -> tuple[str, int]:
         ("crash kernel", _crash_kernel(s.get("crash_kernel_loaded"))),
         ("kernel header", _kernel_header(s)),
         ("crashhpd", f"{s['version']}, pid {s['pid']}, up {duration(s['uptime_s'])}"),
-        ("backend", f"{s['backend']} ({'healthy' if s['backend_ok'] else 'UNHEALTHY'}: {s['backend_detail']})"),
+        ("backend", f"{s['backend']}{' (chosen by auto)' if s.get('backend_setting') == 'auto' else ''} "
+                    f"({'healthy' if s['backend_ok'] else 'UNHEALTHY'}: {s['backend_detail']})"),
         ("layout", s["layout"]),
         ("generation", f"{s['generation']}, {'in sync' if s['in_sync'] else 'NOT in sync: the last update failed'}"),
         ("last apply", _last_apply(s, now)),

@@ -333,6 +333,7 @@ class Updater:
             protected=self.protection.protected,
             unprotected_reasons=list(self.protection.reasons),
             protection_source=self.protection.source,
+            backend_setting=self.parts.cfg.backend,
         )
 
     def header_in_force(self) -> HeaderInForce | None:

@@ -189,7 +189,8 @@ def status_under(attack: Callable[..., None], requests: int, crashhpd: str | Non
         sock_path = str(work / "control.sock")
         os.chmod(work, 0o755)  # nobody must reach the socket
         config = write_config(work / "crashhpd.toml", {
-            "root": str(root), "monitor": {"source": "kernel"}, "sandbox": {"state_dir": str(work / "state")},
+            "root": str(root), "monitor": {"source": "kernel"}, "backend": "sandbox",
+            "sandbox": {"state_dir": str(work / "state")},
             "control": {"socket": sock_path, "group": group}, "log": {"level": "info"},
         })
         daemon = DaemonProcess(work, config, command=[crashhpd, "run", "--config", str(config)] if crashhpd else None)
@@ -297,7 +298,8 @@ def main() -> None:
         root = make_tree(work / "root", VIRTIO_MEM)
         sock_path = str(work / "control.sock")
         config = write_config(work / "crashhpd.toml", {
-            "root": str(root), "monitor": {"source": "kernel"}, "sandbox": {"state_dir": str(work / "state")},
+            "root": str(root), "monitor": {"source": "kernel"}, "backend": "sandbox",
+            "sandbox": {"state_dir": str(work / "state")},
             "control": {"socket": sock_path}, "log": {"level": "info"},
         })
         daemon = DaemonProcess(work, config)

@@ -83,7 +83,8 @@ def run_crashhpd(work: Path, count: int) -> dict[str, float]:
     root = make_tree(work / "root", iomem(0))
     state_dir = work / "state"
     config = write_config(work / "crashhpd.toml", {
-        "root": str(root), "monitor": {"source": "kernel"}, "sandbox": {"state_dir": str(state_dir)},
+        "root": str(root), "monitor": {"source": "kernel"}, "backend": "sandbox",
+        "sandbox": {"state_dir": str(state_dir)},
         "control": {"socket": str(work / "control.sock")},
     })
     daemon = DaemonProcess(work, config)

@@ -33,7 +33,7 @@ def env(tmp_path: Path):
         "root": str(root),
         "monitor": {"source": "kernel"},
         "debounce": {"quiet_ms": QUIET_MS, "max_delay_ms": 2000},
-        "sandbox": {"state_dir": str(state_dir)},
+        "backend": "sandbox", "sandbox": {"state_dir": str(state_dir)},
         "log": {"level": "debug"},
         "control": {"socket": str(tmp_path / "control.sock")},
     })
@@ -99,7 +99,8 @@ def test_overflowing_the_receive_buffer_triggers_a_rescan_that_ends_correct(env,
     root, state_dir, _, start = env
     config = write_config(tmp_path / "tiny.toml", {
         "root": str(root), "monitor": {"source": "kernel", "receive_buffer_bytes": 65536},
-        "debounce": {"quiet_ms": QUIET_MS, "max_delay_ms": 2000}, "sandbox": {"state_dir": str(state_dir)},
+        "debounce": {"quiet_ms": QUIET_MS, "max_delay_ms": 2000}, "backend": "sandbox",
+        "sandbox": {"state_dir": str(state_dir)},
         "log": {"level": "debug"}, "control": {"socket": str(tmp_path / "control.sock")},
     })
     d = start(config)

@@ -122,7 +122,7 @@ def daemon(tmp_path: Path):
     sock = tmp_path / "control.sock"
     config = write_config(tmp_path / "crashhpd.toml", {
         "root": str(root), "monitor": {"source": "kernel"},
-        "sandbox": {"state_dir": str(state_dir)}, "control": {"socket": str(sock)},
+        "backend": "sandbox", "sandbox": {"state_dir": str(state_dir)}, "control": {"socket": str(sock)},
     })
     d = DaemonProcess(tmp_path, config)
     d.wait_ready()
@@ -204,7 +204,8 @@ def test_an_unexpected_exception_in_an_update_is_counted_and_the_next_update_wor
     from crashhpd.wiring import build_parts
 
     root = make_tree(tmp_path / "root", FIXTURE)
-    cfg = config_mod.validate([("test", {"root": str(root), "sandbox": {"state_dir": str(tmp_path / "state")}})])
+    cfg = config_mod.validate([("test", {"root": str(root), "backend": "sandbox",
+                                         "sandbox": {"state_dir": str(tmp_path / "state")}})])
     parts = build_parts(cfg, None)
     backend = ExplodingBackend(parts.backend)
     daemon = Daemon(dataclasses.replace(parts, backend=backend), build_parts, selectors.DefaultSelector(), Metrics(),

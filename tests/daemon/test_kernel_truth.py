@@ -39,7 +39,7 @@ def sandbox_daemon(tmp_path: Path, root: Path, **tables: object) -> tuple[Path, 
     """The control socket and a started daemon with the sandbox backend on `root`."""
     sock = tmp_path / "control.sock"
     config = write_config(tmp_path / "crashhpd.toml", {
-        "root": str(root), "state_dir": str(tmp_path / "state"), "monitor": {"source": "kernel"},
+        "root": str(root), "backend": "sandbox", "state_dir": str(tmp_path / "state"), "monitor": {"source": "kernel"},
         "control": {"socket": str(sock)}, **tables,
     })
     d = DaemonProcess(tmp_path, config)

@@ -140,7 +140,7 @@ class Paths:
         tables: dict[str, object] = {
             "root": str(self.root),
             "debounce": {"quiet_ms": QUIET_MS, "max_delay_ms": 2000},
-            "sandbox": {"state_dir": str(self.state_dir)},
+            "backend": "sandbox", "sandbox": {"state_dir": str(self.state_dir)},
             "log": {"level": "debug"},
             # the caller's own group: setting any other on the socket needs root
             "control": {"socket": str(self.socket), "group": grp.getgrgid(os.getegid()).gr_name},

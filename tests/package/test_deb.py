@@ -401,6 +401,17 @@ def test_the_freshly_installed_service_is_enabled_and_its_commands_work(fresh: F
     assert json.loads(fresh.text("inspect.out"))["valid"] is True
 
 
+def test_the_installed_daemon_with_no_configuration_is_auto_and_says_what_that_chose(fresh: Fresh) -> None:
+    """No file in /etc/crashhpd: the embedded default, `auto`, which on this kexec-less build host picks
+    the kexec backend and says, truthfully, that nothing is protected here."""
+    status = json.loads(fresh.text("status-json.out"))
+    assert (status["backend_setting"], status["backend"]) == ("auto", "kexec"), fresh.text("daemon.err")
+    assert fresh.rc("status") == 1 and fresh.rc("status-json") == 1 and status["protected"] is False
+    rows = {line.split(None, 1)[0]: line.split(None, 1)[1] for line in fresh.lines("status.out") if line[:1] != " "}
+    assert rows["backend"].startswith("kexec (chosen by auto) ")
+    assert rows["protected"].startswith("NO: ") and fresh.rc("daemon") == 0, fresh.text("daemon.err")
+
+
 def test_apt_purge_leaves_nothing_but_what_the_admin_wrote(fresh: Fresh) -> None:
     assert fresh.rc("purge") == 0, fresh.text("purge.err")
     before, after = set(fresh.lines("files-before")), set(fresh.lines("files-after"))

@@ -173,3 +173,17 @@ def test_debian_override_has_the_name_of_the_rule_kdump_tools_installs(packaged_
     assert "kdump-config" in packaged.read_text()  # the per-event reload our file turns off
     assert rule_lines(packaged.read_text()), "the packaged file has rules; an empty one would prove nothing"
     assert rule_lines((UDEV / packaged.name).read_text()) == []
+
+
+def test_running_installs_what_running_needs_and_no_developer_tool():
+    """`sh .ci/setup run` takes run_packages and the package without its [test] extra; `test` takes the rest."""
+    import re
+
+    setup = (REPO / ".ci/setup").read_text()
+    run = set(re.search(r'^run_packages="([^"]+)"', setup, re.M).group(1).split())
+    tests = re.search(r'^test_packages="([^"]+)"', setup, re.M).group(1).split()
+    assert run.isdisjoint({"mmdebstrap", "lintian", "debhelper", "e2fsprogs", "make", "prometheus"})
+    assert {"$run_packages", "$build_packages", "mmdebstrap", "lintian"} <= set(tests)  # debhelper: the build
+    assert 'run) apt_packages=$run_packages ;;' in setup
+    assert 'if [ "$job" = run ]; then extras=""' in setup  # pytest, ruff and mypy are the [test] extra
+    assert 'if [ "$job" != run ] && [ ! -x "$venv/bin/promtool" ]' in setup

@@ -51,7 +51,7 @@ class Env:
         base: dict[str, dict] = {
             "monitor": {"source": "kernel"},
             "debounce": {"quiet_ms": NEVER_MS, "max_delay_ms": NEVER_MS},
-            "sandbox": {"state_dir": str(self.state_dir)},
+            "backend": "sandbox", "sandbox": {"state_dir": str(self.state_dir)},
             "log": {"level": "debug"},
             "control": {"socket": str(self.socket)},
         }

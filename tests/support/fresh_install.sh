@@ -29,6 +29,14 @@ step ctl-help crashhpctl --help
 step generate crashhpd generate -o "$out/header"
 step inspect crashhpd inspect --json "$out/header"
 step owned dpkg -L crashhpd
+# the service as its unit runs it (no systemd in here: started by hand, on the embedded default), then asked
+mkdir -p /run/crashhpd
+/usr/bin/crashhpd run > "$out/daemon.out" 2> "$out/daemon.err" &
+daemon=$!
+for _ in $(seq 100); do [ -S /run/crashhpd/control.sock ] && break; sleep 0.1; done
+step status crashhpctl status
+step status-json crashhpctl status --json
+kill -TERM "$daemon"; wait "$daemon"; echo $? > "$out/daemon.rc"
 mkdir -p /etc/crashhpd/crashhpd.toml.d
 printf '[debounce]\nquiet_ms = 500\n' > /etc/crashhpd/crashhpd.toml.d/50-admin.toml
 step purge apt purge -y crashhpd

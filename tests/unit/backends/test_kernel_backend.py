@@ -171,7 +171,8 @@ def test_the_passive_backend_models_the_kernels_own_cpu_set_whatever_cpus_says(t
                     possible="0-7", present="0-3", online="0-2", extra={LOADED: "1\n"})  # before 6.6
     parts = build_parts(validate([("test", {"root": str(old), "backend": "kernel"})]), None)
     assert parts.layout.cpus == "present"
-    sandbox = build_parts(validate([("test", {"root": str(root), "state_dir": str(tmp_path / "state")})]), None)
+    sandbox = build_parts(validate([("test", {"root": str(root), "backend": "sandbox",
+                                              "state_dir": str(tmp_path / "state")})]), None)
     assert sandbox.layout.cpus == "online"  # the sandbox keeps what cpus says
 
 

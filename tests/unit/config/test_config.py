@@ -65,7 +65,8 @@ def dropin(main: Path, name: str, text: str) -> Path:
 
 def test_defaults_are_the_documented_ones():
     c = Config()
-    assert (c.root, c.backend, c.layout, c.cpus, c.page_offset) == ("/", "sandbox", None, "online", None)
+    # "auto": the package protects a host from its first start, with no configuration file at all
+    assert (c.root, c.backend, c.layout, c.cpus, c.page_offset) == ("/", "auto", None, "online", None)
     assert (c.monitor.source, c.monitor.receive_buffer_bytes) == ("auto", 8388608)
     assert (c.debounce.quiet_ms, c.debounce.max_delay_ms) == (200, 2000)
     assert (c.sandbox.state_dir, c.sandbox.max_cpus, c.sandbox.max_memory_ranges) == ("/var/lib/crashhpd", None, 8192)
@@ -126,7 +127,7 @@ def test_config_option_reads_that_file_and_its_own_dropins(tmp_path: Path, monke
     cfg = load(str(other))
     assert cfg.sources == (str(other), str(extra))
     sandbox = cfg.sandbox
-    assert (cfg.backend, cfg.cpus, sandbox.max_cpus, sandbox.max_memory_ranges) == ("sandbox", "possible", None, 16)
+    assert (cfg.backend, cfg.cpus, sandbox.max_cpus, sandbox.max_memory_ranges) == ("auto", "possible", None, 16)
 
 
 def test_missing_default_file_means_the_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
