@@ -127,6 +127,28 @@ class Backend(Protocol):
         """A pure verdict on the backend and that state: status may ask as often as it likes."""
         ...
 
+    def load_changed(self, kernel: KernelState) -> str | None:
+        """Why the crash kernel must be loaded again although its header is right (the load configured now is
+        not the one in force: another kernel, initrd, command line, load path or kexec), else None."""
+        ...
+
+
+class Backoff:
+    """Exponential retry delays: 1 s doubling to 60 s, back to the start after a success."""
+
+    def __init__(self, start: float = 1.0, cap: float = 60.0) -> None:
+        self._start = start
+        self._cap = cap
+        self._next = start
+
+    def take(self) -> float:
+        delay = self._next
+        self._next = min(self._cap, self._next * 2)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self._start
+
 
 # --- driving a Pending ---------------------------------------------------------------------------
 

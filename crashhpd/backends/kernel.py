@@ -84,6 +84,10 @@ class KernelBackend:
                      extra=log.fields("passive", generation=generation, backend=self.name))
         return self._state
 
+    def load_changed(self, kernel: KernelState) -> str | None:
+        """Never: the kernel's loader was someone else's, and its recovery reloads only a stale header."""
+        return None
+
     def health(self, kernel: KernelState) -> Health:
         """A 0 is reported, never acted on (see `_problem`)."""
         cpu, memory = kernel.crash_hotplug_cpu, kernel.crash_hotplug_memory

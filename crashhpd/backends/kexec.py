@@ -22,7 +22,7 @@ from ..elfcorehdr.layout import LayoutName
 from ..errors import BackendError
 from ..sysview.files import under
 from ..sysview.kernel_state import CRASH_LOADED, LOAD_LIMIT, KernelState, read_kernel_state
-from .base import Applied, Capabilities, Health, Pending, settle
+from .base import Applied, Backoff, Capabilities, Health, Pending, settle
 from .kdump_discovery import CrashKernel, discover
 from .kexec_process import Load, Run, Tool, probe
 from .kexec_state import Record, StateStore
@@ -30,8 +30,6 @@ from .kexec_state import Record, StateStore
 logger = logging.getLogger(__name__)
 
 HOTPLUG_MIN_VERSION = (2, 0, 28)  # the first kexec-tools with --hotplug
-BACKOFF_START_S = 1.0
-BACKOFF_MAX_S = 60.0
 EBUSY_TEXT = "Device or resource busy"  # kexec_load's EBUSY: another loader holds the kexec lock
 PROBE_TIMEOUT_S = 5.0  # `kexec --version`, the one kexec run inside the loop: milliseconds, never a watchdog's worth
 STDERR_CHARS = 240  # enough of kexec's complaint for one readable line
@@ -101,23 +99,6 @@ def failure_message(run: Run, timeout_s: float) -> str:
     if EBUSY_TEXT in run.stderr:
         return f"{name}: another loader holds the kexec lock ({EBUSY_TEXT})"
     return f"{name} failed with exit status {run.returncode}: {complaint(run)}"
-
-
-class Backoff:
-    """Exponential retry delays: 1 s doubling to 60 s, back to the start after a success."""
-
-    def __init__(self, start: float = BACKOFF_START_S, cap: float = BACKOFF_MAX_S) -> None:
-        self._start = start
-        self._cap = cap
-        self._next = start
-
-    def take(self) -> float:
-        delay = self._next
-        self._next = min(self._cap, self._next * 2)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self._start
 
 
 # --- the backend --------------------------------------------------------------------------------
@@ -206,6 +187,20 @@ class KexecBackend:
         """Reload the crash kernel once for this header, waiting for kexec: begin() and settle()."""
         return settle(self.begin(header, kernel), lambda: read_kernel_state(self._root))
 
+    def load_changed(self, kernel: KernelState) -> str | None:
+        """The load configured now against the one this daemon (or the one before it, this boot) put in force:
+        adding `[kexec] append`, another kernel or initrd, file_load or another kexec is one reload."""
+        record = self._record
+        if record is None or (kernel.updates_header and self._defer) or self._cfg.dry_run:
+            return None  # loaded by someone else (or not reloaded by crashhpd now): nothing to compare with
+        try:
+            wanted = self._argv_for(kernel)
+        except BackendError:
+            return None  # the load itself will say what is wrong, when one is due
+        if tuple(wanted) == record.argv:
+            return None
+        return f"the load configured now differs from the one in force: {shlex.join(wanted)}"
+
     def health(self, kernel: KernelState) -> Health:
         extra = self._extra(kernel)
         if self._probe_error is not None:
@@ -242,17 +237,27 @@ class KexecBackend:
 
     def _argv_now(self, kernel: KernelState) -> list[str]:
         """Everything is looked up again on each load, so fixing a config file needs no restart."""
+        try:
+            self._argv = self._argv_for(kernel)
+        except BackendError as err:
+            if err.retry_after is None:
+                raise  # discovery: what the distribution would load cannot be found; the admin's to fix
+            self._failed_to_start(str(err))  # kexec missing or broken: worth trying again, backed off
+            raise BackendError(str(err), retry_after=self._retry_after) from None
+        return self._argv
+
+    def _argv_for(self, kernel: KernelState) -> list[str]:
+        """The `kexec -p` the configuration asks for now; BackendError where it cannot be made (a missing
+        kexec: retry_after 0, to be backed off by the caller)."""
         cfg = self._cfg
         crash = discover(self._root, cfg.kernel, cfg.initrd, cfg.cmdline, cfg.append)
         try:
             tool = self._probe()
-        except BackendError as err:  # kexec missing or broken: worth trying again, backed off
-            self._failed_to_start(str(err))
-            raise BackendError(str(err), retry_after=self._retry_after) from None
+        except BackendError as err:
+            raise BackendError(str(err), retry_after=0.0) from None
         file_load = cfg.file_load or kernel.kexec_load_forbidden
         hotplug = self._hotplug_blocker(tool, file_load, kernel) is None
-        self._argv = load_argv(tool.path, crash, file_load, hotplug)
-        return self._argv
+        return load_argv(tool.path, crash, file_load, hotplug)
 
     def _probe(self) -> Tool:
         """The kexec binary, asked once; a binary that was missing is looked for again on the next load."""

@@ -21,7 +21,7 @@ from ..elfcorehdr.layout import LayoutName, preset
 from ..errors import BackendError
 from ..safefile import SafeDir, Staged, UnsafeFileError
 from ..sysview.kernel_state import KernelState
-from .base import Applied, Capabilities, Health
+from .base import Applied, Backoff, Capabilities, Health
 
 SEGMENT = "elfcorehdr"
 STATE = "state.json"
@@ -49,6 +49,7 @@ class SandboxBackend:
 
     def __init__(self, state_dir: str, max_cpus: int,
                  max_memory_ranges: int = pack.DEFAULT_MAX_MEMORY_RANGES) -> None:
+        self._backoff = Backoff()
         self._dir = os.path.abspath(state_dir)
         self._capacity = pack.capacity(max_cpus, max_memory_ranges)
         with self._open_dir() as d:
@@ -87,9 +88,17 @@ class SandboxBackend:
                 f"(elfsz > memsz); raise max_cpus or max_memory_ranges to reload with a larger one"
             )
         applied = _describe(header, self._generation + 1, self._capacity, time.time())
-        with self._open_dir() as d:
-            self._install(d, header, applied)
+        try:
+            with self._open_dir() as d:
+                self._install(d, header, applied)
+        except BackendError as err:  # a full disk, say: tried again on the daemon's timer until space returns
+            raise BackendError(str(err), retry_after=self._backoff.take()) from None
+        self._backoff.reset()
         return applied
+
+    def load_changed(self, kernel: KernelState) -> str | None:
+        """Never: a file has no load to change."""
+        return None
 
     def health(self, kernel: KernelState) -> Health:
         extra: dict[str, object] = {

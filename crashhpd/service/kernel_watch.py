@@ -139,7 +139,7 @@ class KernelWatch:
                    f"are gone: {'; '.join(now.changes) or 'no visible change'}")
         if keeps_header:  # its job, not done: an error, not only a report
             self._report("kernel-header-stale", message)
-        if can_recover:  # once per stale spell: a reload that does not fix it is not repeated
+        if can_recover:  # said once per stale spell; the updater retries a recovery that did not fix it
             self.recover_wanted = True
-            message += "; reloading the crash kernel once ([kernel] recover)"
+            message += "; reloading the crash kernel ([kernel] recover), again with backoff while it stays stale"
         logger.warning("%s", message, extra=log.fields("kernel-header-stale", backend=backend))

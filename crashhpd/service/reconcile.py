@@ -58,9 +58,15 @@ def reconcile(backend: Backend, snapshot: Snapshot, layout: Layout, clock: Calla
     kernel = view(snapshot.loaded_header, built, last[1])
     deciding = kernel.coverage if backend.capabilities.reloads else None
     current = backend.loaded(snapshot.kernel)
-    if current == built.data or (deciding is not None and deciding.in_sync):
+    # where the kernel's header is read back it alone says whether the header is in force: a stale one is
+    # never "nothing to do", whatever the backend's record says
+    in_force = deciding.in_sync if deciding is not None else current == built.data
+    reload_for = backend.load_changed(snapshot.kernel) if in_force else None
+    if in_force and reload_for is None:
         return Outcome(built, None, [], clock() - started, kernel)
-    if deciding is not None:
+    if reload_for is not None:
+        lines = [f"~ {reload_for}"]
+    elif deciding is not None:
         lines = deciding.changes
     elif last[0] is not None and current == last[0].data:  # the backend holds the last build: parsed already
         lines = changes_from(last[0].parsed, built)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from .. import __version__, log
-from ..backends.base import Backend, Watch
+from ..backends.base import Backend, Backoff, Watch
 from ..elfcorehdr.build import Built, build_valid, changes
 from ..elfcorehdr.coverage import KernelView, view
 from ..errors import BackendError, CrashhpdError, HeaderError
@@ -48,6 +48,7 @@ class _Update:
     started: float
     burst_started: float | None  # the first event of the burst it covers, for the event-to-apply latency
     events: int
+    backend: Backend | None = None  # what it applies through: the running backend, or its recovery
     waiters: list[Done] = field(default_factory=list)
     inflight: InFlight | None = None
     watch: Watch | None = None
@@ -77,6 +78,9 @@ class Updater:
         self.built: Built | None = None  # of the last update that succeeded
         self._ram_bytes = 0  # the RAM it covers
         self.retry_at: float | None = None
+        self._retry_reason = "retry"  # what the retry is: a recovery is retried as a recovery
+        self._recover_backoff = Backoff()  # a recovery that left the kernel's header stale is tried again
+        self._failing: str | None = None  # the kind of failure of this spell, logged once
         self.applying: _Update | None = None  # an update whose apply is still running
         self.revision = 0  # changes whenever what `header` and `verify` answer may have
         self.protection: Protection = NOT_JUDGED  # judged at the end of every update
@@ -110,11 +114,13 @@ class Updater:
         once that is done. `waiters` learn its outcome at its end.
         """
         assert self.applying is None, "one update at a time"
-        update = _Update(reason, self._clock(), burst_started, events, list(waiters))
+        update = _Update(reason, self._clock(), burst_started, events, waiters=list(waiters))
         self.counters.updates += 1
         self.counters.events_coalesced += max(events - 1, 0)
         self.retry_at = None
-        self._settle(update, lambda: self._begin(recover=reason == RECOVER_REASON))
+        recovery = self.backend.recovery if reason == RECOVER_REASON else None
+        update.backend = recovery or self.backend
+        self._settle(update, lambda: self._begin(update.backend or self.backend))
 
     def step(self, now: float) -> None:
         """The apply in flight after a turn of the loop: past its deadline, or done and its update ended."""
@@ -145,15 +151,13 @@ class Updater:
             self.kernel_watch.recover_wanted = False
             return RECOVER_REASON
         if self.retry_at is not None and now >= self.retry_at:
-            return "retry"
+            return self._retry_reason
         return None
 
-    def _begin(self, recover: bool = False) -> Outcome | InFlight:
+    def _begin(self, backend: Backend) -> Outcome | InFlight:
         snapshot = read_snapshot(self.parts.cfg.root, self.parts.boot, self.parts.header_reader)
         self.kernel = snapshot.kernel
-        backend = self.backend.recovery if recover else None
-        return reconcile(backend or self.backend, snapshot, self.parts.layout, self._clock,
-                         (self.built, self.kernel_watch.view))
+        return reconcile(backend, snapshot, self.parts.layout, self._clock, (self.built, self.kernel_watch.view))
 
     def _read_kernel_state(self) -> KernelState:
         """The kexec state once a load ended: it may have loaded the boot's first crash kernel, or freed the
@@ -174,6 +178,7 @@ class Updater:
             self._failed("apply-failed", f"apply failed: {err}", update.events)
             if err.retry_after is not None:
                 self.retry_at = self._clock() + err.retry_after
+                self._retry_reason = RECOVER_REASON if update.reason == RECOVER_REASON else "retry"
         except HeaderError as err:
             self._failed("header-invalid", str(err), update.events)
         except CrashhpdError as err:
@@ -198,11 +203,11 @@ class Updater:
         for waiter in update.waiters:
             waiter.resolve((outcome, update.events))
 
-    def _look_again(self, outcome: Outcome) -> tuple[LoadedHeader | None, KernelView]:
+    def _look_again(self, outcome: Outcome, backend: Backend) -> tuple[LoadedHeader | None, KernelView]:
         """The kernel's header after the update, and its view: read again after a reload (which replaced
         it), else the one the snapshot read and reconcile compared."""
         loaded = outcome.built.snapshot.loaded_header
-        if outcome.applied is None or not self.backend.capabilities.reloads or loaded is None:
+        if outcome.applied is None or not backend.capabilities.reloads or loaded is None:
             return loaded, outcome.kernel
         loaded = self.parts.header_reader.read()
         return loaded, view(loaded, outcome.built, outcome.kernel)
@@ -210,9 +215,13 @@ class Updater:
     def _succeeded(self, update: _Update, outcome: Outcome) -> None:
         built = outcome.built
         applied = outcome.applied is not None
-        loaded, kernel = self._look_again(outcome)
+        through = update.backend or self.backend
+        loaded, kernel = self._look_again(outcome, through)
+        if update.reason == RECOVER_REASON:
+            self._after_recovery(kernel)
+        self._failing = None
         self.kernel_watch.updated(loaded, kernel, built, self.parts.layout.name,
-                                  reloaded=applied and self.backend.capabilities.reloads,
+                                  reloaded=applied and through.capabilities.reloads,
                                   keeps_header=self.backend.capabilities.keeps_kernel_header,
                                   can_recover=self.backend.recovery is not None)
         if self.built is None or built.model is not self.built.model:  # status asks often: summed once per build
@@ -239,6 +248,14 @@ class Updater:
                     "; ".join(outcome.changes) or "no visible change",
                     extra=log.fields("applied", generation=outcome.applied.generation, reason=reason, **common))
 
+    def _after_recovery(self, kernel: KernelView) -> None:
+        """A recovery that left the kernel's header stale is tried again, backed off, while it stays so."""
+        if kernel.coverage is not None and not kernel.coverage.in_sync:
+            self.retry_at = self._clock() + self._recover_backoff.take()
+            self._retry_reason = RECOVER_REASON
+        else:
+            self._recover_backoff.reset()
+
     def internal_error(self, doing: str, err: Exception) -> None:
         """Counted as `internal`; the traceback is logged the first time each kind of failure happens."""
         self.counters.in_sync = False
@@ -253,9 +270,12 @@ class Updater:
                          extra=log.fields("internal", backend=self.backend.name))
 
     def _failed(self, kind: str, message: str, events: int) -> None:
+        """Counted every time; said in the journal once per spell of the same kind (its retries are debug)."""
         self.counters.in_sync = False
         self.counters.error(kind, message)
-        logger.error("%s", message, extra=log.fields(kind, events=events, backend=self.backend.name))
+        level = logging.DEBUG if self._failing == kind else logging.ERROR
+        self._failing = kind
+        logger.log(level, "%s", message, extra=log.fields(kind, events=events, backend=self.backend.name))
 
     def not_keeping(self, now: float) -> str | None:
         """Why crashhpd cannot keep the crash kernel current now, so that the distribution's rule should;

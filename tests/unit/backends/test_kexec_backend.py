@@ -27,8 +27,9 @@ from kexec_standin import EBUSY
 from repo_paths import STANDIN
 from standin import Standin, alive, hot_add, kind_of, model, root, standin  # noqa: F401  (fixtures)
 
+from crashhpd.backends.base import Backoff
 from crashhpd.backends.kernel import choose
-from crashhpd.backends.kexec import Backoff, KexecBackend
+from crashhpd.backends.kexec import KexecBackend
 from crashhpd.backends.kexec_state import HEADER_FILE, STATE_FILE
 from crashhpd.config import KexecConfig
 from crashhpd.elfcorehdr.build import build_valid

@@ -387,8 +387,12 @@ def test_a_full_disk_is_an_error_and_the_old_header_stays(tiny_fs: Path, small: 
     # "segment-only": the new segment fits, its state.json does not
     fill(tiny_fs, 0 if room == "none" else os.stat(state_dir / SEGMENT).st_blocks * 512)
 
-    with pytest.raises(BackendError, match="No space left on device"):
+    with pytest.raises(BackendError, match="No space left on device") as first:
         backend.apply(large, NO_KEXEC)
+    with pytest.raises(BackendError, match="No space left on device") as second:
+        backend.apply(large, NO_KEXEC)
+    # tried again on the daemon's timer until space returns, backed off
+    assert (first.value.retry_after, second.value.retry_after) == (1.0, 2.0)
     assert snapshot_files(state_dir) == before
     assert temporaries(state_dir) == []
     assert backend.state() == applied
