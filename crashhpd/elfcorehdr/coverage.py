@@ -12,10 +12,14 @@ is gone; a CPU without its note loses its registers.
 import hashlib
 from dataclasses import dataclass, field, replace
 
+from ..abi.elf import EHDR_SIZE, EM_X86_64, ET_CORE, EV_CURRENT, PHDR_SIZE
 from ..sysview.loaded_header import LoadedHeader
 from ..sysview.ranges import Cover, Range
 from .build import Built, changes_from
-from .validate import NotAHeader, ParsedHeader, parse
+from .layout import BACKUP_LIMIT
+from .validate import NotAHeader, ParsedHeader, Segment, parse
+
+ELFCLASS64 = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,10 +29,11 @@ class Coverage:
     stale_ram_bytes: int  # RAM the header covers that the system no longer lists
     missing_cpu_notes: int  # CPUs of the fresh header without a note in the kernel's
     changes: list[str]  # the human diff from the kernel's header to the fresh one
+    rejected: str | None = None  # why the kdump kernel's vmcore code would refuse the header whole
 
     @property
     def in_sync(self) -> bool:
-        return not (self.uncovered_ram_bytes or self.stale_ram_bytes or self.missing_cpu_notes)
+        return not (self.uncovered_ram_bytes or self.stale_ram_bytes or self.missing_cpu_notes or self.rejected)
 
 
 def _bytes(ranges: list[Range]) -> int:
@@ -36,16 +41,56 @@ def _bytes(ranges: list[Range]) -> int:
 
 
 def compare(kernel_header: bytes, fresh: Built) -> Coverage:
-    """The kernel's header (as read back) against `fresh`; NotAHeader when the kernel's cannot be parsed."""
-    held: ParsedHeader = parse(kernel_header)  # its RAM leaves out the empty PT_LOAD kexec-tools may write
-    held_notes = {s.paddr for s in held.notes}
+    """The kernel's header (as read back) against `fresh`, as the kdump kernel's /proc/vmcore would read it;
+    NotAHeader when it cannot be parsed at all."""
+    held: ParsedHeader = parse(kernel_header)
+    sha256 = hashlib.sha256(kernel_header).hexdigest()
+    rejected = vmcore_refuses(held)
+    if rejected is not None:  # nothing of it is read: every byte of RAM and every CPU is missing
+        return Coverage(sha256, fresh.parsed.cover.bytes(), 0, len(fresh.model.cpu_notes),
+                        changes_from(held, fresh), rejected)
+    read = _as_vmcore_reads(held, fresh)
+    held_notes = {s.paddr for s in held.notes if s.memsz}  # an empty note saves no registers
     return Coverage(
-        sha256=hashlib.sha256(kernel_header).hexdigest(),
-        uncovered_ram_bytes=_bytes(held.cover.missing(fresh.parsed.cover.ranges)),
-        stale_ram_bytes=_bytes(Cover(fresh.snapshot.ram).missing(held.cover.ranges)),
+        sha256=sha256,
+        uncovered_ram_bytes=_bytes(read.missing(fresh.parsed.cover.ranges)),
+        stale_ram_bytes=_bytes(Cover(fresh.snapshot.ram).missing(read.ranges)),
         missing_cpu_notes=sum(1 for _cpu, addr, _size in fresh.model.cpu_notes if addr not in held_notes),
         changes=changes_from(held, fresh),
     )
+
+
+def vmcore_refuses(h: ParsedHeader) -> str | None:
+    """What makes the kdump kernel's parse_crash_elf64_headers() (fs/proc/vmcore.c) refuse the whole header
+    ("Kdump: Incorrect Elf header"), else None."""
+    checks = (
+        (h.ident[:4] == b"\x7fELF", "no ELF magic"),
+        (h.ident[4] == ELFCLASS64, f"EI_CLASS {h.ident[4]}, not ELFCLASS64"),
+        (h.ident[6] == EV_CURRENT and h.e_version == EV_CURRENT, "EI_VERSION or e_version is not EV_CURRENT"),
+        (h.e_type == ET_CORE, f"e_type {h.e_type}, not ET_CORE"),
+        (h.e_machine == EM_X86_64, f"e_machine {h.e_machine}, not EM_X86_64"),
+        (h.e_ehsize == EHDR_SIZE and h.e_phentsize == PHDR_SIZE, "e_ehsize or e_phentsize is not ELF64's"),
+        (bool(h.segments), "e_phnum is 0"),
+    )
+    problems = [problem for ok, problem in checks if not ok]
+    return "the kdump kernel would refuse this header: " + "; ".join(problems) if problems else None
+
+
+def _as_vmcore_reads(h: ParsedHeader, fresh: Built) -> Cover:
+    """The RAM /proc/vmcore serves from the header: each PT_LOAD's p_offset, not its p_paddr, is what it reads
+    (set_vmcore_list in fs/proc/vmcore.c), except kexec-tools' copy of the first RAM range below 640 KiB,
+    whose p_offset points at that copy inside the crash kernel's memory."""
+    if all(s.offset == s.paddr for s in h.segments if s.is_ram):
+        return h.cover
+    crash = fresh.snapshot.crash_kernel
+    return Cover((s.paddr, s.end) if _backup_copy(s, crash) else (s.offset, s.offset + s.memsz - 1)
+                 for s in h.segments if s.is_ram and s.memsz)
+
+
+def _backup_copy(s: Segment, crash: tuple[Range, ...]) -> bool:
+    """kexec-tools' copy of low RAM: p_offset inside the crash kernel's memory stands for p_paddr's content."""
+    return s.offset != s.paddr and s.end <= BACKUP_LIMIT and any(
+        low <= s.offset and s.offset + s.memsz - 1 <= high for low, high in crash)
 
 
 

@@ -37,7 +37,9 @@ def judge(backend: str, keeps_kernel_header: bool, kernel: KernelState, health: 
         reasons.append("no crash kernel is loaded: a panic now saves no dump at all")
     coverage = view.coverage
     if coverage is not None:
-        if not coverage.in_sync:
+        if coverage.rejected is not None:
+            reasons.append(f"{coverage.rejected}: a dump taken now would save nothing")
+        elif not coverage.in_sync:
             reasons.append(f"the kernel's header is stale: a dump taken now would miss "
                            f"{size_text(coverage.uncovered_ram_bytes)} of RAM and {coverage.missing_cpu_notes} "
                            f"CPU notes, and cover {size_text(coverage.stale_ram_bytes)} that is gone")
