@@ -216,30 +216,40 @@ class Btf:
     def member(self, struct: int | str, name: str) -> Member:
         """Member `name` of a struct, looked up through anonymous struct and union members as C does."""
         type_id = self.find_struct(struct) if isinstance(struct, str) else struct
-        found = self._member(type_id, name, 0, 0)
+        found = self._member(type_id, name, 0, 0, set())
         if found is None:
             raise BtfError(f"{self.describe(self.strip(type_id))} has no member {name}")
         return found
 
     def field(self, struct: int | str, name: str) -> Field:
-        """Offset and size in bytes of a member that is not a bitfield."""
+        """Offset and size in bytes of a member that is not a bitfield, which must lie inside its struct."""
         member = self.member(struct, name)
         if member.is_bitfield:
             raise BtfError(f"member {name} of {self._owner(struct)} is a bitfield, not whole bytes")
-        return Field(member.offset, self.size_of(member.type_id), member.type_id)
+        size = self.size_of(member.type_id)
+        owner = self.find_struct(struct) if isinstance(struct, str) else struct
+        if member.offset + size > self.size_of(owner):
+            raise BtfError(f"member {name} of {self._owner(struct)} ends at byte {member.offset + size}, past the "
+                           f"{self.size_of(owner)} bytes of its struct")
+        return Field(member.offset, size, member.type_id)
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _member(self, type_id: int, name: str, base: int, depth: int) -> Member | None:
+    def _member(self, type_id: int, name: str, base: int, depth: int, searched: set[int]) -> Member | None:
+        """`searched`: the anonymous types already looked through without finding `name` (whether a type
+        holds it does not depend on where it sits), so anonymous members that fan out to the same types
+        cost one look each, not one per path to them."""
         if depth > MAX_HOPS:
             raise BtfError(f"type {type_id}: anonymous members nested more than {MAX_HOPS} deep")
         for m in self.members(type_id):
             if m.name == name:
                 return Member(m.name, m.type_id, base + m.bit_offset, m.bitfield_size)
-            if not m.name and self.kind(self.strip(m.type_id)) in (STRUCT, UNION):
-                inner = self._member(m.type_id, name, base + m.bit_offset, depth + 1)
+            inner_type = self.strip(m.type_id)
+            if not m.name and inner_type not in searched and self.kind(inner_type) in (STRUCT, UNION):
+                inner = self._member(m.type_id, name, base + m.bit_offset, depth + 1, searched)
                 if inner is not None:
                     return inner
+                searched.add(inner_type)
         return None
 
     def _int_bitfield(self, type_id: int) -> tuple[int, int]:

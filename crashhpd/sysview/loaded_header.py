@@ -23,6 +23,9 @@ from .kernel_state import BOOT_ID, LOCKDOWN
 IMAGE_SYMBOL = "kexec_crash_image"  # struct kimage *: a data symbol, listed with CONFIG_KALLSYMS_ALL
 ATTEMPTS = 5  # reads of the image before giving up on one that never holds still
 PAUSE = 0.005  # seconds between two of them: the kernel's own rewrite takes microseconds
+KEXEC_SEGMENT_MAX = 16  # include/linux/kexec.h: the length of struct kimage's segment[]
+SEGMENT_MIN_BYTES, SEGMENT_MAX_BYTES = 32, 64  # struct kexec_segment: four words (x86_64), with room to grow
+KIMAGE_MAX_BYTES = 64 * 1024  # struct kimage is a few KiB; BTF saying more is not to be read whole
 _INTEGER_SIZES = (1, 2, 4, 8)
 
 
@@ -80,6 +83,13 @@ def kimage_layout(btf: Btf) -> KimageLayout:
     size = btf.size_of(segment)
     if size * arr.nelems != segments.size or arr.nelems == 0:
         raise BtfError(f"struct kimage member segment is {segments.size} bytes, not {arr.nelems} of {size}")
+    # include/linux/kexec.h: KEXEC_SEGMENT_MAX 16, and struct kexec_segment is four words; anything else is not
+    # a kernel's BTF, and would have the reader read (and loop over) what it says
+    if arr.nelems > KEXEC_SEGMENT_MAX or not SEGMENT_MIN_BYTES <= size <= SEGMENT_MAX_BYTES:
+        raise BtfError(f"struct kimage member segment is {arr.nelems} of {size} bytes, not at most "
+                       f"{KEXEC_SEGMENT_MAX} struct kexec_segment")
+    if btf.size_of(kimage) > KIMAGE_MAX_BYTES:
+        raise BtfError(f"struct kimage is {btf.size_of(kimage)} bytes, more than {KIMAGE_MAX_BYTES}")
     return KimageLayout(nr_segments=nr_segments, segments_at=segments.offset, segment_size=size,
                         max_segments=arr.nelems, bufsz=_integer(btf, segment, "bufsz"),
                         mem=_integer(btf, segment, "mem"), memsz=_integer(btf, segment, "memsz"))
@@ -131,6 +141,7 @@ class LoadedHeaderReader:
         self._pread = pread
         self._boot_id: str | None = None
         self._layout: KimageLayout | None = None
+        self._layout_error: str | None = None  # why BTF cannot place the segments: as fixed for a boot as they
         self._symbols: _Symbols | None = None
         self._page_offset: int | None = None
 
@@ -149,21 +160,32 @@ class LoadedHeaderReader:
         if boot_id != self._boot_id:
             self._boot_id = boot_id
             self._layout = self._symbols = self._page_offset = None
+            self._layout_error = None
 
     def _kimage_layout(self) -> KimageLayout:
+        """Parsed once per boot, and so is a failure: a BTF without struct kimage cost 35 ms a snapshot."""
+        if self._layout_error is not None:
+            raise _Unreadable(self._layout_error)
         if self._layout is None:
-            path = under(self.root, VMLINUX)
             try:
-                btf = read_vmlinux_btf(self.root)
-            except BtfError as err:
-                raise _Unreadable(f"{err}; the kernel's header cannot be located") from None
-            if btf is None:
-                raise _Unreadable(f"no {path}: the kernel's header cannot be located")
-            try:
-                self._layout = kimage_layout(btf)
-            except BtfError as err:
-                raise _Unreadable(f"{path}: {err}; the kernel's header cannot be located") from None
+                self._layout = self._parse_layout()
+            except _Unreadable as err:
+                self._layout_error = str(err)
+                raise
         return self._layout
+
+    def _parse_layout(self) -> KimageLayout:
+        path = under(self.root, VMLINUX)
+        try:
+            btf = read_vmlinux_btf(self.root)
+        except BtfError as err:
+            raise _Unreadable(f"{err}; the kernel's header cannot be located") from None
+        if btf is None:
+            raise _Unreadable(f"no {path}: the kernel's header cannot be located")
+        try:
+            return kimage_layout(btf)
+        except BtfError as err:
+            raise _Unreadable(f"{path}: {err}; the kernel's header cannot be located") from None
 
     def _kernel_symbols(self) -> _Symbols:
         if self._symbols is None:

@@ -209,3 +209,50 @@ def test_kimage_types_appended_to_this_hosts_btf_resolve_there():
     grown = Btf.parse(kimage_btf(BtfBuilder(host)))
     assert kimage_offsets(grown) == DEBIAN
     assert grown.field("list_head", "prev").offset == 8  # the host's own, found first
+
+
+# --- hostile blobs: bounded work, members inside their struct --------------------------------------
+
+
+def test_anonymous_members_that_fan_out_cost_one_look_per_type_not_per_path(deadline):
+    """Each anonymous level holds two anonymous members of the next: 2**40 paths to the bottom, 40 types."""
+    b = BtfBuilder()
+    int_ = b.int("int", 4, signed=True)
+    inner = b.struct("", 4, [("x", int_, 0)])
+    for _ in range(40):
+        inner = b.struct("", 4, [("", inner, 0), ("", inner, 0)])
+    top = b.struct("top", 4, [("", inner, 0)])
+    blob = Btf.parse(b.blob())
+    looked: list[int] = []
+    real = blob.members
+    blob.members = lambda type_id: looked.append(type_id) or real(type_id)  # type: ignore[method-assign]
+    with pytest.raises(BtfError, match="has no member missing"):
+        blob.member(top, "missing")
+    assert len(looked) <= 2 * 42  # each type looked through at most once per level that names it
+    assert blob.member(top, "x").offset == 0  # the negative control: a member that is there is found
+
+
+def test_a_member_past_the_end_of_its_struct_is_refused():
+    b = BtfBuilder()
+    ulong = b.int("long unsigned int", 8)
+    b.struct("kimage", 16, [("nr_segments", ulong, 0), ("far", ulong, 8 * 4096)])
+    blob = Btf.parse(b.blob())
+    assert blob.field("kimage", "nr_segments").offset == 0  # the negative control
+    with pytest.raises(BtfError, match="ends at byte 4104, past the 16 bytes of its struct"):
+        blob.field("kimage", "far")
+
+
+@pytest.mark.parametrize(("elem_size", "nelems"), [(0, 2**32 - 1), (32, 4096), (4096, 16)])
+def test_a_segment_array_no_kernel_has_is_refused_before_anything_is_read(elem_size, nelems):
+    """A zero-size struct kexec_segment with 2**32-1 elements, or a span of megabytes, from a hostile BTF."""
+    from crashhpd.sysview.loaded_header import kimage_layout
+
+    b = BtfBuilder()
+    ulong = b.int("long unsigned int", 8)
+    int_ = b.int("int", 4, signed=True)
+    seg = b.struct("kexec_segment", elem_size, [("bufsz", ulong, 0), ("mem", ulong, 0), ("memsz", ulong, 0)])
+    segs = b.array(seg, nelems, int_)
+    size = 8 + elem_size * nelems
+    b.struct("kimage", size, [("nr_segments", ulong, 0), ("segment", segs, 64)])
+    with pytest.raises(BtfError, match="struct kexec_segment|struct kimage is"):
+        kimage_layout(Btf.parse(b.blob()))
