@@ -22,8 +22,18 @@ from .sysview.ranges import size_text
 from .sysview.snapshot import read_snapshot
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
-GUESSED_BASE = ("the direct-map base is unknown (/proc/kcore cannot be read): RAM p_vaddr assume 0x{:x}, "
-                "wrong under KASLR; run as root with CAP_SYS_RAWIO, or give --page-offset")
+GUESSED_BASE = ("the direct-map base is unknown ({}): RAM p_vaddr assume 0x{:x}, wrong under KASLR; "
+                "give --page-offset")
+
+
+def kcore_reason(root: str) -> str:
+    """Why /proc/kcore gave no direct-map base, as true for root as for anyone else."""
+    path = os.path.join(root, "proc/kcore")
+    if not os.path.exists(path):
+        return f"no {path}: a kernel built without CONFIG_PROC_KCORE"
+    if os.geteuid() != 0:
+        return f"{path} cannot be read: run as root with CAP_SYS_RAWIO"
+    return f"{path} cannot be read, even by root (lockdown=confidentiality, or no CAP_SYS_RAWIO)"
 
 
 def _page_offset(text: str) -> int:
@@ -95,8 +105,10 @@ def generate(args: argparse.Namespace) -> int:
     if model.cpus_without_notes:
         print(f"crashhpd: warning: no crash_notes for CPU(s) {', '.join(map(str, model.cpus_without_notes))}; "
               "they get no note (is the kernel built with CONFIG_CRASH_DUMP?)", file=sys.stderr)
-    if args.output:
-        with open(args.output, "wb") as f:
+    if args.output:  # 0600: the header holds the KASLR'd kernel address and the RAM map
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(fd, "wb") as f:
+            os.fchmod(fd, 0o600)  # a file that was there keeps no wider mode
             f.write(data)
     elif sys.stdout.isatty():
         print("crashhpd: refusing to write a binary header to a terminal; use -o FILE", file=sys.stderr)
@@ -105,7 +117,8 @@ def generate(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
     if model.page_offset_guessed:  # after the write: a generate that failed has nothing to warn about
-        print(f"crashhpd: warning: {GUESSED_BASE.format(model.page_offset)}", file=sys.stderr)
+        print(f"crashhpd: warning: {GUESSED_BASE.format(kcore_reason(args.root), model.page_offset)}",
+              file=sys.stderr)
     ram_bytes = sum(end - start + 1 for start, end in model.ram)
     print(f"crashhpd: {len(data)} bytes, {model.phnum} program headers: {len(model.cpu_notes)} CPU notes, "
           f"{'a' if model.vmcoreinfo else 'no'} VMCOREINFO note, {'a' if model.image else 'no'} kernel image, "

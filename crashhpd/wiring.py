@@ -20,7 +20,7 @@ from . import config as config_mod
 from .backends.base import Backend
 from .config import Config
 from .control.handlers import Dispatcher
-from .control.server import ControlError, ControlServer
+from .control.server import ControlError, ControlServer, SocketTaken
 from .elfcorehdr.layout import CpuSet, Layout, preset
 from .errors import ConfigError, CrashhpdError
 from .service.daemon import Daemon
@@ -37,6 +37,7 @@ from .sysview.snapshot import read_boot_constants, read_snapshot
 logger = logging.getLogger(__name__)
 
 EX_CONFIG = 78  # sysexits.h: configuration error
+EX_UNAVAILABLE = 69  # sysexits.h: another crashhpd answers on the control socket; not a configuration error
 EX_FATAL = 1
 # what decides the backend: a change of any of these builds a new one on SIGHUP
 BACKEND_KEYS = ("root", "backend", "state_dir", "sandbox", "kexec")
@@ -105,7 +106,10 @@ def run(config_path: str | None, root_override: str | None, context: pyudev.Cont
         daemon = Daemon(build(cfg, None), build, selector, Metrics(), Notifier(), config_path, root_override,
                         config_mod.load)
         return daemon.run(control_server(cfg, selector, daemon))
-    except ControlError as err:  # a missing group or a socket path taken: restarting cannot fix either
+    except SocketTaken as err:
+        logger.critical("cannot start: %s", err, extra=log.fields("startup-failed"))
+        return EX_UNAVAILABLE
+    except ControlError as err:  # a missing group or a socket path that is not a socket: restarting cannot fix either
         logger.critical("cannot start: %s", err, extra=log.fields("startup-failed"))
         return EX_CONFIG
     except (CrashhpdError, OSError) as err:

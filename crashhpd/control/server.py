@@ -66,6 +66,10 @@ PROBE_TIMEOUT_S = 1.0
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
+class SocketTaken(CrashhpdError):
+    """Another process answers on the control socket: most likely another crashhpd (its own exit status)."""
+
+
 class ControlError(CrashhpdError):
     """The control socket cannot be set up as configured."""
 
@@ -423,7 +427,7 @@ def _refuse_live(path: str) -> None:
         raise ControlError(f"{path}: cannot tell whether another daemon uses it: {err.strerror or err}") from None
     finally:
         probe.close()
-    raise ControlError(f"{path}: another process answers on this socket (is crashhpd already running?)")
+    raise SocketTaken(f"{path}: another process answers on this socket (is crashhpd already running?)")
 
 
 def _unlink_quietly(path: str) -> None:

@@ -27,6 +27,7 @@ MARKER = b"# crashhpd: placed while it keeps the kdump header current; removed w
 # places its own beside it nor touches it.
 ADMIN_DIR = "etc/udev/rules.d"
 UDEV_CONTROL = "run/udev/control"
+PACKAGED_DIRS = ("usr/lib/udev/rules.d", "lib/udev/rules.d")  # where distributions install their rules
 # Which files were placed, where: the stop path and the next start remove exactly these, whatever the
 # configuration says by then (it may have changed, or no longer parse). In crashhpd's RuntimeDirectory.
 RECORD_DIR = "run/crashhpd"
@@ -110,6 +111,7 @@ class UdevTakeover:
         self._runtime = under(root, runtime_dir)
         self._admin = under(root, ADMIN_DIR)
         self._control = under(root, UDEV_CONTROL)
+        self._packaged = [under(root, d) for d in PACKAGED_DIRS]
         self._enabled = enabled
         self._placed: tuple[str, ...] = ()
         self.verdict = Verdict(False, "not taken over yet")
@@ -133,9 +135,23 @@ class UdevTakeover:
             self.verdict = self._place(name)
         else:
             self._remove(f"the {name} backend does not load the crash kernel")
-            self.verdict = Verdict(False, f"the distribution's rule is active: the {name} backend "
-                                          "does not keep the kernel's header current")
+            installed = self._distribution_rules()
+            self.verdict = Verdict(False, f"the distribution's rule is active: the {name} backend does not keep "
+                                          "the kernel's header current" if installed else
+                                          "no distribution reload rule is installed (none of "
+                                          f"{', '.join(self._names_or_none())} in {' or '.join(self._packaged)})")
         return self.verdict
+
+    def _distribution_rules(self) -> list[str]:
+        """The distribution's reload rules installed here: what the overrides would disable."""
+        return [os.path.join(d, n) for d in self._packaged for n in self._names_or_none()
+                if os.path.exists(os.path.join(d, n))]
+
+    def _names_or_none(self) -> list[str]:
+        try:
+            return self._names()
+        except OSError:
+            return []
 
     def release(self, why: str) -> None:
         """crashhpd stops: the distribution's rule takes over again."""

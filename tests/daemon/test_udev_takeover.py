@@ -52,8 +52,11 @@ def test_a_backend_that_loads_the_crash_kernel_places_every_override_and_the_san
         assert verdict.inert and f"the {name} backend keeps the header current" in verdict.detail
         assert placed(tmp_path) == {name: MARKER + (UDEV / name).read_bytes() for name in RULES}
     verdict = t.sync(backend("sandbox"))
-    assert not verdict.inert and "does not keep the kernel's header current" in verdict.detail
+    assert not verdict.inert and verdict.detail.startswith("no distribution reload rule is installed (none of ")
     assert placed(tmp_path) == {}
+    write(tmp_path, f"usr/lib/udev/rules.d/{RULES[0]}", "# the distribution's\n")  # the negative control
+    verdict = t.sync(backend("sandbox"))
+    assert not verdict.inert and "does not keep the kernel's header current" in verdict.detail
 
 
 def test_release_gives_the_rule_back(tmp_path):

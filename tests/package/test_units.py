@@ -187,3 +187,26 @@ def test_running_installs_what_running_needs_and_no_developer_tool():
     assert 'run) apt_packages=$run_packages ;;' in setup
     assert 'if [ "$job" = run ]; then extras=""' in setup  # pytest, ruff and mypy are the [test] extra
     assert 'if [ "$job" != run ] && [ ! -x "$venv/bin/promtool" ]' in setup
+
+
+def _words(script: str, variable: str) -> set[str]:
+    import re
+
+    return set(re.search(rf'{variable}="([^"]+)"', script).group(1).split())
+
+
+def test_the_bash_completions_offer_exactly_the_commands_the_parsers_have():
+    """bash itself loads them (a syntax error fails here), and their command lists are the parsers'."""
+    from crashhpd.cli import _parser
+    from crashhpd.control import client, contract
+
+    def choices(parser: object) -> set[str]:
+        return next(set(a.choices) for a in parser._actions if getattr(a, "choices", None))  # type: ignore[attr-defined]
+
+    for name, expected in (("crashhpctl", set(contract.OPS)), ("crashhpd", choices(_parser()))):
+        path = REPO / "etc/bash-completion" / name
+        loaded = subprocess.run(["bash", "-c", f"source {path} && complete -p {name}"], capture_output=True,
+                                text=True, timeout=10)
+        assert loaded.returncode == 0 and f"-F _{name} {name}" in loaded.stdout, loaded.stderr
+        assert _words(path.read_text(), "commands") == expected
+    assert choices(client._parser()) == set(contract.OPS)

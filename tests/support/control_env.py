@@ -144,8 +144,9 @@ def start_failing(env: Env, **tables: dict) -> subprocess.CompletedProcess:
                           timeout=30)
 
 
-def assert_one_line(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode == 78  # EX_CONFIG: the unit's RestartPreventExitStatus, since restarting cannot help
+def assert_one_line(proc: subprocess.CompletedProcess, *needles: str, code: int = 78) -> None:
+    """78, EX_CONFIG (the unit's RestartPreventExitStatus, since restarting cannot help), unless `code`."""
+    assert proc.returncode == code
     assert "Traceback" not in proc.stderr
     line = next(line for line in proc.stderr.splitlines() if "cannot start" in line)
     assert all(n in line for n in needles), line
