@@ -242,26 +242,37 @@ def verify_flood(path: str, stop: Event, answered: Synchronized, rounds: Synchro
     answered.value, rounds.value = ok, done
 
 
-def crashhpctl_runs(crashhpctl: str, config: Path, runs: int) -> tuple[list[float], list[float]]:
-    """Wall-clock seconds of `crashhpctl --config CONFIG status` and of `python -c pass`, each run `runs` times."""
+INSTALLED = "import sys; sys.path.insert(0, sys.argv.pop(1)); from crashhpd.control.client import main; sys.exit(main())"
+
+
+def crashhpctl_runs(crashhpctl: str, config: Path, runs: int) -> tuple[list[float], ...]:
+    """Wall-clock seconds of `crashhpctl --config CONFIG status` and of `python -c pass`, each run `runs` times;
+    then both again as an installed crashhpctl runs: the system's python3 -I, no virtualenv, no editable finder."""
     def timed(argv: list[str]) -> float:
         started = time.perf_counter()
-        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        code = subprocess.run(argv, stdout=subprocess.DEVNULL).returncode
+        if code not in (0, 1):  # 1: answered, NOT protected (the sandbox never is)
+            raise SystemExit(f"{argv}: exit status {code}")
         return time.perf_counter() - started
 
-    ctl, bare = [], []
+    ctl, bare, installed, system = [], [], [], []
+    tree = str(Path(__file__).resolve().parents[2])
     for _ in range(runs):  # alternated, so a busy moment of the machine weighs on both alike
         ctl.append(timed([crashhpctl, "--config", str(config), "status"]))
         bare.append(timed([sys.executable, "-c", "pass"]))
-    return ctl, bare
+        installed.append(timed(["/usr/bin/python3", "-I", "-c", INSTALLED, tree, "--config", str(config), "status"]))
+        system.append(timed(["/usr/bin/python3", "-I", "-c", "pass"]))
+    return ctl, bare, installed, system
 
 
 def root_verify_flood(requests: int, runs: int, crashhpd: str | None, crashhpctl: str) -> None:
     run = status_under(verify_flood, requests, crashhpd, first=lambda config: crashhpctl_runs(crashhpctl, config, runs))
-    ctl, bare = cast(tuple[list[float], list[float]], run.first)
+    ctl, bare, installed, system = cast(tuple[list[float], ...], run.first)
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(f"crashhpctl --config FILE status, median of {runs}: {statistics.median(ctl) * 1000:.1f} ms "
           f"(python -c pass: {statistics.median(bare) * 1000:.1f} ms)")
+    print(f"the same as installed (/usr/bin/python3 -I, no virtualenv): "
+          f"{statistics.median(installed) * 1000:.1f} ms (python3 -I -c pass: {statistics.median(system) * 1000:.1f} ms)")
     print(f"tree: 8000 RAM ranges; root flood: {run.counts[0]} verify replies in {run.counts[1]} rounds of "
           f"{ROUND} pipelined requests, over {run.elapsed:.1f} s of status requests")
     print(f"root status x {requests}, no flood (baseline) {figures(run.baseline)}")
