@@ -242,7 +242,8 @@ def verify_flood(path: str, stop: Event, answered: Synchronized, rounds: Synchro
     answered.value, rounds.value = ok, done
 
 
-INSTALLED = "import sys; sys.path.insert(0, sys.argv.pop(1)); from crashhpd.control.client import main; sys.exit(main())"
+INSTALLED = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from crashhpd.control.client import main; "
+             "sys.exit(main())")
 
 
 def crashhpctl_runs(crashhpctl: str, config: Path, runs: int) -> tuple[list[float], ...]:
