@@ -272,8 +272,8 @@ def root_verify_flood(requests: int, runs: int, crashhpd: str | None, crashhpctl
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(f"crashhpctl --config FILE status, median of {runs}: {statistics.median(ctl) * 1000:.1f} ms "
           f"(python -c pass: {statistics.median(bare) * 1000:.1f} ms)")
-    print(f"the same as installed (/usr/bin/python3 -I, no virtualenv): "
-          f"{statistics.median(installed) * 1000:.1f} ms (python3 -I -c pass: {statistics.median(system) * 1000:.1f} ms)")
+    print(f"the same as installed (/usr/bin/python3 -I, no virtualenv): {statistics.median(installed) * 1000:.1f} "
+          f"ms (python3 -I -c pass: {statistics.median(system) * 1000:.1f} ms)")
     print(f"tree: 8000 RAM ranges; root flood: {run.counts[0]} verify replies in {run.counts[1]} rounds of "
           f"{ROUND} pipelined requests, over {run.elapsed:.1f} s of status requests")
     print(f"root status x {requests}, no flood (baseline) {figures(run.baseline)}")
