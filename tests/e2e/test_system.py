@@ -160,7 +160,8 @@ def test_boot_crashhpd_is_ready_after_kdump_tools_loaded_and_its_first_reconcile
     check(guest, re.match(r"generation \d+, 2 CPUs, \d+ ranges, kexec, idle$", on_61["status_text"]) is not None,
           f"StatusText: {on_61['status_text']}")
     status = on_61["crashhpctl"]
-    check(guest, status["exit"] == 0 and "backend        kexec (healthy" in status["stdout"],
+    check(guest, status["exit"] == 0 and status["stdout"].startswith("protected      yes: ")
+          and "backend        kexec (chosen by auto) (healthy" in status["stdout"],
           f"crashhpctl status under the unit's hardening: {status}")
 
 
@@ -192,7 +193,7 @@ def test_hot_add_kdump_tools_rule_reloads_nothing_while_crashhpd_runs(on_61: dic
 def test_a_member_of_the_control_group_runs_crashhpctl_status(on_61: dict[str, Any]) -> None:
     oper = on_61["crashhpctl_oper"]
     check(on_61["guest"], oper["exit"] == 0 and "crashadm" in oper["stdout"].split("\n")[0]
-          and "backend        kexec (healthy" in oper["stdout"], f"crashhpctl status as oper: {oper}")
+          and "backend        kexec (chosen by auto) (healthy" in oper["stdout"], f"crashhpctl status as oper: {oper}")
 
 
 def test_hot_add_the_dimm_is_in_the_vmcore(on_61: dict[str, Any]) -> None:
