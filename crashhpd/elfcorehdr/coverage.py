@@ -40,10 +40,10 @@ def _bytes(ranges: list[Range]) -> int:
     return sum(end - start + 1 for start, end in ranges)
 
 
-def compare(kernel_header: bytes, fresh: Built) -> Coverage:
+def compare(kernel_header: bytes, fresh: Built, held: ParsedHeader | None = None) -> Coverage:
     """The kernel's header (as read back) against `fresh`, as the kdump kernel's /proc/vmcore would read it;
-    NotAHeader when it cannot be parsed at all."""
-    held: ParsedHeader = parse(kernel_header)
+    NotAHeader when it cannot be parsed at all. `held`: those bytes, parsed already."""
+    held = held if held is not None else parse(kernel_header)
     sha256 = hashlib.sha256(kernel_header).hexdigest()
     rejected = vmcore_refuses(held)
     if rejected is not None:  # nothing of it is read: every byte of RAM and every CPU is missing
@@ -102,8 +102,8 @@ class KernelView:
     unreadable_reason: str | None = "not read yet"
     segment_bytes: int | None = None  # the segment's memsz: the real capacity
     coverage: Coverage | None = None
-    # what the coverage was computed from: the kernel's header bytes and the fresh header's parse
-    basis: tuple[bytes, ParsedHeader] | None = field(default=None, repr=False, compare=False)
+    # what the coverage was computed from: the kernel's header bytes, their parse and the fresh header's parse
+    basis: tuple[bytes, ParsedHeader, ParsedHeader] | None = field(default=None, repr=False, compare=False)
 
 
 def view(loaded: LoadedHeader | None, fresh: Built, previous: KernelView | None = None) -> KernelView:
@@ -114,9 +114,12 @@ def view(loaded: LoadedHeader | None, fresh: Built, previous: KernelView | None 
     if not loaded.readable:
         return KernelView(unreadable_reason=loaded.reason)
     basis = previous.basis if previous is not None else None
-    if previous is not None and basis is not None and basis[1] is fresh.parsed and basis[0] == loaded.header:
+    same_header = basis is not None and basis[0] == loaded.header
+    if previous is not None and basis is not None and same_header and basis[2] is fresh.parsed:
         return replace(previous, segment_bytes=loaded.memsz)
     try:
-        return KernelView(True, None, loaded.memsz, compare(loaded.header, fresh), (loaded.header, fresh.parsed))
+        held = basis[1] if basis is not None and same_header else parse(loaded.header)  # parsed once per bytes
+        return KernelView(True, None, loaded.memsz, compare(loaded.header, fresh, held),
+                          (loaded.header, held, fresh.parsed))
     except NotAHeader as err:
         return KernelView(unreadable_reason=f"the kernel's segment does not hold an ELF core header: {err}")

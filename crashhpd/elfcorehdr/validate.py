@@ -8,10 +8,10 @@ running system. A header that fails here must never be applied.
 """
 
 import bisect
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..abi.elf import EHDR, EHDR_SIZE, EM_X86_64, ET_CORE, MAX_PHNUM, PF_RWX, PHDR, PHDR_SIZE
+from ..abi.elf import EHDR, EHDR_SIZE, EM_X86_64, ET_CORE, MAX_PHNUM, PF_RWX, PHDR, PHDR_SIZE, PT_LOAD
 from ..abi.x86_64 import START_KERNEL_MAP
 from ..sysview.ranges import Cover, Range
 from ..sysview.snapshot import Snapshot
@@ -28,14 +28,9 @@ class Segment:
     filesz: int
     memsz: int
     align: int
-
-    @property
-    def is_image(self) -> bool:
-        return self.type == "PT_LOAD" and self.vaddr >= START_KERNEL_MAP
-
-    @property
-    def is_ram(self) -> bool:
-        return self.type == "PT_LOAD" and not self.is_image
+    # what kind of PT_LOAD it is, decided once in parse(): the checks, the diff and the coverage ask 8192 times
+    is_image: bool = field(compare=False, repr=False)  # the kernel image, mapped at or above __START_KERNEL_map
+    is_ram: bool = field(compare=False, repr=False)  # any other PT_LOAD
 
     @property
     def end(self) -> int:
@@ -65,11 +60,12 @@ class ParsedHeader:
         return {
             "size": self.size,
             "phnum": len(self.segments),
-            "segments": [asdict(s) for s in self.segments],
+            "segments": [{name: getattr(s, name) for name in SEGMENT_FIELDS} for s in self.segments],
         }
 
 
 ELF_MAGIC = b"\x7fELF"
+SEGMENT_FIELDS = ("type", "flags", "offset", "vaddr", "paddr", "filesz", "memsz", "align")  # as the control reply has
 # <elf.h>'s p_type names, as messages print them; any other type is shown as its number
 _TYPE_NAMES = {0: "PT_NULL", 1: "PT_LOAD", 2: "PT_DYNAMIC", 3: "PT_INTERP", 4: "PT_NOTE", 5: "PT_SHLIB", 6: "PT_PHDR",
                7: "PT_TLS"}
@@ -97,7 +93,8 @@ def parse(data: bytes) -> ParsedHeader:
     else:
         rows = (PHDR.unpack_from(data, e_phoff + i * e_phentsize) for i in range(e_phnum))
     segments = tuple(Segment(_TYPE_NAMES.get(p_type) or f"0x{p_type:x}", flags, offset, vaddr, paddr, filesz,
-                             memsz, align)
+                             memsz, align, p_type == PT_LOAD and vaddr >= START_KERNEL_MAP,
+                             p_type == PT_LOAD and vaddr < START_KERNEL_MAP)
                      for p_type, flags, offset, vaddr, paddr, filesz, memsz, align in rows)
     ram = tuple((s.paddr, s.paddr + s.memsz - 1) for s in segments
                 if s.type == "PT_LOAD" and s.memsz and s.vaddr < START_KERNEL_MAP)

@@ -46,10 +46,12 @@ class Cover:
 
     def missing(self, ranges: Iterable[Range]) -> list[Range]:
         """What of `ranges` this does not cover, in their order, split where it covers a middle part."""
+        wanted = list(ranges)
+        others = set(wanted).difference(self._members)  # a range that is exactly a merged one is covered
+        if not others:
+            return []
         out: list[Range] = []
-        for start, end in ranges:
-            if (start, end) in self._members:
-                continue
+        for start, end in [r for r in wanted if r in others]:  # in their order; usually a handful
             cursor = start
             for at in range(bisect.bisect_left(self._ends, start), len(self.ranges)):
                 hole_start, hole_end = self.ranges[at]
