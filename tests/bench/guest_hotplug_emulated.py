@@ -3,7 +3,7 @@
 
 tests/bench/guest_hotplug.py replaced it: it runs the real rule under real
 udevd in the systemd guest. This one stays to compare with the figures the
-README keeps under "history (emulated rule)".
+docs/benchmarks.md keeps under "history (emulated rule)".
 
 Run (as the e2e tests do, it fetches Debian's parts into .cache/e2e on first use):
     .venv/bin/python tests/bench/guest_hotplug_emulated.py [--gib 2]
