@@ -116,9 +116,13 @@ def test_the_package_holds_the_commands_unit_config_udev_files_and_man_pages(bui
         "/usr/share/doc/crashhpd/udev/README.md": "",
         "/usr/share/doc/crashhpd/copyright": "",
         "/usr/share/man/man8/crashhpd.8.gz": "", "/usr/share/man/man8/crashhpctl.8.gz": "",
+        "/usr/share/man/man5/crashhpd.toml.5.gz": "",
     }
     expected |= {f"/usr/share/crashhpd/udev/{p.name}": "" for p in (REPO / "udev").glob("*.rules")}
     assert {path: files.get(path) for path in expected} == expected
+    docs = [f"/usr/share/doc/crashhpd/{p.relative_to(REPO)}"
+            for p in [REPO / "README.md", *(REPO / "docs").glob("*.md")]]
+    assert len(docs) > 1 and [d for d in docs if d not in files and f"{d}.gz" not in files] == []
     units = [p for p in files if p.endswith("/systemd/system/crashhpd.service")]
     assert units in (["/lib/systemd/system/crashhpd.service"], ["/usr/lib/systemd/system/crashhpd.service"])
     assert [p for p in files if p.startswith("/etc/")] == ["/etc/crashhpd", "/etc/crashhpd/crashhpd.toml"]
@@ -339,9 +343,10 @@ class Fresh:
 
 
 def readme_install_command() -> str:
-    """The one command of the README's "Installing as a service"."""
-    section = (REPO / "README.md").read_text().split("## Installing as a service\n", 1)[1]
-    return next(line.strip() for line in section.split("\n## ", 1)[0].splitlines() if line.startswith("    "))
+    """The one command of the README's "Installing as a service" (a section of its "Install", at any level)."""
+    section = re.split(r"^#+ Installing as a service\n", (REPO / "README.md").read_text(), maxsplit=1, flags=re.M)[1]
+    section = re.split(r"^#", section, maxsplit=1, flags=re.M)[0]  # up to the next heading
+    return next(line.strip() for line in section.splitlines() if line.startswith("    "))
 
 
 def test_the_readme_installs_with_one_command_that_builds_and_installs_the_package() -> None:
