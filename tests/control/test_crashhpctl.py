@@ -254,3 +254,31 @@ def test_durations_read_like_an_admin_says_them(seconds, text):
 def test_aligned_lines_up_values_and_continuation_lines():
     assert aligned([("a", "1"), ("long label", "x\ny")]).splitlines() == [
         "a           1", "long label  x", "            y"]
+
+
+def test_status_text_says_what_a_dump_would_miss_and_why_a_cpu_count_is_zero():
+    """render.show_status on a reply as a daemon sends it: every fact the verdict rests on, in words."""
+    from crashhpd.control.render import show_status
+
+    status = {key: None for key in contract.StatusResult.__annotations__}
+    status.update(version="0.1.0", pid=1, uptime_s=5.0, backend="kexec", backend_setting="auto", backend_ok=False,
+                  backend_detail="NO CRASH KERNEL LOADED", layout="kexec-tools", generation=0, in_sync=False,
+                  last_changes=[], cpus=0, ram_ranges=0, ram_bytes=0, header_bytes=0, events_received=0,
+                  events_coalesced=0, rescans=0, updates=1, applies=0, skipped_noop=0, pending_events=0,
+                  errors={"apply-failed": 1}, last_error="apply failed: kexec_load failed: Cannot allocate memory",
+                  last_error_at=None, protected=False, crash_kernel_loaded=0, kernel_header_readable=True,
+                  kernel_header_in_sync=False, uncovered_ram_bytes=1 << 29, missing_cpu_notes=2, stale_ram_bytes=0,
+                  unprotected_reasons=["no crash kernel is loaded: a panic now saves no dump at all",
+                                       "the last update failed: apply failed: kexec_load failed"])
+    text, code = show_status(status, 10.0)  # type: ignore[arg-type]
+    rows = {line[:15].strip(): line[15:] for line in text.splitlines() if line[0] != " "}
+    assert code == 1 and rows["protected"] == "NO: no crash kernel is loaded: a panic now saves no dump at all"
+    assert "               the last update failed: apply failed: kexec_load failed" in text.splitlines()
+    assert rows["crash kernel"] == "NOT LOADED: a panic now saves no dump"
+    assert rows["kernel header"] == ("read back, STALE: a dump would miss 512 MiB of RAM and 2 CPU notes, "
+                                     "and cover 0 B that is gone")
+    assert rows["CPUs"] == "0 (no header built yet: apply failed: kexec_load failed: Cannot allocate memory)"
+    assert rows["backend"].startswith("kexec (chosen by auto) (UNHEALTHY: NO CRASH KERNEL LOADED)")
+    status.update(protected=True, unprotected_reasons=[], crash_kernel_loaded=1, kernel_header_in_sync=True, cpus=4)
+    text, code = show_status(status, 10.0)  # type: ignore[arg-type]
+    assert code == 0 and text.startswith("protected      yes: a dump taken now would save every byte of RAM")

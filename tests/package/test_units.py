@@ -210,3 +210,10 @@ def test_the_bash_completions_offer_exactly_the_commands_the_parsers_have():
         assert loaded.returncode == 0 and f"-F _{name} {name}" in loaded.stdout, loaded.stderr
         assert _words(path.read_text(), "commands") == expected
     assert choices(client._parser()) == set(contract.OPS)
+
+
+def test_the_shipped_overrides_say_where_crashhpd_places_them():
+    """Placed in /run/udev/rules.d while crashhpd keeps the header current: never said to live in /etc."""
+    for rules in sorted((REPO / "udev").glob("*.rules")):
+        head = rules.read_text().split("\n#\n", 1)[0]
+        assert "Placed by crashhpd in /run/udev/rules.d/" in head and "/etc/udev" not in head, rules.name
