@@ -15,7 +15,7 @@ from .. import log
 from ..abi.elf import EHDR_SIZE, align_up
 from ..elfcorehdr.layout import LayoutName
 from ..errors import BackendError
-from ..sysview.kernel_state import CRASH_LOADED, KernelState
+from ..sysview.kernel_state import KernelState
 from .base import Applied, Backend, Capabilities, Health
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def _problem(cpu: int | None, memory: int | None, loaded: int | None) -> str | N
     and an admin (or the next start's `auto`) decides.
     """
     if loaded == 0:
-        return f"NO CRASH KERNEL LOADED (/{CRASH_LOADED} reads 0)"
+        return "NO CRASH KERNEL LOADED (kexec_crash_loaded reads 0)"
     if 1 not in (cpu, memory):
         return (f"the kernel no longer updates the header (crash_hotplug cpu={_state_text(cpu)} "
                 f"memory={_state_text(memory)}); it reads 0 briefly while a load holds the kexec lock, "

@@ -21,7 +21,7 @@ from ..config import KexecConfig
 from ..elfcorehdr.layout import LayoutName
 from ..errors import BackendError
 from ..sysview.files import under
-from ..sysview.kernel_state import CRASH_LOADED, LOAD_LIMIT, KernelState, read_kernel_state
+from ..sysview.kernel_state import CRASH_LOADED, LOAD_LIMIT, NEW_NAMES, KernelState, read_kernel_state
 from .base import Applied, Backoff, Capabilities, Health, Pending, settle
 from .kdump_discovery import CrashKernel, discover
 from .kexec_process import Load, Run, Tool, probe
@@ -360,7 +360,8 @@ class KexecBackend:
     def _verdict(self, kernel: KernelState) -> tuple[bool, str]:
         loaded, limit = kernel.crash_loaded, kernel.load_limit
         if loaded is None:
-            return False, f"{under(self._root, CRASH_LOADED)} is missing: this kernel has no kexec support"
+            return False, (f"{under(self._root, CRASH_LOADED)} (or {under(self._root, NEW_NAMES[CRASH_LOADED])}) is "
+                           "missing: this kernel has no kexec support")
         if loaded == 0:
             return False, "NO CRASH KERNEL LOADED" + (f": {self._failure}" if self._failure else "")
         if limit is not None and 0 <= limit <= 1:

@@ -67,6 +67,7 @@ class StatusResult(TypedDict):
     protected: NotRequired[bool]  # the NotRequired keys came later: an older daemon leaves them out
     unprotected_reasons: NotRequired[list[str]]
     crash_kernel_loaded: NotRequired[int | None]
+    kexec_sysfs: NotRequired[str]
     kernel_header_readable: NotRequired[bool]
     kernel_header_unreadable_reason: NotRequired[str | None]
     kernel_header_in_sync: NotRequired[bool | None]

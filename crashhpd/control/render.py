@@ -69,7 +69,7 @@ def show_status(s: StatusResult, now: float) -> tuple[str, int]:
     protected = s.get("protected")
     rows = [
         ("protected", _verdict(s)),
-        ("crash kernel", _crash_kernel(s.get("crash_kernel_loaded"))),
+        ("crash kernel", _crash_kernel(s.get("crash_kernel_loaded"), s.get("kexec_sysfs"))),
         ("kernel header", _kernel_header(s)),
         ("crashhpd", f"{s['version']}, pid {s['pid']}, up {duration(s['uptime_s'])}"),
         ("backend", f"{s['backend']}{' (chosen by auto)' if s.get('backend_setting') == 'auto' else ''} "
@@ -105,10 +105,11 @@ def _verdict(s: StatusResult) -> str:
     return "\n".join([f"NO: {reasons[0]}", *reasons[1:]])
 
 
-def _crash_kernel(loaded: int | None) -> str:
+def _crash_kernel(loaded: int | None, sysfs: str | None) -> str:
     if loaded is None:
         return "unknown (no kexec in this kernel, or an older daemon)"
-    return "loaded" if loaded else "NOT LOADED: a panic now saves no dump"
+    where = f" (/sys/{sysfs}/)" if sysfs else ""
+    return ("loaded" if loaded else "NOT LOADED: a panic now saves no dump") + where
 
 
 def _kernel_header(s: StatusResult) -> str:

@@ -354,6 +354,7 @@ class Updater:
             unprotected_reasons=list(self.protection.reasons),
             protection_source=self.protection.source,
             backend_setting=self.parts.cfg.backend,
+            kexec_sysfs=kernel.sysfs,
         )
 
     def header_in_force(self) -> HeaderInForce | None:

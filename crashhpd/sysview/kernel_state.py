@@ -22,7 +22,7 @@ LOAD_LIMIT = "proc/sys/kernel/kexec_load_limit_panic"
 LOCKDOWN = "sys/kernel/security/lockdown"
 BOOT_ID = "proc/sys/kernel/random/boot_id"
 # Since "kexec: move sysfs entries to /sys/kernel/kexec" (merged after v6.18) the kexec attributes are
-# there, the old names deprecated: each is read under its old name, else under its new one.
+# there, the old names deprecated ("removed after 2028"): each is read under its new name, else its old one.
 NEW_NAMES = {
     CRASH_LOADED: "sys/kernel/kexec/crash_loaded",
     CRASH_SIZE: "sys/kernel/kexec/crash_size",
@@ -32,10 +32,15 @@ NEW_NAMES = {
 
 
 def kexec_path(root: str, rel: str) -> str:
-    """Where the attribute is on this kernel: its old name, else its new one under /sys/kernel/kexec/."""
-    if rel in NEW_NAMES and not os.path.lexists(under(root, rel)):
+    """Where the attribute is on this kernel: its new name under /sys/kernel/kexec/, else its old one."""
+    if rel in NEW_NAMES and os.path.lexists(under(root, NEW_NAMES[rel])):
         return NEW_NAMES[rel]
     return rel
+
+
+def kexec_sysfs(root: str) -> str:
+    """Which spelling this kernel publishes, as status reports it: "kernel/kexec" or "kernel"."""
+    return "kernel/kexec" if kexec_path(root, CRASH_LOADED) != CRASH_LOADED else "kernel"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +55,7 @@ class KernelState:
     load_limit: int | None  # kexec_load_limit_panic: crash loads still allowed, -1 unlimited
     lockdown: str | None  # the lockdown LSM's modes, the active one in brackets
     boot_id: str | None
+    sysfs: str = "kernel"  # where the kexec attributes were read: /sys/"kernel/kexec"/ (after v6.18) or /sys/"kernel"/
 
     @property
     def updates_header(self) -> bool:
@@ -79,4 +85,5 @@ def read_kernel_state(root: str) -> KernelState:
         load_limit=read_int(root, LOAD_LIMIT, signed=True),
         lockdown=read_text(root, LOCKDOWN),
         boot_id=boot_id.strip() if boot_id else None,
+        sysfs=kexec_sysfs(root),
     )

@@ -275,6 +275,8 @@ def test_status_text_says_what_a_dump_would_miss_and_why_a_cpu_count_is_zero():
     assert code == 1 and rows["protected"] == "NO: no crash kernel is loaded: a panic now saves no dump at all"
     assert "               the last update failed: apply failed: kexec_load failed" in text.splitlines()
     assert rows["crash kernel"] == "NOT LOADED: a panic now saves no dump"
+    status["kexec_sysfs"] = "kernel/kexec"  # Linux after 6.18
+    assert "crash kernel   NOT LOADED: a panic now saves no dump (/sys/kernel/kexec/)" in show_status(status, 10)[0]  # type: ignore[arg-type]
     assert rows["kernel header"] == ("read back, STALE: a dump would miss 512 MiB of RAM and 2 CPU notes, "
                                      "and cover 0 B that is gone")
     assert rows["CPUs"] == "0 (no header built yet: apply failed: kexec_load failed: Cannot allocate memory)"

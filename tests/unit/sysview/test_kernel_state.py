@@ -51,5 +51,32 @@ def test_the_kexec_attributes_are_read_under_their_new_names_too(tmp_path):
     state = read_kernel_state(str(tmp_path))
     assert (state.crash_loaded, state.crash_size, state.elfcorehdr_size) == (1, 268435456, 917616)
     assert read_snapshot(str(tmp_path)).crash_cma == ((0x50000000, 0x5FFFFFFF),)
-    write(tmp_path, "sys/kernel/kexec_crash_loaded", "0\n")  # where both are there, the old name is read
-    assert read_kernel_state(str(tmp_path)).crash_loaded == 0
+    # where both are there the new name is read now (issue 21): test_where_both_are_published_the_new_names_are_read
+
+
+OLD = {"sys/kernel/kexec_crash_loaded": "1\n", "sys/kernel/kexec_crash_size": "268435456\n",
+       "sys/kernel/crash_elfcorehdr_size": "8192\n", "sys/kernel/kexec_crash_cma_ranges": "40000000-47ffffff\n"}
+NEW = {"sys/kernel/kexec/crash_loaded": "1\n", "sys/kernel/kexec/crash_size": "268435456\n",
+       "sys/kernel/kexec/crash_elfcorehdr_size": "8192\n", "sys/kernel/kexec/crash_cma_ranges": "40000000-47ffffff\n"}
+
+
+@pytest.mark.parametrize(("files", "sysfs"), [(OLD, "kernel"), (NEW, "kernel/kexec")])
+def test_either_spelling_alone_gives_every_attribute_and_says_which_it_was(tmp_path, files, sysfs):
+    """Linux after 6.18 publishes /sys/kernel/kexec/; the old names go ("removed after 2028")."""
+    from faketree import QEMU_GUEST, make_tree
+
+    from crashhpd.sysview.snapshot import read_snapshot
+
+    root = make_tree(tmp_path, QEMU_GUEST, extra=files)
+    state = read_kernel_state(str(root))
+    assert (state.crash_loaded, state.crash_size, state.elfcorehdr_size, state.sysfs) == (1, 1 << 28, 8192, sysfs)
+    assert read_snapshot(str(root)).crash_cma == ((0x40000000, 0x47FFFFFF),)
+
+
+def test_where_both_are_published_the_new_names_are_read(tmp_path):
+    for rel, text in OLD.items():
+        write(tmp_path, rel, "0\n" if rel.endswith("crash_loaded") else text)  # the old says 0: never read
+    for rel, text in NEW.items():
+        write(tmp_path, rel, text)
+    state = read_kernel_state(str(tmp_path))
+    assert (state.crash_loaded, state.sysfs) == (1, "kernel/kexec")
