@@ -114,6 +114,9 @@ class DebounceConfig(_Section):
 
     quiet_ms: int = Field(default=200, gt=0, le=MAX_DELAY_MS)
     max_delay_ms: int = Field(default=2000, gt=0, le=MAX_DELAY_MS)
+    # where updates reload the crash kernel, each update a storm forces doubles the next max delay (up to 32x):
+    # a 144 s hot-add costs 7 reloads, not 72; its end still waits only quiet_ms
+    pace: bool = True
 
     @model_validator(mode="after")
     def _delay_covers_quiet(self) -> "DebounceConfig":

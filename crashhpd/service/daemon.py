@@ -198,7 +198,9 @@ class Daemon:
     def update(self, reason: str, waiters: Sequence[Done] = ()) -> None:
         """Run an update now on the events the debounce holds (see Updater.start)."""
         burst_started = self.debounce.first_at
-        self.updater.start(reason, self.debounce.take(), burst_started, waiters)
+        # each update may cost a reload (and a window without a crash kernel): pace a storm
+        self.debounce.paced = self.cfg.debounce.pace and self.backend.capabilities.reloads
+        self.updater.start(reason, self.debounce.take(self.clock()), burst_started, waiters)
 
     def _update_ended(self) -> None:
         if self._ready_said:  # from READY on, the takeover follows what crashhpd can keep current

@@ -2,7 +2,7 @@
 """Reloads and wall time for a 3840-event hot-add storm: crashhpd's kexec backend against one reload per event.
 
 Run as root (it injects real kernel uevents):
-    .venv/bin/python tests/bench/kexec_storm.py --events 3840 --rate 26.7 --reload-cost 0.5 --prefix 64
+    .venv/bin/python tests/bench/kexec_storm.py --events 3840 --rate 26.7 --reload-cost 0.5 --prefix 64 [--unpaced]
 
 The storm: 3840 memory blocks of 128 MiB (a guest grown from 32 to 512 GiB)
 arriving at 26.7 blocks/s, the pace of the public report in which scaling
@@ -14,8 +14,9 @@ low end of what one `kdumpctl reload` takes; this kernel has no kexec, so a
 real reload cannot run here.
 
 - crashhpd: the real daemon (`crashhpd run`, backend kexec, debounce 200 ms
-  quiet and 2 s maximum delay), reloading only when the kexec-tools model
-  header changed since the last load.
+  quiet and 2 s maximum delay, paced: each update the storm forces doubles the
+  next maximum delay), reloading only when the header changed since the last
+  load; with --unpaced also as before pacing ([debounce] pace = false).
 - one reload per event: what the distributions' udev rules do, serialized:
   every event waits for the reloads before it. 3840 x 0.5 s is half an hour,
   so it is measured for real on a prefix of the storm (same pace, same
@@ -97,13 +98,13 @@ def pace(started: float, index: int, rate: float) -> None:
         time.sleep(delay)
 
 
-def run_crashhpd(work: Path, events: int, rate: float, cost: float) -> Result:
+def run_crashhpd(work: Path, events: int, rate: float, cost: float, pace: bool = True) -> Result:
     root = system(work)
     state_dir = work / "state"
     control = standin(work, root, cost)
     config = write_config(work / "crashhpd.toml", {
         "root": str(root), "backend": "kexec", "monitor": {"source": "kernel"},
-        "debounce": {"quiet_ms": QUIET_MS, "max_delay_ms": MAX_DELAY_MS},
+        "debounce": {"quiet_ms": QUIET_MS, "max_delay_ms": MAX_DELAY_MS, "pace": pace},
         "sandbox": {"state_dir": str(state_dir)}, "control": {"socket": str(work / "control.sock")},
         "kexec": {"binary": str(STANDIN)},
     })
@@ -170,6 +171,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=26.7, help="events per second (default: 3840 in 144 s)")
     ap.add_argument("--reload-cost", type=float, default=0.5, help="seconds one stand-in reload takes")
     ap.add_argument("--prefix", type=int, default=64, help="events of the per-event baseline measured for real")
+    ap.add_argument("--unpaced", action="store_true", help="also crashhpd with [debounce] pace = false, the "
+                    "daemon before pacing: one update per max_delay all through the storm")
     args = ap.parse_args()
     if can_inject() is not None:
         sys.exit(f"kexec_storm.py: {can_inject()}")
@@ -177,11 +180,16 @@ def main() -> None:
           f"stand-in reload {args.reload_cost:g} s, debounce {QUIET_MS} ms quiet / {MAX_DELAY_MS} ms max")
     with tempfile.TemporaryDirectory() as work:
         ours = run_crashhpd(Path(work), args.events, args.rate, args.reload_cost)
+    unpaced = None
+    if args.unpaced:
+        with tempfile.TemporaryDirectory() as work:
+            unpaced = run_crashhpd(Path(work), args.events, args.rate, args.reload_cost, pace=False)
     with tempfile.TemporaryDirectory() as work:
         prefix, reload_s = run_per_event(Path(work), args.prefix, args.rate, args.reload_cost)
     full = extrapolate(args.events, args.rate, reload_s)
     rows = [
-        ("crashhpd (coalesced), measured", args.events, ours),
+        ("crashhpd (coalesced, paced), measured", args.events, ours),
+        *([("crashhpd, [debounce] pace = false (before pacing), measured", args.events, unpaced)] if unpaced else []),
         (f"one reload per event, measured on the first {args.prefix}", args.prefix, prefix),
         (f"one reload per event, EXTRAPOLATED from the {args.prefix}-event prefix", args.events, full),
     ]

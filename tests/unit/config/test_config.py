@@ -171,6 +171,7 @@ BAD = {
     "monitor.source": '"netlink"',
     "monitor.receive_buffer_bytes": "65535",
     "debounce.quiet_ms": "0",
+    "debounce.pace": '"sometimes"',
     "debounce.max_delay_ms": "-1",
     "state_dir": '"var/lib/crashhpd"',
     "sandbox.state_dir": '"var/lib/crashhpd"',

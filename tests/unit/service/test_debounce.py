@@ -79,3 +79,37 @@ def test_max_delay_counts_from_the_first_pending_event():
     for k in range(12):
         d.event(k * 0.1)
     assert d.due() == 1.0  # first at 0.0 + 1.0, earlier than last (1.1) + 0.2
+
+
+def storm(paced: bool, seconds: float = 144.0, rate: float = 26.7) -> list[tuple[float, int]]:
+    """The public report's hot-add: 3840 events at 26.7 a second, each update taken at once (its cost aside)."""
+    d = Debouncer(0.2, 2.0, paced=paced)
+    events = [i / rate for i in range(int(seconds * rate))]
+    updates, now, i = [], 0.0, 0
+    while now <= events[-1] + 1:
+        while i < len(events) and events[i] <= now:
+            d.event(events[i])
+            i += 1
+        if d.ready(now):
+            updates.append((round(now, 2), d.take(now)))
+        now = round(now + 0.01, 6)
+    return updates
+
+
+def test_a_paced_storm_spaces_its_updates_out_and_its_end_still_waits_only_the_quiet_window():
+    paced, plain = storm(True), storm(False)
+    assert len(plain) == 72  # every 2 s for 144 s, and the end: the reloads of today's kexec backend
+    times = [t for t, _ in paced]
+    gaps = [b - a for a, b in zip(times, times[1:5])]  # from one burst's first event, a few ms after the update
+    assert times[0] == 2.0 and all(expected <= gap < expected + 0.05 for gap, expected in zip(gaps, (4, 8, 16, 32)))
+    assert len(paced) == 7 and sum(n for _, n in paced) == sum(n for _, n in plain) == 3844
+    assert paced[-1][0] - 3843 / 26.7 <= 0.2 + 0.01  # the newest state right after the storm's quiet window
+
+
+def test_a_quiet_window_ends_the_stretch():
+    d = Debouncer(0.2, 2.0, paced=True)
+    d.event(0.0)
+    d.event(1.9)
+    assert d.ready(2.0) and d.take(2.0) == 2 and d.stretch == 2  # forced while events came
+    d.event(2.05)
+    assert d.due() == 2.25 and d.take(2.25) == 1 and d.stretch == 1  # ended by quiet: back to 2 s
