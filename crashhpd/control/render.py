@@ -125,8 +125,10 @@ def _kernel_header(s: StatusResult) -> str:
 def _cpus(s: StatusResult) -> str:
     """A count, and why it is 0 where it is: no update has succeeded yet (the last error says why)."""
     text = str(s["cpus"])
-    if s["cpus"] == 0:
+    if s["cpus"] == 0 and s["ram_ranges"] == 0:
         text += " (no header built yet" + (f": {s['last_error']})" if s["last_error"] else ")")
+    elif s["cpus"] == 0:  # a header, but not one CPU with crash_notes: no kdump here
+        text += " (no CPU has crash_notes in sysfs: a kernel without CONFIG_CRASH_DUMP?)"
     missing = s.get("cpus_without_notes") or []
     if missing:
         text += f"; CPUs {', '.join(map(str, missing))} have no crash_notes in sysfs (possible, not present)"

@@ -281,6 +281,9 @@ def test_status_text_says_what_a_dump_would_miss_and_why_a_cpu_count_is_zero():
                                      "and cover 0 B that is gone")
     assert rows["CPUs"] == "0 (no header built yet: apply failed: kexec_load failed: Cannot allocate memory)"
     assert rows["backend"].startswith("kexec (chosen by auto) (UNHEALTHY: NO CRASH KERNEL LOADED)")
+    status.update(ram_ranges=7)  # a header was built, with no CPU note in it
+    assert "CPUs           0 (no CPU has crash_notes in sysfs: a kernel without CONFIG_CRASH_DUMP?)" in \
+        show_status(status, 10.0)[0]  # type: ignore[arg-type]
     status.update(protected=True, unprotected_reasons=[], crash_kernel_loaded=1, kernel_header_in_sync=True, cpus=4)
     text, code = show_status(status, 10.0)  # type: ignore[arg-type]
     assert code == 0 and text.startswith("protected      yes: a dump taken now would save every byte of RAM")
