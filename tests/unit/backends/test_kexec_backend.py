@@ -571,7 +571,9 @@ def test_daemon_storm_during_failing_reloads_ends_in_one_load_of_the_newest_head
     daemon = DaemonProcess(tmp_path, config, {"KEXEC_STANDIN_CONTROL": str(standin.control)})
     try:
         daemon.wait_ready()
-        assert [c["exit"] for c in standin.loads()] == [0]
+        # the start-up load succeeded; a uevent of the host's (or a test's just before) may already have
+        # brought a refused reload after it: the storm's own are counted below
+        assert standin.loads()[0]["exit"] == 0 and all(c["exit"] == 1 for c in standin.loads()[1:])
         for blocks in range(1, 5):  # the storm: a hot-add per step, a burst of uevents each, reloads failing
             hot_add(root, blocks)
             inject("add", 8)
