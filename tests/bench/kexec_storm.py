@@ -98,13 +98,13 @@ def pace(started: float, index: int, rate: float) -> None:
         time.sleep(delay)
 
 
-def run_crashhpd(work: Path, events: int, rate: float, cost: float, pace: bool = True) -> Result:
+def run_crashhpd(work: Path, events: int, rate: float, cost: float, paced: bool = True) -> Result:
     root = system(work)
     state_dir = work / "state"
     control = standin(work, root, cost)
     config = write_config(work / "crashhpd.toml", {
         "root": str(root), "backend": "kexec", "monitor": {"source": "kernel"},
-        "debounce": {"quiet_ms": QUIET_MS, "max_delay_ms": MAX_DELAY_MS, "pace": pace},
+        "debounce": {"quiet_ms": QUIET_MS, "max_delay_ms": MAX_DELAY_MS, "pace": paced},
         "sandbox": {"state_dir": str(state_dir)}, "control": {"socket": str(work / "control.sock")},
         "kexec": {"binary": str(STANDIN)},
     })
@@ -183,7 +183,7 @@ def main() -> None:
     unpaced = None
     if args.unpaced:
         with tempfile.TemporaryDirectory() as work:
-            unpaced = run_crashhpd(Path(work), args.events, args.rate, args.reload_cost, pace=False)
+            unpaced = run_crashhpd(Path(work), args.events, args.rate, args.reload_cost, paced=False)
     with tempfile.TemporaryDirectory() as work:
         prefix, reload_s = run_per_event(Path(work), args.prefix, args.rate, args.reload_cost)
     full = extrapolate(args.events, args.rate, reload_s)
