@@ -89,6 +89,8 @@ class Status(Counters):
     kernel_log_complaint: str | None = None
     protected: bool = False  # a dump taken now would save every byte of RAM and every CPU (service/protection.py)
     unprotected_reasons: list[str] = field(default_factory=list)  # why not, the first to fix first
+    # kexec_load_limit_panic: crash loads the kernel still allows (crashhpd never spends the last); None: unlimited
+    crash_loads_left: int | None = None
     kexec_sysfs: str = "kernel"  # the spelling of the kexec attributes read: "kernel/kexec" or "kernel"
     backend_setting: str = ""  # the configuration's `backend`: "auto" chose `backend`
     protection_source: str = "model"  # "kernel": the header read back decided; "model": the backend's record

@@ -355,6 +355,7 @@ class Updater:
             protection_source=self.protection.source,
             backend_setting=self.parts.cfg.backend,
             kexec_sysfs=kernel.sysfs,
+            crash_loads_left=kernel.load_limit if kernel.load_limit is not None and kernel.load_limit >= 0 else None,
         )
 
     def header_in_force(self) -> HeaderInForce | None:

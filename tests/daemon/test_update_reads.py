@@ -101,3 +101,15 @@ def test_an_update_that_reloads_parses_each_read_of_the_kernels_header_once(tmp_
     # once as the snapshot read it: the skip decision, the diff, the model-drift check and status all use that
     # parse, and the header read back after the reload, the same bytes, is compared, not parsed again
     assert counted.calls == {"parse kernel header": 1, "read kexec state": 2}
+
+
+def test_status_says_how_many_crash_loads_the_kernel_still_allows(tmp_path, monkeypatch):
+    """kexec_load_limit_panic (Linux commit a42aaad2e47b, v6.3): -1 is unlimited, a count is what is left."""
+    from faketree import write
+
+    root, daemon, _held = daemon_on(tmp_path, monkeypatch)
+    assert daemon.status().crash_loads_left is None  # no such file: unlimited
+    for text, left in (("-1\n", None), ("7\n", 7), ("0\n", 0)):
+        write(root, "proc/sys/kernel/kexec_load_limit_panic", text)
+        run_update(daemon)
+        assert daemon.status().crash_loads_left == left
