@@ -194,7 +194,7 @@ class KexecBackend:
         if record is None or (kernel.updates_header and self._defer) or self._cfg.dry_run:
             return None  # loaded by someone else (or not reloaded by crashhpd now): nothing to compare with
         try:
-            wanted = self._argv_for(kernel)
+            wanted = self._argv_for(kernel, self._discover(), self._probe())
         except BackendError:
             return None  # the load itself will say what is wrong, when one is due
         if tuple(wanted) == record.argv:
@@ -237,25 +237,22 @@ class KexecBackend:
 
     def _argv_now(self, kernel: KernelState) -> list[str]:
         """Everything is looked up again on each load, so fixing a config file needs no restart."""
-        try:
-            self._argv = self._argv_for(kernel)
-        except BackendError as err:
-            if err.retry_after is None:
-                raise  # discovery: what the distribution would load cannot be found; the admin's to fix
-            self._failed_to_start(str(err))  # kexec missing or broken: worth trying again, backed off
-            raise BackendError(str(err), retry_after=self._retry_after) from None
-        return self._argv
-
-    def _argv_for(self, kernel: KernelState) -> list[str]:
-        """The `kexec -p` the configuration asks for now; BackendError where it cannot be made (a missing
-        kexec: retry_after 0, to be backed off by the caller)."""
-        cfg = self._cfg
-        crash = discover(self._root, cfg.kernel, cfg.initrd, cfg.cmdline, cfg.append)
+        crash = self._discover()  # what the distribution would load: the admin's to fix where it cannot be found
         try:
             tool = self._probe()
-        except BackendError as err:
-            raise BackendError(str(err), retry_after=0.0) from None
-        file_load = cfg.file_load or kernel.kexec_load_forbidden
+        except BackendError as err:  # kexec missing or broken: worth trying again, backed off
+            self._failed_to_start(str(err))
+            raise BackendError(str(err), retry_after=self._retry_after) from None
+        self._argv = self._argv_for(kernel, crash, tool)
+        return self._argv
+
+    def _discover(self) -> CrashKernel:
+        cfg = self._cfg
+        return discover(self._root, cfg.kernel, cfg.initrd, cfg.cmdline, cfg.append)
+
+    def _argv_for(self, kernel: KernelState, crash: CrashKernel, tool: Tool) -> list[str]:
+        """The `kexec -p` the configuration asks for now, with this crash kernel and this kexec."""
+        file_load = self._cfg.file_load or kernel.kexec_load_forbidden
         hotplug = self._hotplug_blocker(tool, file_load, kernel) is None
         return load_argv(tool.path, crash, file_load, hotplug)
 

@@ -17,7 +17,7 @@ from ..sysview.loaded_header import LoadedHeader
 from ..sysview.ranges import Cover, Range
 from .build import Built, changes_from
 from .layout import BACKUP_LIMIT
-from .validate import NotAHeader, ParsedHeader, Segment, parse
+from .validate import NotAHeader, ParsedHeader, Segment, copy_in_crash_kernel, parse
 
 ELFCLASS64 = 2
 
@@ -89,8 +89,7 @@ def _as_vmcore_reads(h: ParsedHeader, fresh: Built) -> Cover:
 
 def _backup_copy(s: Segment, crash: tuple[Range, ...]) -> bool:
     """kexec-tools' copy of low RAM: p_offset inside the crash kernel's memory stands for p_paddr's content."""
-    return s.offset != s.paddr and s.end <= BACKUP_LIMIT and any(
-        low <= s.offset and s.offset + s.memsz - 1 <= high for low, high in crash)
+    return s.offset != s.paddr and s.end <= BACKUP_LIMIT and copy_in_crash_kernel(s, crash)
 
 
 

@@ -104,6 +104,11 @@ def parse(data: bytes) -> ParsedHeader:
                         trailing=data[max(table_end, EHDR_SIZE):], ram=ram, cover=Cover(ram))
 
 
+def copy_in_crash_kernel(s: Segment, crash: tuple[Range, ...]) -> bool:
+    """Whether the bytes at p_offset lie inside a Crash kernel range, where kexec-tools keeps its copy of low RAM."""
+    return any(low <= s.offset and s.offset + s.memsz - 1 <= high for low, high in crash)
+
+
 def check(header: ParsedHeader, snapshot: Snapshot | None = None, layout: Layout | None = None) -> list[str]:
     """Every rule the header breaks, one line each; an empty list means valid.
 
@@ -199,8 +204,7 @@ def _check_against(h: ParsedHeader, snap: Snapshot, layout: Layout | None) -> li
     cma = snap.crash_cma if layout is None or layout.memory == "kernel" else ()
     holes = sorted(snap.crash_kernel + cma)
     for s in h.segments:
-        if s.is_ram and s.memsz and s.offset != s.paddr and not any(
-                low <= s.offset and s.offset + s.memsz - 1 <= high for low, high in snap.crash_kernel):
+        if s.is_ram and s.memsz and s.offset != s.paddr and not copy_in_crash_kernel(s, snap.crash_kernel):
             p.append(f"RAM 0x{s.paddr:x}-0x{s.end:x}: its copy at p_offset 0x{s.offset:x} is not inside a "
                      "Crash kernel range, where kexec-tools keeps it")
     for start, end in h.ram:
