@@ -192,6 +192,7 @@ class KexecConfig(_Section):
     timeout_s: float = Field(default=60.0, gt=0, le=MAX_KEXEC_TIMEOUT_S)
     dry_run: bool = False
     hotplug: bool = False
+    complete_cmdline: bool = True  # reload once a crash kernel loaded without what this host needs (acpi_no_memhotplug)
 
 
 class Config(_Section):

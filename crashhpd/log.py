@@ -50,6 +50,7 @@ MESSAGE_IDS: Mapping[str, str] = MappingProxyType({
     "model-drift": "a697cc5dcae6478582a3ca620e8a257e",
     "kernel-log": "5e664cb9c6ea45bdb8e4c5c62ed17da8",  # /dev/kmsg watched or not, and why
     "udev": "945d70f4be4f4e1795f060b1c091d4d5",
+    "crash-cmdline": "90fc5872086247fb812908dd79497486",  # the crash kernel's command line lacks what the host needs
 })
 
 LEVELS: Mapping[str, int] = MappingProxyType({

@@ -14,6 +14,7 @@ import logging
 import os
 import shlex
 import time
+from dataclasses import replace
 from typing import NoReturn
 
 from .. import log
@@ -24,6 +25,7 @@ from ..sysview.files import under
 from ..sysview.kernel_state import CRASH_LOADED, LOAD_LIMIT, NEW_NAMES, KernelState, read_kernel_state
 from .base import Applied, Backoff, Capabilities, Health, Pending, settle
 from .kdump_discovery import CrashKernel, discover
+from .kexec_cmdline import completed, for_reload, missing, needed
 from .kexec_process import Load, Run, Tool, probe
 from .kexec_state import Record, StateStore
 
@@ -131,6 +133,9 @@ class KexecBackend:
         self._record: Record | None = None
         self._header: bytes | None = None
         self._generation = 0
+        # the command line of a load someone else made, completed: (the discovered one then, the one loaded)
+        self._completed: tuple[str, str] | None = None
+        self._completed_for: set[tuple[str | None, str]] = set()  # (boot id, command line read): reloaded once
         self._restore(kernel)
         self._try_probe()
 
@@ -162,9 +167,10 @@ class KexecBackend:
         if kernel.updates_header and self._defer:
             return self._record_passive(header, kernel)
         self._passive = False
+        lacking = self.cmdline_lacks(kernel)
         try:
             self._check_load_limit(kernel)
-            argv = self._argv_now(kernel)
+            argv = self._argv_now(kernel, kernel.crash_cmdline if lacking else None)
         except BackendError as err:
             self._failure, self._retry_after = str(err), err.retry_after
             raise
@@ -190,8 +196,14 @@ class KexecBackend:
     def load_changed(self, kernel: KernelState) -> str | None:
         """The load configured now against the one this daemon (or the one before it, this boot) put in force:
         adding `[kexec] append`, another kernel or initrd, file_load or another kexec is one reload."""
+        lacking = self.cmdline_lacks(kernel)
+        if lacking:
+            return (f"the crash kernel's command line lacks {' '.join(lacking)}, which this host needs "
+                    "(it can hot-add memory through ACPI): reloading once with it appended")
         record = self._record
-        if record is None or (kernel.updates_header and self._defer) or self._cfg.dry_run:
+        if not self._defer:
+            return None  # the passive backend's recovery: it reloads only for a stale header or for the above
+        if record is None or kernel.updates_header or self._cfg.dry_run:
             return None  # loaded by someone else (or not reloaded by crashhpd now): nothing to compare with
         try:
             wanted = self._argv_for(kernel, self._discover(), self._probe())
@@ -200,6 +212,15 @@ class KexecBackend:
         if tuple(wanted) == record.argv:
             return None
         return f"the load configured now differs from the one in force: {shlex.join(wanted)}"
+
+    def cmdline_lacks(self, kernel: KernelState) -> list[str]:
+        """What the loaded crash kernel's command line (as the snapshot read it) lacks that this host needs,
+        where crashhpd is to reload for it: once per command line and boot, unless `complete_cmdline` is off."""
+        if (not self._cfg.complete_cmdline or kernel.crash_loaded != 1 or kernel.crash_cmdline is None
+                or (kernel.updates_header and self._defer)
+                or (kernel.boot_id, kernel.crash_cmdline) in self._completed_for):
+            return []
+        return missing(kernel.crash_cmdline, needed(kernel.acpi_memory_devices))
 
     def health(self, kernel: KernelState) -> Health:
         extra = self._extra(kernel)
@@ -235,14 +256,22 @@ class KexecBackend:
         logger.error("%s", message, extra=log.fields("load-limit", load_limit=limit, backend=self.name))
         raise BackendError(message, retry_after=None)
 
-    def _argv_now(self, kernel: KernelState) -> list[str]:
-        """Everything is looked up again on each load, so fixing a config file needs no restart."""
+    def _argv_now(self, kernel: KernelState, complete: str | None = None) -> list[str]:
+        """Everything is looked up again on each load, so fixing a config file needs no restart. `complete`:
+        the command line read from a load that lacks what the host needs, to load again completed."""
         crash = self._discover()  # what the distribution would load: the admin's to fix where it cannot be found
         try:
             tool = self._probe()
         except BackendError as err:  # kexec missing or broken: worth trying again, backed off
             self._failed_to_start(str(err))
             raise BackendError(str(err), retry_after=self._retry_after) from None
+        if complete is not None:
+            self._completed_for.add((kernel.boot_id, complete))
+            self._completed = (crash.cmdline, for_reload(complete, needed(kernel.acpi_memory_devices)))
+            logger.warning("the crash kernel loaded lacks %s, which this host needs; reloading once with the command "
+                           "line read from it, completed: %s", " ".join(missing(complete, needed(
+                               kernel.acpi_memory_devices))), self._completed[1],
+                           extra=log.fields("crash-cmdline", cmdline=self._completed[1], backend=self.name))
         self._argv = self._argv_for(kernel, crash, tool)
         return self._argv
 
@@ -254,7 +283,14 @@ class KexecBackend:
         """The `kexec -p` the configuration asks for now, with this crash kernel and this kexec."""
         file_load = self._cfg.file_load or kernel.kexec_load_forbidden
         hotplug = self._hotplug_blocker(tool, file_load, kernel) is None
-        return load_argv(tool.path, crash, file_load, hotplug)
+        return load_argv(tool.path, replace(crash, cmdline=self._cmdline_for(kernel, crash)), file_load, hotplug)
+
+    def _cmdline_for(self, kernel: KernelState, crash: CrashKernel) -> str:
+        """The discovered command line with what this host needs; the completed one read from the kernel
+        instead, while the configuration still discovers what it did when that was loaded."""
+        if self._completed is not None and self._completed[0] == crash.cmdline:
+            return self._completed[1]
+        return completed(crash.cmdline, needed(kernel.acpi_memory_devices))
 
     def _probe(self) -> Tool:
         """The kexec binary, asked once; a binary that was missing is looked for again on the next load."""

@@ -68,6 +68,8 @@ class StatusResult(TypedDict):
     unprotected_reasons: NotRequired[list[str]]
     crash_kernel_loaded: NotRequired[int | None]
     kexec_sysfs: NotRequired[str]
+    crash_kernel_cmdline: NotRequired[str | None]
+    crash_kernel_cmdline_missing: NotRequired[list[str]]
     kernel_header_readable: NotRequired[bool]
     kernel_header_unreadable_reason: NotRequired[str | None]
     kernel_header_in_sync: NotRequired[bool | None]

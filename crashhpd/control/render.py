@@ -70,6 +70,7 @@ def show_status(s: StatusResult, now: float) -> tuple[str, int]:
     rows = [
         ("protected", _verdict(s)),
         ("crash kernel", _crash_kernel(s.get("crash_kernel_loaded"), s.get("kexec_sysfs"))),
+        ("its command line", _crash_cmdline(s)),
         ("kernel header", _kernel_header(s)),
         ("crashhpd", f"{s['version']}, pid {s['pid']}, up {duration(s['uptime_s'])}"),
         ("backend", f"{s['backend']}{' (chosen by auto)' if s.get('backend_setting') == 'auto' else ''} "
@@ -110,6 +111,14 @@ def _crash_kernel(loaded: int | None, sysfs: str | None) -> str:
         return "unknown (no kexec in this kernel, or an older daemon)"
     where = f" (/sys/{sysfs}/)" if sysfs else ""
     return ("loaded" if loaded else "NOT LOADED: a panic now saves no dump") + where
+
+
+def _crash_cmdline(s: StatusResult) -> str:
+    text = s.get("crash_kernel_cmdline")
+    if text is None:
+        return "not read (see kernel header)"
+    missing = s.get("crash_kernel_cmdline_missing") or []
+    return text + (f"\nLACKS {' '.join(missing)}: a dump would lose hot-added memory" if missing else "")
 
 
 def _kernel_header(s: StatusResult) -> str:

@@ -94,6 +94,8 @@ class Status(Counters):
     kexec_sysfs: str = "kernel"  # the spelling of the kexec attributes read: "kernel/kexec" or "kernel"
     backend_setting: str = ""  # the configuration's `backend`: "auto" chose `backend`
     protection_source: str = "model"  # "kernel": the header read back decided; "model": the backend's record
+    crash_kernel_cmdline: str | None = None  # the loaded crash kernel's, from its boot parameters; None: not read
+    crash_kernel_cmdline_missing: list[str] = field(default_factory=list)  # what this host needs and it lacks
 
 
 @dataclass(slots=True)

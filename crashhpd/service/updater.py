@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 from .. import __version__, log
 from ..backends.base import Backend, Backoff, Watch
+from ..backends.kexec_cmdline import missing, needed
 from ..elfcorehdr.build import Built, build_valid, changes
 from ..elfcorehdr.coverage import KernelView, view
 from ..errors import BackendError, CrashhpdError, HeaderError
@@ -93,6 +94,7 @@ class Updater:
         self._clock = clock
         self._health_log = HealthLog()
         self._tracebacks_logged: set[tuple[str, str, str]] = set()
+        self._cmdline: tuple[str | None, list[str]] = (None, [])  # the crash kernel's, read back, and what it lacks
 
     @property
     def backend(self) -> Backend:
@@ -219,6 +221,7 @@ class Updater:
         loaded, kernel = self._look_again(outcome, through)
         if update.reason == RECOVER_REASON:
             self._after_recovery(kernel)
+        self._note_cmdline(loaded, built.snapshot.kernel, update.reason)
         self._failing = None
         self.kernel_watch.updated(loaded, kernel, built, self.parts.layout.name,
                                   reloaded=applied and through.capabilities.reloads,
@@ -247,6 +250,20 @@ class Updater:
         logger.info("applied generation %d (%s, %d events): %s", outcome.applied.generation, reason, events,
                     "; ".join(outcome.changes) or "no visible change",
                     extra=log.fields("applied", generation=outcome.applied.generation, reason=reason, **common))
+
+    def _note_cmdline(self, loaded: LoadedHeader | None, kernel: KernelState, reason: str) -> None:
+        """The crash kernel's command line as read after the update, said once per command line where it lacks
+        what the host needs; the passive backend's recovery reloads once for it (kexec_cmdline.py)."""
+        text = loaded.cmdline.text if loaded is not None else None
+        lacking = missing(text, needed(kernel.acpi_memory_devices))
+        if lacking and (text, lacking) != self._cmdline:
+            logger.warning("the crash kernel's command line lacks %s, which this host needs (it can hot-add memory "
+                           "through ACPI): a dump would lose hot-added memory. Loaded: %s", " ".join(lacking), text,
+                           extra=log.fields("crash-cmdline", missing=" ".join(lacking), backend=self.backend.name))
+        self._cmdline = (text, lacking)
+        recovery = self.backend.recovery
+        if lacking and recovery is not None and reason != RECOVER_REASON and recovery.load_changed(kernel):
+            self.kernel_watch.recover_wanted = True
 
     def _after_recovery(self, kernel: KernelView) -> None:
         """A recovery that left the kernel's header stale is tried again, backed off, while it stays so."""
@@ -356,6 +373,8 @@ class Updater:
             backend_setting=self.parts.cfg.backend,
             kexec_sysfs=kernel.sysfs,
             crash_loads_left=kernel.load_limit if kernel.load_limit is not None and kernel.load_limit >= 0 else None,
+            crash_kernel_cmdline=self._cmdline[0],
+            crash_kernel_cmdline_missing=list(self._cmdline[1]),
         )
 
     def header_in_force(self) -> HeaderInForce | None:

@@ -56,6 +56,10 @@ class KernelState:
     lockdown: str | None  # the lockdown LSM's modes, the active one in brackets
     boot_id: str | None
     sysfs: str = "kernel"  # where the kexec attributes were read: /sys/"kernel/kexec"/ (after v6.18) or /sys/"kernel"/
+    # filled by the snapshot (read_snapshot), left unknown by read_kernel_state alone: the loaded crash kernel's
+    # command line as its boot parameters hold it (None: not read), and the memory devices ACPI lists
+    crash_cmdline: str | None = None
+    acpi_memory_devices: int = 0
 
     @property
     def updates_header(self) -> bool:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from ..abi.elf import EHDR, EHDR_SIZE, MAX_HEADER_SIZE, is_core_header
 from ..errors import SnapshotError
+from .boot_params import BOOT_PARAMS_SIZE, CommandLine, Span, decode, is_boot_params, locate
 from .btf import VMLINUX, Btf, BtfError, Field, read_vmlinux_btf
 from .files import read_text, under
 from .kallsyms import KALLSYMS, read_symbols
@@ -52,6 +53,9 @@ class LoadedHeader:
     memsz: int | None = None
     bufsz: int | None = None
     attempts: int = 0  # reads of the image it took (0: refused before reading it)
+    segments: tuple[Span, ...] = ()  # (mem, memsz) of each segment of the image, in kimage's order
+    # the crash kernel's command line, from the x86 boot parameters segment (boot_params.py), or why not
+    cmdline: CommandLine = field(default=CommandLine(None, "the crash image was not read"), repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,15 +258,18 @@ def _read_image(kcore: Kcore, layout: KimageLayout, image_symbol: int, page_offs
     if nr_segments > layout.max_segments:
         raise _Changed(f"struct kimage at 0x{pointer:x} counts {nr_segments} segments, "
                        f"more than its {layout.max_segments}")
-    found = _find_header_segment(kcore, layout, kimage, nr_segments, page_offset)
+    segments = _segments(layout, kimage, nr_segments)
+    heads = _heads(kcore, segments, page_offset)
+    found = next((i for i, head in heads if is_core_header(head)), None)
     if found is None:
         raise _Changed(f"none of the {nr_segments} segments of the crash image at 0x{pointer:x} "
                        f"begins with an ELF64 core header")
-    mem, memsz, bufsz = found
+    (mem, memsz), bufsz = segments[found], layout.bufsz.value(kimage, layout.segments_at + found * layout.segment_size)
     if memsz > MAX_HEADER_SIZE:
         raise _Unreadable(f"the header's segment at 0x{mem:x} is {memsz} bytes, "
                           f"more than any elfcorehdr ({MAX_HEADER_SIZE})")
     first = kcore.read(page_offset + mem, memsz, "the header's segment")
+    cmdline = _command_line(kcore, segments, heads, page_offset)
     second = kcore.read(page_offset + mem, memsz, "the header's segment")
     if (first != second or kcore.read(pointer, layout.span, "struct kimage") != kimage
             or kcore.read_pointer(image_symbol, IMAGE_SYMBOL) != pointer):
@@ -271,21 +278,42 @@ def _read_image(kcore: Kcore, layout: KimageLayout, image_symbol: int, page_offs
     end = ehdr[5] + ehdr[10] * ehdr[9]  # e_phoff + e_phnum * e_phentsize
     if end > memsz:
         raise _Unreadable(f"the loaded header's program headers end at {end}, past its {memsz}-byte segment")
-    return LoadedHeader(readable=True, header=first[:end], segment=first, mem=mem, memsz=memsz, bufsz=bufsz)
+    return LoadedHeader(readable=True, header=first[:end], segment=first, mem=mem, memsz=memsz, bufsz=bufsz,
+                        segments=tuple(segments), cmdline=cmdline)
 
 
-def _find_header_segment(kcore: Kcore, layout: KimageLayout, kimage: bytes, nr_segments: int,
-                         page_offset: int) -> tuple[int, int, int] | None:
-    """(mem, memsz, bufsz) of the first segment whose memory begins with an ELF64 ET_CORE header."""
-    for i in range(nr_segments):
-        base = layout.segments_at + i * layout.segment_size
-        mem, memsz = layout.mem.value(kimage, base), layout.memsz.value(kimage, base)
+def _segments(layout: KimageLayout, kimage: bytes, nr_segments: int) -> list[Span]:
+    """(mem, memsz) of each segment struct kimage lists."""
+    bases = (layout.segments_at + i * layout.segment_size for i in range(nr_segments))
+    return [(layout.mem.value(kimage, base), layout.memsz.value(kimage, base)) for base in bases]
+
+
+def _heads(kcore: Kcore, segments: list[Span], page_offset: int) -> list[tuple[int, bytes]]:
+    """(index, first bytes) of each segment kcore maps: enough to tell an ELF core header (64 bytes) and
+    x86 boot parameters (one page) from the rest. A segment kcore does not map is neither: the kernel
+    never leaves those unmapped."""
+    heads = []
+    for i, (mem, memsz) in enumerate(segments):
         if memsz < EHDR_SIZE:
             continue
         try:
-            head = kcore.read(page_offset + mem, EHDR_SIZE, f"segment {i}")
-        except Unmapped:  # not the header, whatever it is: the kernel never leaves that one unmapped
+            heads.append((i, kcore.read(page_offset + mem, min(memsz, BOOT_PARAMS_SIZE), f"segment {i}")))
+        except Unmapped:
             continue
-        if is_core_header(head):
-            return mem, memsz, layout.bufsz.value(kimage, base)
-    return None
+    return heads
+
+
+def _command_line(kcore: Kcore, segments: list[Span], heads: list[tuple[int, bytes]],
+                  page_offset: int) -> CommandLine:
+    """The command line the boot parameters segment points to, read where it says; or why not."""
+    params = next((head for _i, head in heads if is_boot_params(head)), None)
+    if params is None:
+        return CommandLine(None, f"none of the {len(segments)} segments of the crash image holds x86 boot "
+                                 "parameters")
+    where = locate(params, segments)
+    if isinstance(where, CommandLine):
+        return where
+    try:
+        return decode(kcore.read(page_offset + where.address, where.size, "the crash kernel's command line"))
+    except KcoreError as err:
+        return CommandLine(None, str(err))

@@ -8,7 +8,7 @@ once (BootConstants). A missing optional file is None: older kernels lack half.
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..abi.elf import notes_of
 from ..errors import ParseError, SnapshotError
@@ -22,6 +22,8 @@ from .ranges import Range
 CPU_DIR = "sys/devices/system/cpu"
 _CPU_NAME = re.compile(r"cpu(\d{1,5})")
 IOMEM_READS = 4  # reads of /proc/iomem before giving up on one that never holds still
+ACPI_DEVICES = "sys/bus/acpi/devices"
+ACPI_MEMORY_HIDS = frozenset({"PNP0C80", "PNP0C81"})  # drivers/acpi/acpi_memhotplug.c's memory_device_ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +125,16 @@ def _read_crash_notes(root: str) -> dict[int, CpuNote]:
     return notes
 
 
+def _count_acpi_memory_devices(root: str) -> int:
+    """ACPI memory devices (named HID:instance under /sys/bus/acpi/devices): where a DIMM can be hot-added."""
+    try:
+        return sum(name.partition(":")[0] in ACPI_MEMORY_HIDS for name in os.listdir(under(root, ACPI_DEVICES)))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0  # no ACPI
+    except OSError as err:
+        raise SnapshotError(f"{under(root, ACPI_DEVICES)}: {err.strerror}") from None
+
+
 def _read_iomem(root: str) -> str:
     """/proc/iomem as one consistent text: the kernel prints it a page per read(), so a hot-add between
     two pages can tear it; it is read again until two reads agree."""
@@ -182,7 +194,8 @@ def read_snapshot(root: str = "/", boot: BootConstants | None = None,
         crash_notes=crash_notes,
         vmcoreinfo=vmcoreinfo,
         boot=boot if boot is not None else read_boot_constants(root),
-        kernel=read_kernel_state(root),
+        kernel=replace(read_kernel_state(root), crash_cmdline=None if loaded is None else loaded.cmdline.text,
+                       acpi_memory_devices=_count_acpi_memory_devices(root)),
         kernel_max=kernel_max,
         crash_cma=() if cma_text is None else parse_ranges(cma_text, under(root, cma_rel)),
         resources=memory.resources,

@@ -7,15 +7,17 @@ from pathlib import Path
 
 import pytest
 from fakebtf import BtfBuilder, kimage_btf
-from fakekcore import HEADER_MEM, RAM, RAM_LOW, CrashKernel, debian_layout, segments
+from fakekcore import CRASH_BASE, HEADER_MEM, RAM, RAM_LOW, CrashKernel, debian_layout, segments
 from faketree import make_tree, write
 from repo_paths import IOMEM_FIXTURES
+from test_boot_params import boot_params
 
 from crashhpd.abi.elf import EHDR_SIZE, PHDR_SIZE
 from crashhpd.elfcorehdr.build import build_valid
 from crashhpd.elfcorehdr.layout import preset
 from crashhpd.elfcorehdr.pack import capacity
 from crashhpd.elfcorehdr.validate import check, parse
+from crashhpd.sysview.boot_params import CommandLine
 from crashhpd.sysview.btf import Btf, BtfError
 from crashhpd.sysview.kallsyms import find_symbols
 from crashhpd.sysview.loaded_header import PAUSE, LoadedHeader, LoadedHeaderReader, kimage_layout
@@ -430,3 +432,52 @@ def test_a_member_that_is_no_integer_is_refused():
     b.struct("kimage", 600, [("nr_segments", b.array(ulong, 2, ulong), 448), ("segment", segs, 576)])
     with pytest.raises(BtfError, match="member nr_segments of struct kimage is 16 bytes, not an integer"):
         kimage_layout(Btf.parse(b.blob()))
+
+
+# --- the crash kernel's command line, from the same read ----------------------------------------------------
+
+PARAMS_MEM = CRASH_BASE + 0x3000000  # a boot parameters segment, as both x86 loaders add one
+CMDLINE = "elfcorehdr=0x34000000 root=/dev/vda ro nr_cpus=1 irqpoll"
+
+
+def with_boot_params(kernel: CrashKernel, header: bytes, cmd_line_ptr: int = PARAMS_MEM + 0x1000,
+                     cmdline: bytes = CMDLINE.encode() + b"\0", memsz: int = 0x2000) -> CrashKernel:
+    """The image's segments and one more: boot_params at its start, the command line where it points."""
+    kernel.set_segments(segments(len(header), MEMSZ) + [(0x7F3A5C500000, memsz, PARAMS_MEM, memsz)])
+    kernel.poke_phys(PARAMS_MEM, boot_params(cmd_line_ptr))
+    if cmdline:
+        kernel.poke_phys(PARAMS_MEM + 0x1000, cmdline)
+    return kernel
+
+
+def test_the_command_line_comes_with_the_header_and_the_segments(tmp_path, header):
+    with_boot_params(CrashKernel(tmp_path).install(header, MEMSZ), header)
+    result = read(tmp_path)
+    assert result.readable and result.cmdline == CommandLine(CMDLINE)
+    assert result.segments[-2:] == ((HEADER_MEM, MEMSZ), (PARAMS_MEM, 0x2000)) and len(result.segments) == 6
+
+
+def test_no_boot_params_segment_leaves_the_header_readable_and_says_why(tmp_path, header):
+    CrashKernel(tmp_path).install(header, MEMSZ)
+    result = read(tmp_path)
+    assert result.readable and result.cmdline.text is None
+    assert result.cmdline.reason == "none of the 5 segments of the crash image holds x86 boot parameters"
+
+
+@pytest.mark.parametrize("pointer,cmdline,reason", [
+    (0x7E000000, b"", "address 0x7e000000 is in none of the crash image's 6 segments"),
+    (PARAMS_MEM + 0x1000, b"x" * 0x1000, "no NUL within its 2048 bytes"),  # the header's limit, then its NUL
+    (PARAMS_MEM + 0x1F00, b"", "no NUL within its 256 bytes"),  # cut at the segment's end (its memory: 'x's)
+])
+def test_a_hostile_command_line_is_a_reason_not_an_exception(tmp_path, header, pointer, cmdline, reason):
+    kernel = with_boot_params(CrashKernel(tmp_path).install(header, MEMSZ), header, pointer, cmdline)
+    kernel.poke_phys(PARAMS_MEM + 0x1F00, b"x" * 0x100)
+    result = read(tmp_path)
+    assert result.readable and result.cmdline.text is None and reason in (result.cmdline.reason or "")
+
+
+def test_a_command_line_in_a_segment_kcore_does_not_map_is_a_reason(tmp_path, header):
+    with_boot_params(CrashKernel(tmp_path).install(header, MEMSZ), header, 0x7F000100, b"")  # segment 3's memory
+    result = read(tmp_path)
+    assert result.readable and result.cmdline.text is None
+    assert f"no {tmp_path}/proc/kcore PT_LOAD maps the crash kernel's command line" in (result.cmdline.reason or "")
