@@ -5,7 +5,9 @@ The e2e parts are fetched from wherever the host fetches its own packages (a
 local mirror, a snapshot, a proxy), never from an address written into this
 project. Both formats apt reads are understood: one-line entries in
 sources.list and *.list, and deb822 stanzas in *.sources; disabled stanzas,
-deb-src entries and files apt ignores are skipped.
+deb-src entries and files apt ignores are skipped. A guest of another release
+than the host's (Debian 13 on a Debian 12 host) is fetched from the mirror the
+host uses for its own release: a Debian mirror serves every suite of the archive.
 """
 
 import re
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ETC_APT = Path("/etc/apt")
+OS_RELEASE = Path("/etc/os-release")
 _OPTIONS = re.compile(r"^\[([^\]]*)\]\s*")
 
 
@@ -75,9 +78,23 @@ def host_entries(etc: Path = ETC_APT) -> list[Entry]:
     return entries
 
 
-def mirrors(codename: str, etc: Path = ETC_APT) -> Mirrors | None:
+def own_codename(os_release: Path = OS_RELEASE) -> str | None:
+    """The host's own release (VERSION_CODENAME in os-release(5)), whose mirror serves the other releases."""
+    try:
+        text = os_release.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "VERSION_CODENAME":
+            return value.strip().strip("\"'") or None
+    return None
+
+
+def mirrors(codename: str, etc: Path = ETC_APT, fallback: str | None = None) -> Mirrors | None:
     """The host's Debian archive (an entry serving `codename` or its -updates with `main`), and its security
-    archive if it has one; None when apt has no Debian mirror configured at all."""
+    archive if it has one; when none serves `codename`, those serving `fallback` (the host's own release);
+    None when apt has no Debian mirror configured at all."""
     archive = security = None
     for entry in host_entries(etc):
         if "main" not in entry.components:
@@ -86,4 +103,6 @@ def mirrors(codename: str, etc: Path = ETC_APT) -> Mirrors | None:
             archive = entry.uri
         if security is None and f"{codename}-security" in entry.suites:
             security = entry.uri
+    if archive is None and fallback is not None and fallback != codename:
+        return mirrors(fallback, etc)
     return None if archive is None else Mirrors(archive, security)

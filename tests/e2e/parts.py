@@ -11,7 +11,10 @@ depend on what the host happens to have installed. Packages are unpacked with
 
 QEMU comes from bookworm-backports (10.0): bookworm's 7.2 was found unreliable
 for kdump under TCG. The 6.1 cloud kernel has no CONFIG_CRASH_HOTPLUG; the
-6.12 one from bookworm-backports has it.
+6.12 one from bookworm-backports has it. The Debian 13 guest's kernels (a
+group's `codename` is trixie) come from trixie and trixie-backports, with apt
+state of their own (cache/apt-trixie), so no trixie package ever becomes a
+bookworm group's candidate.
 """
 
 import fcntl
@@ -31,7 +34,7 @@ from . import apt_sources
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("CRASHHPD_E2E_CACHE", REPO / ".cache" / "e2e"))
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-CODENAME = "bookworm"  # the guest is Debian 12, whatever the host runs
+CODENAME = "bookworm"  # the guests are Debian 12 unless a group or image says otherwise, whatever the host runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,7 @@ class Group:
     packages: tuple[str, ...]
     release: str | None = None  # apt's -t: which suite wins over the default candidate
     unpack: str = ""  # only .deb files whose name starts with this are unpacked ("" = all)
+    codename: str = CODENAME  # the Debian release whose suites apt reads
 
 
 QEMU = Group("qemu", ("qemu-system-x86",), release="bookworm-backports")
@@ -51,6 +55,11 @@ KERNELS = {
     "6.1": Group("linux-6.1", ("linux-image-cloud-amd64",), unpack="linux-image-"),
     "6.12": Group("linux-6.12", ("linux-image-cloud-amd64",), release="bookworm-backports",
                   unpack="linux-image-"),
+    # Debian 13: its own 6.12, and trixie-backports' 7.x (7.3.4 when this was written), whose image is split
+    # into linux-binary- (vmlinuz), linux-modules- and linux-base- (config) packages
+    "trixie-6.12": Group("linux-trixie", ("linux-image-cloud-amd64",), unpack="linux-image-", codename="trixie"),
+    "trixie-7.3": Group("linux-trixie-backports", ("linux-image-cloud-amd64",), release="trixie-backports",
+                        unpack="linux-", codename="trixie"),
 }
 
 
@@ -62,21 +71,21 @@ class PartsError(Exception):
     """apt or dpkg-deb failed for a reason other than the network."""
 
 
-def source_list(found: apt_sources.Mirrors | None) -> str:
+def source_list(found: apt_sources.Mirrors | None, codename: str = CODENAME) -> str:
     """The private source list for the host's mirrors; PartsUnavailable when the host has none."""
     if found is None:
-        raise PartsUnavailable(f"no Debian mirror serving {CODENAME} (main) in the host's apt sources "
+        raise PartsUnavailable(f"no Debian mirror serving {codename} (main) in the host's apt sources "
                                f"({apt_sources.ETC_APT}/sources.list, {apt_sources.ETC_APT}/sources.list.d/)")
-    suites = [(found.archive, CODENAME), (found.archive, f"{CODENAME}-updates"),
-              (found.archive, f"{CODENAME}-backports")]
+    suites = [(found.archive, codename), (found.archive, f"{codename}-updates"),
+              (found.archive, f"{codename}-backports")]
     if found.security is not None:
-        suites.insert(2, (found.security, f"{CODENAME}-security"))
+        suites.insert(2, (found.security, f"{codename}-security"))
     return "".join(f"deb [signed-by={KEYRING}] {uri} {suite} main\n" for uri, suite in suites)
 
 
 @functools.cache
-def host_sources() -> str:
-    return source_list(apt_sources.mirrors(CODENAME))
+def host_sources(codename: str = CODENAME) -> str:
+    return source_list(apt_sources.mirrors(codename, fallback=apt_sources.own_codename()), codename)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,14 +103,20 @@ class Kernel:
     version: str  # the package's uname -r
     vmlinuz: Path
     config: dict[str, str]
+    tree: Path  # where its packages are unpacked: lib/modules/<version>/ under it (or under usr/)
+    config_file: Path
 
 
 _NETWORK_WORDS = ("Could not resolve", "Temporary failure resolving", "Failed to fetch", "Could not connect",
                   "Connection failed", "Network is unreachable", "Unable to connect")
 
 
-def _apt_options(cache: Path) -> list[str]:
-    apt = cache / "apt"
+def _apt_dir(cache: Path, codename: str) -> Path:
+    return cache / ("apt" if codename == CODENAME else f"apt-{codename}")
+
+
+def _apt_options(cache: Path, codename: str = CODENAME) -> list[str]:
+    apt = _apt_dir(cache, codename)
     return [
         f"-oDir::Etc::SourceList={apt / 'sources.list'}", f"-oDir::Etc::SourceParts={apt / 'empty'}",
         "-oDir::Etc::Preferences=/dev/null", f"-oDir::Etc::PreferencesParts={apt / 'empty'}",
@@ -123,7 +138,7 @@ def _run(argv: list[str], what: str) -> str:
 
 
 def mmdebstrap(root: Path, log: Path, variant: str, include: Sequence[str], hooks: Sequence[str],
-               timeout_s: float) -> None:
+               timeout_s: float, codename: str = CODENAME) -> None:
     """A Debian system built into the directory `root` from the host's own mirrors, with customize hooks.
 
     Its output goes to `log`; a registry that cannot be reached is PartsUnavailable, any other failure
@@ -131,10 +146,10 @@ def mmdebstrap(root: Path, log: Path, variant: str, include: Sequence[str], hook
     """
     if shutil.which("mmdebstrap") is None:
         raise PartsError("mmdebstrap is not installed (sh .ci/setup installs it)")
-    sources = [line for line in host_sources().splitlines() if line.strip()]
+    sources = [line for line in host_sources(codename).splitlines() if line.strip()]
     argv = ["mmdebstrap", "--mode=root", f"--variant={variant}", "--format=directory",
             *([f"--include={','.join(include)}"] if include else []),
-            *(f"--customize-hook={hook}" for hook in hooks), CODENAME, str(root), *sources]
+            *(f"--customize-hook={hook}" for hook in hooks), codename, str(root), *sources]
     with open(log, "w") as out:
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                               timeout=timeout_s, env={**os.environ, "LC_ALL": "C"}, check=False)
@@ -155,9 +170,9 @@ def _locked(cache: Path) -> Iterator[None]:
         yield
 
 
-def _update(cache: Path, sources: str | None = None) -> None:
-    sources = host_sources() if sources is None else sources
-    apt = cache / "apt"
+def _update(cache: Path, sources: str | None = None, codename: str = CODENAME) -> None:
+    sources = host_sources(codename) if sources is None else sources
+    apt = _apt_dir(cache, codename)
     for sub in ("empty", "state/lists/partial", "cache/archives/partial"):
         (apt / sub).mkdir(parents=True, exist_ok=True)
     (apt / "sources.list").write_text(sources)
@@ -168,12 +183,14 @@ def _update(cache: Path, sources: str | None = None) -> None:
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         raise PartsUnavailable("apt-get and dpkg-deb are needed to fetch the guest's Debian packages")
     # without --error-on=any, apt-get update exits 0 when no mirror answers
-    _run(["apt-get", *_apt_options(cache), "update", "--error-on=any"], "apt-get update (private source list)")
+    _run(["apt-get", *_apt_options(cache, codename), "update", "--error-on=any"],
+         f"apt-get update (private source list, {codename})")
     stamp.write_text(sources)
 
 
-def unpacked(group: Group, cache: Path = CACHE) -> Path:
-    """The group's packages unpacked into one tree, fetched on first use and reused after."""
+def unpacked(group: Group, cache: Path = CACHE, sources: str | None = None) -> Path:
+    """The group's packages unpacked into one tree, fetched on first use and reused after; `sources`: another
+    source list than its codename's suites."""
     key = hashlib.sha256(json.dumps([group.packages, group.release, group.unpack]).encode()).hexdigest()[:12]
     tree = cache / "root" / f"{group.name}-{key}"
     done = tree / ".unpacked"
@@ -182,13 +199,13 @@ def unpacked(group: Group, cache: Path = CACHE) -> Path:
     with _locked(cache):
         if done.exists():
             return tree
-        _update(cache)
+        _update(cache, sources, codename=group.codename)
         debs = cache / "debs" / group.name
         if debs.exists():
             shutil.rmtree(debs)
         (debs / "partial").mkdir(parents=True)
         release = ["-t", group.release] if group.release else []
-        _run(["apt-get", *_apt_options(cache), f"-oDir::Cache::Archives={debs}", "install", "-y",
+        _run(["apt-get", *_apt_options(cache, group.codename), f"-oDir::Cache::Archives={debs}", "install", "-y",
               "--download-only", "--no-install-recommends", *release, *group.packages],
              f"apt-get install --download-only {' '.join(group.packages)}")
         if tree.exists():
@@ -208,6 +225,16 @@ def unpacked(group: Group, cache: Path = CACHE) -> Path:
     return tree
 
 
+def suite_package(package: str, suite: str, cache: Path = CACHE) -> Path:
+    """`package` as Debian's `suite` (a codename, or testing) ships it, unpacked with what it depends on into one
+    tree: from that suite alone (testing has no -backports), on the host's own archive."""
+    found = apt_sources.mirrors(suite, fallback=apt_sources.own_codename())
+    if found is None:
+        raise PartsUnavailable(f"no Debian mirror in the host's apt sources ({apt_sources.ETC_APT}) to fetch {suite}")
+    sources = f"deb [signed-by={KEYRING}] {found.archive} {suite} main\n"
+    return unpacked(Group(f"{package}-{suite}", (package,), codename=suite), cache, sources)
+
+
 def qemu(cache: Path = CACHE) -> Qemu:
     tree = unpacked(QEMU, cache)
     libs = sorted({str(p.parent) for p in tree.rglob("*.so*") if p.is_file()})
@@ -217,17 +244,23 @@ def qemu(cache: Path = CACHE) -> Qemu:
 
 
 def kernel(series: str, cache: Path = CACHE) -> Kernel:
+    """A kernel package unpacked: /boot/vmlinuz-<version> up to Linux 6.x, /usr/lib/modules/<version>/vmlinuz
+    (and its config beside it) in Debian's packages of 7.x."""
     tree = unpacked(KERNELS[series], cache)
-    images = sorted((tree / "boot").glob("vmlinuz-*"))
+    boot = sorted((tree / "boot").glob("vmlinuz-*"))
+    images = [(i, i.name.removeprefix("vmlinuz-"), i.with_name(f"config-{i.name.removeprefix('vmlinuz-')}"))
+              for i in boot] or [(i, i.parent.name, i.with_name("config"))
+                                 for i in sorted(tree.glob("usr/lib/modules/*/vmlinuz"))]
     if len(images) != 1:
-        raise PartsError(f"linux {series}: expected one vmlinuz in {tree / 'boot'}, found {len(images)}")
-    version = images[0].name.removeprefix("vmlinuz-")
+        raise PartsError(f"linux {series}: expected one vmlinuz in {tree / 'boot'} or {tree / 'usr/lib/modules/*'}, "
+                         f"found {len(images)}")
+    vmlinuz, version, config_file = images[0]
     config = {}
-    for line in (tree / "boot" / f"config-{version}").read_text().splitlines():
+    for line in config_file.read_text().splitlines():
         name, sep, value = line.partition("=")
         if sep and name.startswith("CONFIG_"):
             config[name] = value
-    return Kernel(version, images[0], config)
+    return Kernel(version, vmlinuz, config, tree, config_file)
 
 
 def guest(cache: Path = CACHE) -> Path:

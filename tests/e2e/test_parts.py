@@ -51,6 +51,24 @@ def test_the_mirrors_come_from_the_hosts_deb822_sources(tmp_path: Path) -> None:
     ]
 
 
+def test_another_release_comes_from_the_mirror_of_the_hosts_own(tmp_path: Path) -> None:
+    """The Debian 13 guest on a Debian 12 host: no entry names trixie, the host's own mirror serves it."""
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d/debian.sources").write_text(DEB822)
+    (tmp_path / "os-release").write_text('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nVERSION_CODENAME=bookworm\n')
+    own = apt_sources.own_codename(tmp_path / "os-release")
+    assert own == "bookworm"
+    assert apt_sources.mirrors("trixie", tmp_path) is None  # without the host's own release, nothing serves it
+    found = apt_sources.mirrors("trixie", tmp_path, fallback=own)
+    assert parts.source_list(found, "trixie").splitlines() == [
+        f"deb [signed-by={parts.KEYRING}] http://127.0.0.1:9/debian trixie main",
+        f"deb [signed-by={parts.KEYRING}] http://127.0.0.1:9/debian trixie-updates main",
+        f"deb [signed-by={parts.KEYRING}] http://127.0.0.1:9/debian-security trixie-security main",
+        f"deb [signed-by={parts.KEYRING}] http://127.0.0.1:9/debian trixie-backports main",
+    ]
+    assert apt_sources.own_codename(tmp_path / "no-such-file") is None
+
+
 def test_the_mirrors_come_from_the_hosts_one_line_sources(tmp_path: Path) -> None:
     (tmp_path / "sources.list").write_text(
         "# deb http://127.0.0.1:12/debian bookworm main\n"
