@@ -15,9 +15,9 @@ from .kdump_discovery import edit_cmdline, param_name, split_params
 ACPI_NO_MEMHOTPLUG = "acpi_no_memhotplug"
 # what the loaders add on their own: the kernel's kexec_file_load prefixes "elfcorehdr=0x... " (setup_cmdline()
 # in arch/x86/kernel/kexec-bzimage64.c; kernels with the x86 dm-crypt key passing also "dmcryptkeys=0x... "),
-# kexec-tools appends "elfcorehdr=...K".
-# Passed back to a loader they would point at the old image's segments.
-LOADER_PARAMS = frozenset({"elfcorehdr", "dmcryptkeys"})
+# kexec-tools appends "acpi_rsdp=0x... elfcorehdr=...K" (seen from kexec-tools 2.0.25 in a Debian 6.1 guest).
+# Passed back to a loader they would point at the old image's segments, or be added twice.
+LOADER_PARAMS = frozenset({"elfcorehdr", "dmcryptkeys", "acpi_rsdp"})
 
 
 def needed(acpi_memory_devices: int) -> tuple[str, ...]:

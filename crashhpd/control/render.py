@@ -70,7 +70,7 @@ def show_status(s: StatusResult, now: float) -> tuple[str, int]:
     rows = [
         ("protected", _verdict(s)),
         ("crash kernel", _crash_kernel(s.get("crash_kernel_loaded"), s.get("kexec_sysfs"))),
-        ("its command line", _crash_cmdline(s)),
+        ("crash cmdline", _crash_cmdline(s)),
         ("kernel header", _kernel_header(s)),
         ("crashhpd", f"{s['version']}, pid {s['pid']}, up {duration(s['uptime_s'])}"),
         ("backend", f"{s['backend']}{' (chosen by auto)' if s.get('backend_setting') == 'auto' else ''} "

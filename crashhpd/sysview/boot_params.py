@@ -15,7 +15,9 @@ from dataclasses import dataclass
 BOOT_PARAMS_SIZE = 4096  # sizeof(struct boot_params)
 # offsets in struct boot_params (arch/x86/include/uapi/asm/bootparam.h)
 EXT_CMD_LINE_PTR = 0x0C8  # __u32, the high half of the pointer (boot protocol 2.12)
-BOOT_FLAG = 0x1FE  # hdr.boot_flag, 0xAA55
+# hdr.boot_flag, 0xAA55 in a bzImage; kexec-tools' own struct names its high byte aux_device_info and zeroes
+# it (init_linux_parameters(), include/x86/x86-linux.h), so only the low byte, 0x55, is there in both loads
+BOOT_FLAG = 0x1FE
 HEADER = 0x202  # hdr.header, "HdrS"
 VERSION = 0x206  # hdr.version: the boot protocol
 CMD_LINE_PTR = 0x228  # hdr.cmd_line_ptr, __u32 (protocol 2.02)
@@ -49,14 +51,13 @@ class CommandLine:
 
 def is_boot_params(head: bytes) -> bool:
     """The first bytes of a segment hold a boot_params whose setup header is a bzImage's."""
-    return (len(head) >= CMDLINE_SIZE + 4 and _U16.unpack_from(head, BOOT_FLAG)[0] == 0xAA55
-            and head[HEADER:HEADER + 4] == b"HdrS")
+    return len(head) >= CMDLINE_SIZE + 4 and head[BOOT_FLAG] == 0x55 and head[HEADER:HEADER + 4] == b"HdrS"
 
 
 def locate(params: bytes, segments: Sequence[Span]) -> Where | CommandLine:
     """Where boot_params says the command line is, inside one of the image's segments; else the reason."""
     if not is_boot_params(params):
-        return CommandLine(None, "the segment holds no x86 boot parameters (no 0xAA55 and HdrS)")
+        return CommandLine(None, "the segment holds no x86 boot parameters (no 0x55 at 0x1fe and HdrS at 0x202)")
     address = _U32.unpack_from(params, CMD_LINE_PTR)[0] | _U32.unpack_from(params, EXT_CMD_LINE_PTR)[0] << 32
     if address == 0:
         return CommandLine(None, "the boot parameters carry no command line (cmd_line_ptr is 0)")

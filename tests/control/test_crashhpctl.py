@@ -287,3 +287,22 @@ def test_status_text_says_what_a_dump_would_miss_and_why_a_cpu_count_is_zero():
     status.update(protected=True, unprotected_reasons=[], crash_kernel_loaded=1, kernel_header_in_sync=True, cpus=4)
     text, code = show_status(status, 10.0)  # type: ignore[arg-type]
     assert code == 0 and text.startswith("protected      yes: a dump taken now would save every byte of RAM")
+
+
+def test_status_text_shows_the_crash_kernels_command_line_and_what_it_lacks():
+    from crashhpd.control.render import show_status
+
+    status = {key: None for key in contract.StatusResult.__annotations__}
+    status.update(version="0.1.0", pid=1, uptime_s=5.0, backend="kernel", backend_ok=True, backend_detail="ok",
+                  layout="kernel", generation=1, in_sync=True, last_changes=[], cpus=2, ram_ranges=3, ram_bytes=0,
+                  header_bytes=0, events_received=0, events_coalesced=0, rescans=0, updates=1, applies=0,
+                  skipped_noop=1, pending_events=0, errors={}, protected=True, unprotected_reasons=[],
+                  crash_kernel_cmdline="elfcorehdr=0x2c000000 ro nr_cpus=1",
+                  crash_kernel_cmdline_missing=["acpi_no_memhotplug"])
+    lines = show_status(status, 10.0)[0].splitlines()  # type: ignore[arg-type]
+    at = lines.index("crash cmdline  elfcorehdr=0x2c000000 ro nr_cpus=1")
+    assert lines[at + 1] == "               LACKS acpi_no_memhotplug: a dump would lose hot-added memory"
+    status.update(crash_kernel_cmdline_missing=[])
+    assert "LACKS" not in show_status(status, 10.0)[0]  # type: ignore[arg-type]
+    status.update(crash_kernel_cmdline=None)
+    assert "crash cmdline  not read (see kernel header)" in show_status(status, 10.0)[0]  # type: ignore[arg-type]

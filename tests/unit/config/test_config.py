@@ -196,6 +196,7 @@ BAD = {
     "kexec.timeout_s": "0",
     "kexec.dry_run": "1",
     "kexec.hotplug": '"false"',
+    "kexec.complete_cmdline": '"yes"',
 }
 
 
