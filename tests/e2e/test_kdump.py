@@ -9,6 +9,7 @@ The control tests run the same guest without crashhpd and must find the DIMM
 or the CPU's note missing: that is what shows the other tests can fail.
 """
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,12 @@ from typing import Any
 import pytest
 
 from .parts import Kernel, Qemu
-from .vm import GIB, HOTPLUG_BASE, MIB, Guest
+from .vm import BOOT_ARGS, GIB, HOTPLUG_BASE, MIB, Guest
 
 BOOT_CPUS = 2
 DIMM = 512 * MIB
+PAGE = 4096
+KEXEC_TOOLS_ADDS = r" acpi_rsdp=0x[0-9a-f]+ elfcorehdr=\d+K"  # what kexec-tools 2.0.25 appends (BIOS guest)
 BLOCK_EVENTS = 2 * DIMM // (128 * MIB)  # add + online per 128 MiB memory block
 DIMM_RANGE = f"+ RAM {HOTPLUG_BASE:#x}-{HOTPLUG_BASE + DIMM - 1:#x} (512 MiB)"
 
@@ -43,13 +46,14 @@ def check(guest: Guest, condition: bool, what: str) -> None:
         raise guest.failure(what)
 
 
-def run_guest(qemu: Qemu, boot: Boot, tmp_path: Path, series: str, mode: str, plug: str = "memory"
-              ) -> dict[str, Any]:
+def run_guest(qemu: Qemu, boot: Boot, tmp_path: Path, series: str, mode: str, plug: str = "memory",
+              params: str = "") -> dict[str, Any]:
     """Boot, hot-add a DIMM (or a CPU, or take one offline and back), let the guest settle, crash it;
-    everything each stage reported."""
+    everything each stage reported. `params`: more crashhpd_e2e.* for the agent."""
     kernel, initrd = boot(series)
     smp = f"{BOOT_CPUS},maxcpus={BOOT_CPUS + 1}" if plug == "cpu" else str(BOOT_CPUS)
-    with Guest(qemu, kernel, initrd, tmp_path / "guest", mode, smp=smp) as guest:
+    with Guest(qemu, kernel, initrd, tmp_path / "guest", mode, smp=smp,
+               append=f"{BOOT_ARGS} crashhpd_e2e.mode={mode} {params}".strip()) as guest:
         seen: dict[str, Any] = {"guest": guest, "loaded": guest.expect("LOADED")}
         check(guest, seen["loaded"]["exit"] == 0, f"kexec -p failed in the guest: {seen['loaded']}")
         seen["ready"] = guest.expect("READY")
@@ -255,3 +259,114 @@ def test_a_cpu_offline_and_online_again_on_6_12_changes_nothing_in_the_kernels_h
     assert_the_kernels_header_read_back(seen)
     check(guest, seen["vmcore"]["prstatus"] == BOOT_CPUS,
           f"{seen['vmcore']['prstatus']} CPU notes in /proc/vmcore, {BOOT_CPUS} CPUs were online at the crash")
+
+
+# --- the crash kernel's command line: read from the kernel, acpi_no_memhotplug ------------------------------
+
+
+def passed_cmdline(loaded: dict[str, Any]) -> str:
+    """The command line the guest handed kexec."""
+    return next(a for a in loaded["argv"] if a.startswith("--command-line="))[len("--command-line="):]
+
+
+def run_distro(qemu: Qemu, boot: Boot, tmp_path: Path, series: str, file_load: bool, complete: bool
+               ) -> dict[str, Any]:
+    """A crash kernel loaded as kdump-tools loads it by default (no acpi_no_memhotplug), crashhpd on `auto`
+    with [kexec] complete_cmdline = `complete`; a 512 MiB DIMM hot-added, the guest crashed."""
+    params = f"crashhpd_e2e.load={'file' if file_load else 'kexec'} crashhpd_e2e.complete={int(complete)}"
+    seen = run_guest(qemu, boot, tmp_path, series, "distro", params=params)
+    guest, loaded = seen["guest"], seen["loaded"]
+    check(guest, ("-s" if file_load else "-c") in loaded["argv"], f"not the load path asked for: {loaded}")
+    check(guest, "acpi_no_memhotplug" not in passed_cmdline(loaded), f"the load already has it: {loaded}")
+    return seen
+
+
+def read_back(seen: dict[str, Any], when: str) -> tuple[str, list[str]]:
+    status = seen[when]["status"]
+    return status["crash_kernel_cmdline"], status["crash_kernel_cmdline_missing"]
+
+
+def assert_dimm_pages_read(seen: dict[str, Any], ok: bool) -> None:
+    """Both probed pages of the DIMM (its first and last) are in a PT_LOAD of the vmcore, and read (ok) or
+    fail with EFAULT (the kdump kernel took the DIMM as its own RAM)."""
+    guest = seen["guest"]
+    saved = covered(seen["vmcore"]["segments"], HOTPLUG_BASE, DIMM)
+    check(guest, saved == DIMM, f"the header does not cover the DIMM ({saved} bytes): {seen['vmcore']}")
+    for page in seen["probed"]:
+        if ok:
+            check(guest, page["bytes"] == PAGE and "error" not in page, f"a DIMM page did not read: {seen['probed']}")
+        else:
+            check(guest, page.get("error") == "EFAULT", f"a DIMM page did not fail with EFAULT: {seen['probed']}")
+
+
+def test_6_12_file_load_command_line_is_read_back_and_without_acpi_no_memhotplug_the_dimm_reads_efault(
+        qemu: Qemu, boot: Boot, tmp_path: Path) -> None:
+    """kexec_file_load: the kernel prefixes "elfcorehdr=0x... " to what kexec passed, and status shows exactly
+    that; the host can hot-add through ACPI, so acpi_no_memhotplug is listed missing. With the fix turned off
+    (complete_cmdline = false) nothing reloads, and the dump of the hot-added DIMM fails as predicted."""
+    seen = run_distro(qemu, boot, tmp_path, "6.12", file_load=True, complete=False)
+    guest, ready, settled = seen["guest"], seen["ready"], seen["settled"]
+    check(guest, seen["loaded"]["kimage"]["cmdline_buf"] == 0,
+          f"struct kimage kept cmdline_buf after a file load: {seen['loaded']['kimage']}")
+    for when in ("ready", "settled"):
+        cmdline, lacking = read_back(seen, when)
+        check(guest, re.fullmatch(r"elfcorehdr=0x[0-9a-f]+ " + re.escape(passed_cmdline(seen["loaded"])),
+                                  cmdline or "") is not None,
+              f"status at {when} does not show the loaded command line: {cmdline!r}")
+        check(guest, lacking == ["acpi_no_memhotplug"], f"status at {when}: missing {lacking}")
+    check(guest, ready["status"]["backend"] == "kernel", f"not the passive backend: {ready['status']}")
+    check(guest, settled["kexec_loads"] == [], f"crashhpd reloaded with the fix off: {settled['kexec_loads']}")
+    assert_dimm_pages_read(seen, ok=False)
+
+
+def test_6_12_with_the_fix_the_one_reload_appends_acpi_no_memhotplug_and_the_dimm_is_in_the_dump(
+        qemu: Qemu, boot: Boot, tmp_path: Path) -> None:
+    seen = run_distro(qemu, boot, tmp_path, "6.12", file_load=True, complete=True)
+    guest, ready, settled = seen["guest"], seen["ready"], seen["settled"]
+    passed = passed_cmdline(seen["loaded"])
+    reloads = settled["kexec_loads"]
+    check(guest, len(reloads) == 1 and "-s" in reloads[0]["args"].split()
+          and f"--command-line={passed} acpi_no_memhotplug" in reloads[0]["args"],
+          f"not one kexec_file_load with the command line read plus acpi_no_memhotplug: {reloads}")
+    for when in ("ready", "settled"):
+        cmdline, lacking = read_back(seen, when)
+        check(guest, re.fullmatch(r"elfcorehdr=0x[0-9a-f]+ " + re.escape(f"{passed} acpi_no_memhotplug"),
+                                  cmdline or "") is not None and lacking == [],
+              f"status at {when}: {cmdline!r}, missing {lacking}")
+    check(guest, ready["kexec_loads"] == reloads, f"a reload after the first: {reloads}")
+    assert_dimm_pages_read(seen, ok=True)
+
+
+def test_6_1_kexec_load_command_line_is_read_back_and_crashhpds_own_reload_appends_what_it_lacks(
+        qemu: Qemu, boot: Boot, tmp_path: Path) -> None:
+    """kexec_load: kexec-tools appends " acpi_rsdp=0x... elfcorehdr=NK" to what it was passed, and status shows
+    exactly that, with acpi_no_memhotplug missing (fix off: no reload at start). The hot-add's reload is crashhpd's own,
+    which appends it: the DIMM is then in the dump."""
+    seen = run_distro(qemu, boot, tmp_path, "6.1", file_load=False, complete=False)
+    guest, ready, settled = seen["guest"], seen["ready"], seen["settled"]
+    passed = passed_cmdline(seen["loaded"])
+    cmdline, lacking = read_back(seen, "ready")
+    check(guest, re.fullmatch(re.escape(passed) + KEXEC_TOOLS_ADDS, cmdline or "") is not None,
+          f"status does not show the loaded command line: {cmdline!r}")
+    check(guest, lacking == ["acpi_no_memhotplug"] and ready["kexec_loads"] == [], f"at start: {ready['status']}")
+    reloads = settled["kexec_loads"]
+    check(guest, len(reloads) == 1 and f"--command-line={passed} acpi_no_memhotplug" in reloads[0]["args"],
+          f"not one reload of crashhpd's own with acpi_no_memhotplug appended: {reloads}")
+    cmdline, lacking = read_back(seen, "settled")
+    check(guest, re.fullmatch(re.escape(f"{passed} acpi_no_memhotplug") + KEXEC_TOOLS_ADDS, cmdline or "")
+          is not None and lacking == [], f"after the reload: {cmdline!r}, missing {lacking}")
+    assert_dimm_pages_read(seen, ok=True)
+
+
+def test_6_1_with_the_fix_a_distribution_load_is_reloaded_once_at_start(qemu: Qemu, boot: Boot,
+                                                                      tmp_path: Path) -> None:
+    seen = run_distro(qemu, boot, tmp_path, "6.1", file_load=False, complete=True)
+    guest, ready = seen["guest"], seen["ready"]
+    passed = passed_cmdline(seen["loaded"])
+    check(guest, len(ready["kexec_loads"]) == 1
+          and f"--command-line={passed} acpi_no_memhotplug" in ready["kexec_loads"][0]["args"],
+          f"not one reload at start with acpi_no_memhotplug appended: {ready['kexec_loads']}")
+    cmdline, lacking = read_back(seen, "ready")
+    check(guest, re.fullmatch(re.escape(f"{passed} acpi_no_memhotplug") + KEXEC_TOOLS_ADDS, cmdline or "")
+          is not None and lacking == [], f"after the reload: {cmdline!r}, missing {lacking}")
+    assert_dimm_pages_read(seen, ok=True)

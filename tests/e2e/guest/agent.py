@@ -10,6 +10,9 @@ is chosen by `crashhpd_e2e.mode=` on the command line:
   control  load it with `kexec -p` and run no crashhpd at all: what the test must catch
   stale    load it with kexec_load, which a 6.6+ kernel does not update, and tell crashhpd the
            backend is `kernel`: it must see the header go stale and reload (recover) with `kexec -p -s`
+  distro   load it as Debian's kdump-tools does by default (no acpi_no_memhotplug; `kexec -p -s` with
+           crashhpd_e2e.load=file), run crashhpd with backend = "auto" and [kexec] complete_cmdline
+           as crashhpd_e2e.complete= says (0 or 1): it must see what the command line lacks
   bench    load the crash kernel, then obey BENCH commands (hotplug_bench.py, for tests/bench/guest_hotplug_emulated.py)
 
 In the kdump kernel (/proc/vmcore exists) it reports the program headers of /proc/vmcore, read
@@ -17,6 +20,7 @@ with crashhpd's own validator, reads the pages the host asks for, or all of it. 
 guest (system.py) boots this kdump kernel too: kdump-tools loads it with this archive.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -96,19 +100,48 @@ def run(argv: list[str]) -> dict[str, Any]:
 # --- first kernel -------------------------------------------------------------------------------
 
 
-def crash_load_argv(file_load: bool, binary: str = "kexec") -> list[str]:
+def crash_load_argv(file_load: bool, binary: str = "kexec", append: str | None = APPEND) -> list[str]:
     """The same `kexec -p` that crashhpd's kexec backend runs: one command line for every load."""
     from crashhpd.backends.kdump_discovery import discover
     from crashhpd.backends.kexec import load_argv
-    crash = discover("/", KERNEL, INITRD, None, APPEND)  # after the kdump-tools defaults (nr_cpus=1 ...)
+    crash = discover("/", KERNEL, INITRD, None, append)  # after the kdump-tools defaults (nr_cpus=1 ...)
     return load_argv(binary, crash, file_load, hotplug=False)
 
 
-def load_crash_kernel(file_load: bool) -> dict[str, Any]:
-    return run(crash_load_argv(file_load))
+def load_crash_kernel(file_load: bool, append: str | None = APPEND) -> dict[str, Any]:
+    return run(crash_load_argv(file_load, append=append))
 
 
-def write_config(backend: str, file_load: bool) -> None:
+def kimage_cmdline_buf() -> dict[str, Any]:
+    """struct kimage's cmdline_buf and cmdline_buf_len in the loaded crash image, read as crashhpd reads the
+    image (kallsyms, BTF, kcore): whether the kernel keeps the command line there after a load."""
+    from crashhpd.sysview.btf import read_vmlinux_btf
+    from crashhpd.sysview.kallsyms import read_symbols
+    from crashhpd.sysview.kcore import Kcore
+    btf = read_vmlinux_btf("/")
+    assert btf is not None
+    kimage = btf.find_struct("kimage")
+    buf, length = btf.field(kimage, "cmdline_buf"), btf.field(kimage, "cmdline_buf_len")
+    symbols = read_symbols("/", ("kexec_crash_image",)) or {}
+    with Kcore("/") as kcore:
+        image = kcore.read_pointer(symbols["kexec_crash_image"] or 0, "kexec_crash_image")
+        data = kcore.read(image, max(buf.offset + buf.size, length.offset + length.size), "struct kimage")
+    return {"cmdline_buf": buf.value(data), "cmdline_buf_len": length.value(data)}
+
+
+def daemon_quiet(done: Callable[[dict[str, Any]], bool], deadline: float) -> dict[str, Any]:
+    """crashhpd's status once nothing is pending or running and `done` holds for it."""
+    while True:
+        status = control("status")
+        if status["pending_events"] == 0 and status["next_update_in_s"] is None and not status["applying"] \
+                and done(status):
+            return status
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"crashhpd did not settle before the deadline: {status}")
+        time.sleep(0.05)
+
+
+def write_config(backend: str, file_load: bool, append: str | None = APPEND, complete: bool = True) -> None:
     os.makedirs(RUN, exist_ok=True)
     with open(CONFIG, "w") as f:
         f.write(f'backend = "{backend}"\n'
@@ -116,8 +149,10 @@ def write_config(backend: str, file_load: bool) -> None:
                 f'[sandbox]\nstate_dir = "{RUN}/state"\n'
                 f'[control]\nsocket = "{CONTROL}"\n'
                 '[log]\nlevel = "debug"\n'
-                f'[kexec]\nbinary = "{KEXEC_SHIM}"\nkernel = "{KERNEL}"\ninitrd = "{INITRD}"\nappend = "{APPEND}"\n'
-                f'file_load = {"true" if file_load else "false"}\n')
+                f'[kexec]\nbinary = "{KEXEC_SHIM}"\nkernel = "{KERNEL}"\ninitrd = "{INITRD}"\n'
+                + (f'append = "{append}"\n' if append else "")
+                + f'file_load = {"true" if file_load else "false"}\n'
+                f'complete_cmdline = {"true" if complete else "false"}\n')
 
 
 def start_crashhpd() -> tuple[subprocess.Popen, float]:
@@ -244,18 +279,27 @@ def kexec_loads() -> list[dict[str, Any]]:
 
 
 def first_kernel(channel: Channel, mode: str) -> None:
-    file_load = mode == "auto"
-    loaded = load_crash_kernel(file_load)
+    file_load = mode == "auto" or (mode == "distro" and param("load") == "file")
+    append = None if mode == "distro" else APPEND  # kdump-tools' default KDUMP_CMDLINE_APPEND, nothing more
+    loaded = load_crash_kernel(file_load, append)
+    if mode == "distro" and loaded["exit"] == 0:
+        loaded["kimage"] = kimage_cmdline_buf()
     channel.send("LOADED", loaded)
     if loaded["exit"] != 0:
         return
-    daemon = mode in ("kexec", "auto", "stale")  # bench starts its own when asked to
+    daemon = mode in ("kexec", "auto", "stale", "distro")  # bench starts its own when asked to
     ready: dict[str, Any] = {"uptime": uptime()}
     if daemon:
-        write_config({"auto": "auto", "stale": "kernel"}.get(mode, "kexec"), file_load)
+        complete = param("complete", "1") == "1"
+        write_config({"auto": "auto", "stale": "kernel", "distro": "auto"}.get(mode, "kexec"), file_load, append,
+                     complete)
         _, ready["seconds"] = start_crashhpd()
-        ready["status"] = control("status")
+        # where crashhpd completes the command line, READY waits for its reload (the passive backend's recovery
+        # follows the first update)
+        ready["status"] = daemon_quiet(lambda s: not (complete and s["crash_kernel_cmdline_missing"]),
+                                       time.monotonic() + READY_TIMEOUT_S) if mode == "distro" else control("status")
         ready["kexec_loads"] = kexec_loads()
+        ready["acpi_devices"] = sorted(os.listdir("/sys/bus/acpi/devices"))
     channel.send("READY", ready)
     events_before = ready.get("status", {}).get("events_received", 0)
     while True:
@@ -311,7 +355,10 @@ def read_page(segments: list[dict[str, Any]], address: int) -> dict[str, Any]:
         if s["type"] == "PT_LOAD" and s["paddr"] <= address and address + PAGE <= s["paddr"] + s["filesz"]:
             with open("/proc/vmcore", "rb") as f:
                 f.seek(s["offset"] + address - s["paddr"])
-                data = f.read(PAGE)
+                try:
+                    data = f.read(PAGE)
+                except OSError as err:  # EFAULT: the kdump kernel took the DIMM as its own RAM
+                    return {"address": address, "covered": True, "bytes": 0, "error": errno.errorcode[err.errno]}
             return {"address": address, "covered": True, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     return {"address": address, "covered": False, "bytes": 0}
 
