@@ -3,8 +3,12 @@
 
 What crashhpd builds is what it believes the kernel should hold; this is what
 the kernel does hold, whoever loaded it. The way there (kallsyms, BTF, kcore)
-is in LoadedHeaderReader._read(). Reading needs root with CAP_SYS_RAWIO and
-CAP_SYSLOG; every failure is a result with a one-line reason, never an exception.
+is in LoadedHeaderReader._read(). The same read of struct kimage lists the image's
+segments and finds the crash kernel's command line in its x86 boot parameters
+(boot_params.py): struct kimage's own cmdline_buf is freed after a kexec_file_load
+(kimage_file_post_load_cleanup(); it read 0 on Debian's 6.12) and never set by kexec_load.
+Reading needs root with CAP_SYS_RAWIO and CAP_SYSLOG; every failure is a result
+with a one-line reason, never an exception.
 """
 
 import os
