@@ -18,7 +18,7 @@ from .elfcorehdr.layout import preset
 from .elfcorehdr.table import table
 from .elfcorehdr.validate import NotAHeader, ParsedHeader, check, parse
 from .errors import ConfigError, CrashhpdError, InvalidHeader
-from .sysview.ranges import size_text
+from .sysview.ranges import size_text, total_bytes
 from .sysview.snapshot import read_snapshot
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
@@ -119,7 +119,7 @@ def generate(args: argparse.Namespace) -> int:
     if model.page_offset_guessed:  # after the write: a generate that failed has nothing to warn about
         print(f"crashhpd: warning: {GUESSED_BASE.format(kcore_reason(args.root), model.page_offset)}",
               file=sys.stderr)
-    ram_bytes = sum(end - start + 1 for start, end in model.ram)
+    ram_bytes = total_bytes(model.ram)
     print(f"crashhpd: {len(data)} bytes, {model.phnum} program headers: {len(model.cpu_notes)} CPU notes, "
           f"{'a' if model.vmcoreinfo else 'no'} VMCOREINFO note, {'a' if model.image else 'no'} kernel image, "
           f"{len(model.ram)} RAM ranges ({size_text(ram_bytes)})", file=sys.stderr)

@@ -5,6 +5,7 @@ The header crashhpd builds (elfcorehdr/), the one it reads back from the kernel
 (sysview/) and the segments its backends hold are all this one format.
 """
 
+import functools
 import struct
 
 EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
@@ -29,15 +30,17 @@ def is_core_header(head: bytes) -> bool:
     return len(head) >= EHDR_SIZE and head.startswith(E_IDENT[:6]) and EHDR.unpack_from(head)[1] == ET_CORE
 
 
-def notes_of(header: bytes) -> list[tuple[int, int]]:
-    """(p_paddr, p_memsz) of every PT_NOTE of an ELF64 header, in order; [] when it is not one."""
+@functools.lru_cache(maxsize=2)
+def notes_of(header: bytes) -> tuple[tuple[int, int], ...]:
+    """(p_paddr, p_memsz) of every PT_NOTE of an ELF64 header, in order; () when it is not one. Memoised: each
+    snapshot asks it of the kernel's header, which seldom changes."""
     if len(header) < EHDR_SIZE or header[:4] != E_IDENT[:4]:
-        return []
+        return ()
     phoff, phnum = EHDR.unpack_from(header)[5], EHDR.unpack_from(header)[10]
     whole = max(min(phnum, (len(header) - phoff) // PHDR_SIZE), 0)  # the complete entries there are
     table = header[phoff:phoff + whole * PHDR_SIZE]
-    return [(paddr, memsz) for p_type, _flags, _offset, _vaddr, paddr, _filesz, memsz, _align
-            in PHDR.iter_unpack(table) if p_type == PT_NOTE]
+    return tuple((paddr, memsz) for p_type, _flags, _offset, _vaddr, paddr, _filesz, memsz, _align
+                 in PHDR.iter_unpack(table) if p_type == PT_NOTE)
 
 
 def align_up(value: int, align: int) -> int:

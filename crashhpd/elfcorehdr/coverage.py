@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from ..abi.elf import EHDR_SIZE, EM_X86_64, ET_CORE, EV_CURRENT, PHDR_SIZE
 from ..sysview.loaded_header import LoadedHeader
-from ..sysview.ranges import Cover, Range
+from ..sysview.ranges import Cover, Missing, Range, total_bytes
 from .build import Built, changes_from
 from .layout import BACKUP_LIMIT
 from .validate import NotAHeader, ParsedHeader, Segment, copy_in_crash_kernel, parse
@@ -36,28 +36,50 @@ class Coverage:
         return not (self.uncovered_ram_bytes or self.stale_ram_bytes or self.missing_cpu_notes or self.rejected)
 
 
-def _bytes(ranges: list[Range]) -> int:
-    return sum(end - start + 1 for start, end in ranges)
-
-
 def compare(kernel_header: bytes, fresh: Built, held: ParsedHeader | None = None) -> Coverage:
     """The kernel's header (as read back) against `fresh`, as the kdump kernel's /proc/vmcore would read it;
     NotAHeader when it cannot be parsed at all. `held`: those bytes, parsed already."""
-    held = held if held is not None else parse(kernel_header)
+    return _compare(kernel_header, fresh, held if held is not None else parse(kernel_header), None)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class _Basis:
+    """What a comparison was computed from and found, for the next one to start from: a hotplug moves a few of
+    8192 RAM rows, and each Missing is then computed again only around them."""
+
+    header: bytes  # the kernel's header
+    held: ParsedHeader  # its parse
+    fresh: ParsedHeader  # the fresh header's parse
+    read: Cover  # the RAM /proc/vmcore would read from `held`
+    held_notes: frozenset[int]
+    system_ram: Cover  # the fresh snapshot's System RAM
+    uncovered: Missing  # read.missing(fresh RAM)
+    stale: Missing  # system_ram.missing(read)
+
+
+def _compare(kernel_header: bytes, fresh: Built, held: ParsedHeader, before: _Basis | None) \
+        -> tuple[Coverage, _Basis | None]:
     sha256 = hashlib.sha256(kernel_header).hexdigest()
     rejected = vmcore_refuses(held)
     if rejected is not None:  # nothing of it is read: every byte of RAM and every CPU is missing
         return Coverage(sha256, fresh.parsed.cover.bytes(), 0, len(fresh.model.cpu_notes),
-                        changes_from(held, fresh), rejected)
-    read = _as_vmcore_reads(held, fresh)
-    held_notes = {s.paddr for s in held.notes if s.memsz}  # an empty note saves no registers
+                        changes_from(held, fresh), rejected), None
+    same_held = before is not None and before.held is held
+    read = before.read if same_held else _as_vmcore_reads(held, fresh)  # type: ignore[union-attr]
+    held_notes = before.held_notes if same_held else frozenset(  # type: ignore[union-attr]
+        s.paddr for s in held.notes if s.memsz)  # an empty note saves no registers
+    system_ram = Cover.of(fresh.snapshot.ram, before.system_ram if before is not None else None)
+    basis = _Basis(
+        kernel_header, held, fresh.parsed, read, held_notes, system_ram,
+        Missing.of(read, fresh.parsed.cover.ranges, before.uncovered if before is not None else None),
+        Missing.of(system_ram, read.ranges, before.stale if before is not None else None))
     return Coverage(
         sha256=sha256,
-        uncovered_ram_bytes=_bytes(read.missing(fresh.parsed.cover.ranges)),
-        stale_ram_bytes=_bytes(Cover(fresh.snapshot.ram).missing(read.ranges)),
+        uncovered_ram_bytes=total_bytes(basis.uncovered.ranges),
+        stale_ram_bytes=total_bytes(basis.stale.ranges),
         missing_cpu_notes=sum(1 for _cpu, addr, _size in fresh.model.cpu_notes if addr not in held_notes),
         changes=changes_from(held, fresh),
-    )
+    ), basis
 
 
 def vmcore_refuses(h: ParsedHeader) -> str | None:
@@ -101,24 +123,26 @@ class KernelView:
     unreadable_reason: str | None = "not read yet"
     segment_bytes: int | None = None  # the segment's memsz: the real capacity
     coverage: Coverage | None = None
-    # what the coverage was computed from: the kernel's header bytes, their parse and the fresh header's parse
-    basis: tuple[bytes, ParsedHeader, ParsedHeader] | None = field(default=None, repr=False, compare=False)
+    basis: _Basis | None = field(default=None, repr=False, compare=False)  # what the coverage was computed from
 
 
 def view(loaded: LoadedHeader | None, fresh: Built, previous: KernelView | None = None) -> KernelView:
     """`previous`, computed from the same kernel header against the same build, is taken as it is: an update
-    that finds both unchanged then costs a comparison of bytes, not a parse and a diff of 8192 ranges."""
+    that finds both unchanged then costs a comparison of bytes, not a parse and a diff of 8192 ranges. Against
+    another build, or another header, it is computed again where the RAM rows moved."""
     if loaded is None:
         return KernelView(unreadable_reason="not read: no reader of the kernel's memory here")
     if not loaded.readable:
         return KernelView(unreadable_reason=loaded.reason)
     basis = previous.basis if previous is not None else None
-    same_header = basis is not None and basis[0] == loaded.header
-    if previous is not None and basis is not None and same_header and basis[2] is fresh.parsed:
+    same_header = basis is not None and basis.header == loaded.header
+    if previous is not None and basis is not None and same_header and basis.fresh is fresh.parsed:
         return replace(previous, segment_bytes=loaded.memsz)
     try:
-        held = basis[1] if basis is not None and same_header else parse(loaded.header)  # parsed once per bytes
-        return KernelView(True, None, loaded.memsz, compare(loaded.header, fresh, held),
-                          (loaded.header, held, fresh.parsed))
+        # parsed once per bytes; a header that changed is parsed again only where its rows did
+        held = basis.held if basis is not None and same_header else parse(
+            loaded.header, (basis.header, basis.held) if basis is not None else None)
+        coverage, new_basis = _compare(loaded.header, fresh, held, basis)
+        return KernelView(True, None, loaded.memsz, coverage, new_basis)
     except NotAHeader as err:
         return KernelView(unreadable_reason=f"the kernel's segment does not hold an ELF core header: {err}")

@@ -6,6 +6,7 @@ extends a range reads "+ RAM 0x140000000-0x17fffffff (1 GiB)" instead of a
 removed and an added entry.
 """
 
+from ..splice import common_ends
 from ..sysview.ranges import Range, size_text
 from .validate import ParsedHeader, Segment
 
@@ -36,12 +37,14 @@ def diff(
         lines.append("- " + _note_label(old_notes[key], cpu_by_addr, vmcoreinfo_addr))
     for key in sorted(new_notes.keys() - old_notes.keys()):
         lines.append("+ " + _note_label(new_notes[key], cpu_by_addr, vmcoreinfo_addr))
-    old_image = [s for s in old.segments if s.is_image]
-    new_image = [s for s in new.segments if s.is_image]
+    old_image = [s for s in old.non_ram if s.is_image]
+    new_image = [s for s in new.non_ram if s.is_image]
     if old_image != new_image:
         lines.append(f"~ kernel image {_image_text(old_image)} -> {_image_text(new_image)}")
-    lines += [_ram_line("-", r) for r in new.cover.missing(old.cover.ranges)]
-    lines += [_ram_line("+", r) for r in old.cover.missing(new.cover.ranges)]
+    # a merged range both have is covered by the other: only those between the common ends can differ
+    head, tail = common_ends(old.cover.ranges, new.cover.ranges)
+    lines += [_ram_line("-", r) for r in new.cover.pieces(old.cover.ranges[head:len(old.cover.ranges) - tail])]
+    lines += [_ram_line("+", r) for r in old.cover.pieces(new.cover.ranges[head:len(new.cover.ranges) - tail])]
     if not lines and old != new:
         lines.append(
             f"~ same CPUs and RAM, different encoding ({len(old.segments)} -> {len(new.segments)} "

@@ -20,9 +20,11 @@ from ..backends.base import Backend, Backoff, Watch
 from ..backends.kexec_cmdline import missing, needed
 from ..elfcorehdr.build import Built, build_valid, changes
 from ..elfcorehdr.coverage import KernelView, view
+from ..elfcorehdr.layout import same_program_headers
 from ..errors import BackendError, CrashhpdError, HeaderError
 from ..sysview.kernel_state import KernelState, read_kernel_state
 from ..sysview.loaded_header import LoadedHeader
+from ..sysview.ranges import total_bytes
 from ..sysview.snapshot import read_snapshot
 from .health_log import HealthLog
 from .kernel_watch import KernelWatch
@@ -228,7 +230,7 @@ class Updater:
                                   keeps_header=self.backend.capabilities.keeps_kernel_header,
                                   can_recover=self.backend.recovery is not None)
         if self.built is None or built.model is not self.built.model:  # status asks often: summed once per build
-            self._ram_bytes = sum(end - start + 1 for start, end in built.model.ram)
+            self._ram_bytes = total_bytes(built.model.ram)
         self.built = built
         counters = self.counters
         counters.in_sync = True
@@ -397,7 +399,7 @@ class Updater:
         if kernel.coverage is not None:
             return Verdict(kernel.coverage.in_sync, generation, kernel.coverage.changes, built, "kernel")
         loaded = self.backend.loaded(built.snapshot.kernel)
-        in_sync = loaded == built.data
+        in_sync = loaded is not None and same_program_headers(loaded, built.data)
         return Verdict(in_sync, generation, [] if in_sync else changes(loaded, built), built, "model")
 
     def kernel_header(self) -> LoadedHeader:

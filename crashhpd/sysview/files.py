@@ -71,10 +71,19 @@ def open_regular(path: str) -> int:
 
 def read_text(root: str, rel: str) -> str | None:
     """A kernel file's text, or None when the kernel does not have it."""
-    path = under(root, rel)
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
+    return _read(under(root, rel))
+
+
+def _read(path: str) -> str | None:
+    try:  # os.read, not open(): a snapshot reads some 130 sysfs files, and a text stream costs more than the read
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        return b"".join(chunks).decode("utf-8", "replace")
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as err:
@@ -82,5 +91,6 @@ def read_text(root: str, rel: str) -> str | None:
 
 
 def read_int(root: str, rel: str, base: int = 10, signed: bool = False) -> int | None:
-    text = read_text(root, rel)
-    return None if text is None else parse_int(text, under(root, rel), base, signed)
+    path = under(root, rel)
+    text = _read(path)
+    return None if text is None else parse_int(text, path, base, signed)

@@ -40,10 +40,10 @@ class Counted:
         parse = coverage.parse
         read_state = snapshot.read_kernel_state
 
-        def counted_parse(data: bytes):  # type: ignore[no-untyped-def]
+        def counted_parse(data: bytes, previous=None):  # type: ignore[no-untyped-def]
             if data == kernel_header:
                 self.calls["parse kernel header"] += 1
-            return parse(data)
+            return parse(data, previous)
 
         def counted_read(root: str):  # type: ignore[no-untyped-def]
             self.calls["read kexec state"] += 1

@@ -406,14 +406,18 @@ def test_a_full_disk_is_an_error_and_the_old_header_stays(tiny_fs: Path, small: 
 # --- SIGKILL at any instant, and a reader while applies run ------------------------------
 
 
-def fork_writer(state_dir: Path, headers: tuple[bytes, bytes], first: int, applies: int | None) -> int:
-    """A child process that alternates the two headers, forever or `applies` times, then exits 0."""
+def fork_writer(state_dir: Path, headers: tuple[bytes, bytes], first: int, applies: int | None,
+                ready: int | None = None) -> int:
+    """A child process that alternates the two headers, forever or `applies` times, then exits 0; it writes a
+    byte to the fd `ready` once it is about to write its first."""
     pid = os.fork()
     if pid:
         return pid
     code = 1
     try:
         backend = SandboxBackend(str(state_dir), CPUS)
+        if ready is not None:
+            os.write(ready, b".")
         k = first
         while applies is None or k < first + applies:
             backend.apply(headers[k % 2], NO_KEXEC)
@@ -441,9 +445,11 @@ def test_sigkill_at_random_instants_never_leaves_a_torn_segment(tmp_path: Path, 
     generation = 1
     mid_apply = behind = 0
     seen: set[bytes] = set()
+    ready_read, ready_write = os.pipe()
     for trial in range(300):
-        pid = fork_writer(tmp_path, headers, trial, None)
-        time.sleep(rng.uniform(0, 0.008))
+        pid = fork_writer(tmp_path, headers, trial, None, ready_write)
+        os.read(ready_read, 1)  # the instant is random from when the writer runs, not from the fork: under load
+        time.sleep(rng.uniform(0, 0.008))  # a child may wait longer than that to be scheduled at all
         os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, "the writer died on its own"
@@ -461,6 +467,8 @@ def test_sigkill_at_random_instants_never_leaves_a_torn_segment(tmp_path: Path, 
         assert temporaries(tmp_path) == []
         assert state.generation >= generation
         generation = state.generation
+    os.close(ready_read)
+    os.close(ready_write)
     assert seen == set(headers)
     assert mid_apply > 0, "no kill landed while an apply was writing; the test proves nothing"
     print(f"300 kills: {mid_apply} left a temporary, {behind} left state.json behind; generation {generation}")

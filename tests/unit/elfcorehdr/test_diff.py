@@ -85,3 +85,28 @@ def test_same_coverage_split_differently_is_named_as_an_encoding_change():
     assert diff(whole, split) == [
         "~ same CPUs and RAM, different encoding (2 -> 3 program headers, 4096 -> 4096 bytes)"]
     assert diff(split, model_header(((0x100000000, 0x13FFFFFFF), (0x140000000, 0x17FFFFFFF)))) == []
+
+
+def test_ram_lines_are_those_of_every_range_against_the_other_cover():
+    """The differ compares only the merged ranges between the covers' common ends; the oracle here asks
+    missing() of every range, in both directions, on random hot-adds and removes."""
+    import random
+
+    from crashhpd.elfcorehdr.diff import _ram_line
+
+    rng = random.Random(7)
+    for _ in range(300):
+        rows = sorted({(s, s + rng.randrange(1, 4)) for s in rng.sample(range(0, 400, 5), rng.randrange(1, 30))})
+        edited = list(rows)
+        for _ in range(rng.randrange(1, 4)):
+            at = rng.randrange(len(edited) + 1)
+            if rng.random() < 0.5 and edited:
+                del edited[min(at, len(edited) - 1)]
+            else:
+                start = rng.randrange(0, 400)
+                edited.insert(at, (start, start + rng.randrange(0, 6)))
+        edited = sorted(set(edited))
+        old, new = model_header(tuple(rows)), model_header(tuple(edited))
+        expected = ([_ram_line("-", r) for r in new.cover.missing(old.cover.ranges)]
+                    + [_ram_line("+", r) for r in old.cover.missing(new.cover.ranges)])
+        assert [line for line in diff(old, new) if " RAM " in line] == expected

@@ -38,3 +38,54 @@ def test_many_ranges_against_many_holes():
     ranges = [(i * 4, i * 4 + 1) for i in range(8192)]
     holes = [(i * 4 + 1, i * 4 + 2) for i in range(8192)]
     assert subtract(ranges, holes) == [(i * 4, i * 4) for i in range(8192)]
+
+
+# Cover.of and Missing.of against a cover and a missing() computed whole: whatever rows change between two
+# lists, the spliced result is the one computed from scratch. Gaps of 0 to 3 make adjacent rows common, and most
+# edits keep the rows ascending (the path that splices), some do not (the path that builds whole).
+steps = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), max_size=14)
+
+
+def _rows(steps: list[tuple[int, int]], at: int = 0) -> tuple[tuple[int, int], ...]:
+    """Ascending disjoint (possibly adjacent) rows from (gap, length) steps."""
+    rows = []
+    for gap, length in steps:
+        rows.append((at + gap, at + gap + length))
+        at += gap + length + 1
+    return tuple(rows)
+
+
+@st.composite
+def edits(draw):
+    """(rows, edited rows): a run of rows replaced, the new ones usually in the gap the old ones left."""
+    rows = _rows(draw(steps))
+    at = draw(st.integers(0, len(rows)))
+    cut = draw(st.integers(0, len(rows) - at))
+    low = rows[at - 1][1] + 1 if at else 0
+    if draw(st.booleans()):
+        insert = _rows(draw(steps), low)
+        high = rows[at + cut][0] if at + cut < len(rows) else None
+        insert = tuple(r for r in insert if high is None or r[1] < high)
+    else:
+        insert = tuple(draw(spans))
+    return rows, rows[:at] + insert + rows[at + cut:]
+
+
+@given(edits())
+def test_a_cover_rebuilt_from_its_previous_is_the_cover_built_whole(edit):
+    from crashhpd.sysview.ranges import Cover
+    rows, edited = edit
+    rebuilt = Cover.of(edited, Cover(rows))
+    assert rebuilt.ranges == Cover(edited).ranges
+    assert rebuilt.source == edited
+
+
+@given(edits(), edits())
+def test_missing_recomputed_from_its_previous_is_missing_computed_whole(holes, wanted):
+    from crashhpd.sysview.ranges import Cover, Missing
+    first = Missing.of(Cover(holes[0]), wanted[0])
+    for cover, want in ((Cover(holes[0]), wanted[1]),  # the wanted rows change
+                        (Cover.of(holes[1], Cover(holes[0])), wanted[0]),  # the cover changes
+                        (Cover(holes[1]), wanted[1])):  # both
+        again = Missing.of(cover, want, first)
+        assert again.ranges == tuple(cover.missing(want)), (cover.ranges, want)
