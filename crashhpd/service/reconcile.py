@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..backends.base import Applied, Backend, Pending
 from ..elfcorehdr.build import Built, build_valid, changes, changes_from
 from ..elfcorehdr.coverage import KernelView, view
-from ..elfcorehdr.layout import Layout
+from ..elfcorehdr.layout import Layout, same_program_headers
 from ..sysview.kernel_state import KernelState
 from ..sysview.snapshot import Snapshot
 
@@ -59,8 +59,9 @@ def reconcile(backend: Backend, snapshot: Snapshot, layout: Layout, clock: Calla
     deciding = kernel.coverage if backend.capabilities.reloads else None
     current = backend.loaded(snapshot.kernel)
     # where the kernel's header is read back it alone says whether the header is in force: a stale one is
-    # never "nothing to do", whatever the backend's record says
-    in_force = deciding.in_sync if deciding is not None else current == built.data
+    # never "nothing to do", whatever the backend's record says; else the record, its zero padding aside
+    in_force = (deciding.in_sync if deciding is not None
+                else current is not None and same_program_headers(current, built.data))
     reload_for = backend.load_changed(snapshot.kernel) if in_force else None
     if in_force and reload_for is None:
         return Outcome(built, None, [], clock() - started, kernel)

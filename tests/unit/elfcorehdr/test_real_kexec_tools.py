@@ -2,13 +2,20 @@
 """The `kexec-tools` layout against the real kexec-tools: `kexec -p` on each fake tree, byte for byte.
 
 Each case builds a fake root (faketree.make_tree, plus a synthetic /proc/kcore, which kexec-tools
-needs for the kernel image and the direct-map base) and runs the distribution's own
-/usr/sbin/kexec on it in a private mount namespace, chrooted into that root with /usr (and /lib,
-/lib64, /bin, /sbin where they are not symlinks into it) bind-mounted read-only and a real Debian
-bzImage as the crash kernel. An LD_PRELOAD shim (kexec_shim.c, compiled here with gcc) takes the
-kexec_load syscall, writes every segment to a file and returns success; kexec_file_load gets
-ENOSYS. As a second guard the chrooted process runs without CAP_SYS_BOOT, so a load that got
-past the shim would be refused by the kernel.
+needs for the kernel image and the direct-map base) and runs kexec on it in a private mount namespace,
+chrooted into that root with /usr (and /lib, /lib64, /bin, /sbin where they are not symlinks into it)
+bind-mounted read-only and a real Debian bzImage as the crash kernel. Every case runs once per
+kexec-tools users run: Debian 12's (2.0.25), Debian 13's (2.0.29) and testing's (2.0.32 when this was
+written), each unpacked with its own libc from its .deb (tests/e2e/parts.py, a cache the tests own;
+nothing is installed into the host), mounted at /kexec-tools and started through its own ld.so.
+An LD_PRELOAD shim (kexec_shim.c, compiled here with gcc) takes the kexec_load syscall, writes
+every segment to a file and returns success; kexec_file_load gets ENOSYS. As a second guard the
+chrooted process runs without CAP_SYS_BOOT, so a load that got past the shim would be refused by
+the kernel. All three build the same header for every case: no version needs a model of its own.
+
+Where a Persistent Memory range appears the header's program headers stay and only its zero
+padding grows: crashhpd calls that the same header (layout.same_program_headers), so it costs no
+reload; the tests say what else of the load changes.
 
 What "the header" is: kexec-tools' elfcorehdr segment is the one whose buffer starts with an
 ELF64 ET_CORE header. Its buffer (bufsz bytes) is what crash_create_elf64_headers() built:
@@ -17,8 +24,8 @@ kept), rounded up to 1 KiB, program headers first and zeros after; its memsz (at
 is only the hole it reserves, which the kernel zero-fills past bufsz. crashhpd's `kexec-tools`
 layout stands for that buffer: build_valid(...).data must be bufsz bytes long and equal to it.
 
-Skips only when not root, when unshare or chroot cannot be used here, or when the Debian kernel
-package cannot be fetched (tests/e2e/parts.py, the host's own mirrors).
+Skips only when not root, when unshare or chroot cannot be used here, or when the Debian packages
+cannot be fetched (tests/e2e/parts.py, the host's own mirrors).
 """
 
 import os
@@ -32,17 +39,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from faketree import kcore, make_tree
+from faketree import kcore, kernel, make_tree, replace_iomem
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from repo_paths import IOMEM_FIXTURES, SUPPORT
+from standin import Standin, hot_add, root, standin  # noqa: F401  (fixtures)
 
+from crashhpd.backends.base import settle
+from crashhpd.backends.kexec import KexecBackend
+from crashhpd.config import KexecConfig
 from crashhpd.elfcorehdr.build import build_valid
-from crashhpd.elfcorehdr.layout import plan, preset
+from crashhpd.elfcorehdr.layout import plan, preset, same_program_headers
 from crashhpd.elfcorehdr.pack import build
 from crashhpd.elfcorehdr.table import table
 from crashhpd.elfcorehdr.validate import parse
 from crashhpd.errors import InvalidHeader
+from crashhpd.service.reconcile import InFlight, Outcome, reconcile
+from crashhpd.sysview.kernel_state import read_kernel_state
 from crashhpd.sysview.snapshot import read_snapshot
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: mount namespaces and chroot")
@@ -50,6 +63,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: mount nam
 SHIM_SOURCE = SUPPORT / "kexec_shim.c"
 TEXT = 0xFFFFFFFF81000000  # _text in faketree's kallsyms
 IMAGE_SIZE = 0x3A00000  # its _end - _text
+# each suite's kexec-tools, and the version it shipped when this was written (testing's moves on)
+KEXEC_TOOLS = {"bookworm": "2.0.25", "trixie": "2.0.29", "testing": "2.0.32"}
+INSIDE = "/kexec-tools"  # where its tree is mounted in the chroot
 DIRECT_MAP = 0xFFFF888000000000
 GIB = 1 << 30
 MIB = 1 << 20
@@ -107,11 +123,38 @@ def vmlinuz() -> Path:
         pytest.skip(f"no Debian kernel to load: {err}")
 
 
-def chrooted(root: Path, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """argv run in a private mount namespace, chrooted into root, /usr and the rest mounted read-only,
-    without CAP_SYS_BOOT and with only `env` in its environment."""
+@dataclass(frozen=True, slots=True)
+class KexecTools:
+    """One release's kexec-tools, unpacked with its libraries: run as `argv` inside the chroot."""
+
+    suite: str
+    version: str  # the package's upstream version, read from the file name apt fetched
+    tree: Path
+
+    @property
+    def argv(self) -> list[str]:
+        """Its own ld.so, libraries and kexec, wherever its libc6 and kexec-tools put them (/lib or /usr/lib)."""
+        libs = [d for d in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu") if (self.tree / d).is_dir()]
+        (loader,) = [d for d in libs if (self.tree / d / "ld-linux-x86-64.so.2").is_file()]
+        (kexec,) = [p for p in ("sbin/kexec", "usr/sbin/kexec") if (self.tree / p).is_file()]
+        return [f"{INSIDE}/{loader}/ld-linux-x86-64.so.2", "--library-path", ":".join(f"{INSIDE}/{d}" for d in libs),
+                f"{INSIDE}/{kexec}"]
+
+    @property
+    def tries_file_load_first(self) -> bool:
+        """Since 2.0.27 a plain `kexec -p` tries kexec_file_load, then kexec_load where that fails."""
+        return tuple(map(int, self.version.split("."))) >= (2, 0, 27)
+
+
+def chrooted(root: Path, argv: list[str], env: dict[str, str],
+             kexec_tools: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """argv run in a private mount namespace, chrooted into root, /usr and the rest mounted read-only
+    (and a kexec-tools tree at /kexec-tools), without CAP_SYS_BOOT and with only `env` in its environment."""
     q = shlex.quote
     lines = ["set -e"]
+    if kexec_tools is not None:
+        (root / INSIDE.lstrip("/")).mkdir(exist_ok=True)
+        lines.append(f"mount --bind -o ro {q(str(kexec_tools))} {q(str(root / INSIDE.lstrip('/')))}")
     for name in ("usr", "bin", "sbin", "lib", "lib64"):
         host, inside = Path("/") / name, root / name
         if host.is_symlink():
@@ -127,16 +170,31 @@ def chrooted(root: Path, argv: list[str], env: dict[str, str]) -> subprocess.Com
 
 
 @pytest.fixture(scope="session")
-def kexec(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The distribution's kexec, once a chroot like the one it runs in is known to work here."""
-    found = shutil.which("kexec", path="/usr/sbin:/sbin:/usr/bin:/bin")
-    assert found is not None, "kexec-tools is not installed (.ci/setup installs it)"
-    binary = os.path.realpath(found)
-    assert binary.startswith("/usr/"), f"{binary}: outside /usr, so not visible in the chroot"
+def chroot_works(tmp_path_factory: pytest.TempPathFactory) -> None:
     probe = chrooted(tmp_path_factory.mktemp("probe"), ["/usr/bin/true"], {})
     if probe.returncode != 0:
         pytest.skip(f"unshare -m, mount --bind or chroot cannot be used here: {probe.stderr.strip()}")
-    return binary
+
+
+@pytest.fixture(scope="session", params=sorted(KEXEC_TOOLS))
+def kexec(request: pytest.FixtureRequest, chroot_works: None) -> KexecTools:
+    """The suite's kexec-tools, unpacked from its packages, once a chroot like the one it runs in works here."""
+    from e2e import parts
+
+    try:
+        tree = parts.suite_package("kexec-tools", request.param)
+    except parts.PartsUnavailable as err:
+        pytest.skip(f"no kexec-tools of {request.param}: {err}")
+    (deb,) = [n for n in (tree / ".manifest").read_text().split() if n.startswith("kexec-tools_")]
+    version = re.sub(r"^kexec-tools_(?:\d+%3a)?([\d.]+).*", r"\1", deb)
+    return KexecTools(request.param, version, tree)
+
+
+def test_each_suite_ships_the_kexec_tools_this_was_written_for(kexec):
+    """testing moves on: a newer version there is one more to compare with, never an older one."""
+    expected = tuple(map(int, KEXEC_TOOLS[kexec.suite].split(".")))
+    found = tuple(map(int, kexec.version.split(".")))
+    assert found == expected if kexec.suite != "testing" else found >= expected, kexec.version
 
 
 def kernel_code(iomem: str) -> int:
@@ -152,16 +210,17 @@ def system(base: Path, iomem: str, loads: list[tuple[int, int, int]] | None = No
     return root
 
 
-def kexec_p(root: Path, kexec: str, shim: Path, vmlinuz: Path, *options: str) -> Load:
+def kexec_p(root: Path, kexec: KexecTools, shim: Path, vmlinuz: Path, *options: str) -> Load:
     """`kexec -p [options] vmlinuz` chrooted into root: what it handed to kexec_load."""
     out = root / "shim-out"
     out.mkdir()
     shutil.copy(shim, root / "kexec-shim.so")
     shutil.copy(vmlinuz, root / "vmlinuz")
-    argv = [kexec, "-p", *options, "/vmlinuz"]
-    proc = chrooted(root, argv, {"KEXEC_SHIM_OUT": "/shim-out", "LD_PRELOAD": "/kexec-shim.so"})
+    argv = [*kexec.argv, "-p", *options, "/vmlinuz"]
+    proc = chrooted(root, argv, {"KEXEC_SHIM_OUT": "/shim-out", "LD_PRELOAD": "/kexec-shim.so"}, kexec.tree)
     calls = tuple((out / "calls").read_text().splitlines()) if (out / "calls").exists() else ()
-    assert proc.returncode == 0, f"kexec {' '.join(argv[1:])} failed ({proc.returncode}): {proc.stderr.strip()}"
+    assert proc.returncode == 0, (f"kexec {kexec.version} -p {' '.join(options)} failed ({proc.returncode}): "
+                                  f"{proc.stderr.strip()}")
     assert any(c.startswith("kexec_load ") for c in calls), f"the shim saw no kexec_load: {calls} {proc.stderr}"
     segments = []
     for line in (out / "segments").read_text().splitlines():
@@ -266,13 +325,16 @@ def test_no_crash_kernel_is_refused_by_kexec_tools(tmp_path, kexec, shim, vmlinu
 
 
 def test_dash_c_is_kexec_load_like_plain_p(tmp_path, kexec, shim, vmlinuz):
-    """`-c` forces kexec_load (2.0.27+ try kexec_file_load first without it): on 2.0.25 it is the same load."""
+    """`-c` forces kexec_load; without it 2.0.27+ try kexec_file_load first (the shim answers ENOSYS, as a
+    kernel without it would) and fall back to the same kexec_load, 2.0.25 goes straight to it."""
     plain_root = system(tmp_path / "plain", QEMU, QEMU_KERNEL_TEXT)
     forced_root = system(tmp_path / "forced", QEMU, QEMU_KERNEL_TEXT)
     plain = kexec_p(plain_root, kexec, shim, vmlinuz)
     forced = kexec_p(forced_root, kexec, shim, vmlinuz, "-c")
-    assert [c.split()[0] for c in plain.calls] == [c.split()[0] for c in forced.calls] == ["kexec_load"]
-    assert plain.calls[0].split()[1] == forced.calls[0].split()[1]  # the same flags: KEXEC_ON_CRASH | x86_64
+    first = ["kexec_file_load"] if kexec.tries_file_load_first else []
+    assert [c.split()[0] for c in plain.calls] == [*first, "kexec_load"]
+    assert [c.split()[0] for c in forced.calls] == ["kexec_load"]
+    assert plain.calls[-1].split()[1] == forced.calls[0].split()[1]  # the same flags: KEXEC_ON_CRASH | x86_64
     assert forced.header == plain.header
     assert_same_header(forced_root, forced)
 
@@ -288,6 +350,75 @@ def test_ram_nested_in_ram_is_built_twice_and_refused(tmp_path, kexec, shim, vml
     assert build(plan(snapshot, preset("kexec-tools"))) == real.data
     with pytest.raises(InvalidHeader, match="RAM 0x10000000 overlaps or precedes RAM 0x38000000-0x3fffffff"):
         build_valid(snapshot, preset("kexec-tools"))
+
+
+# --- Persistent Memory: only the zero padding grows, so no reload ------------------------------------
+
+# two 16 GiB NVDIMM regions at 64 GiB, above any RAM here: 18 ranges to size for instead of 16, so
+# kexec-tools' buffer crosses 1 KiB
+PMEM = "1000000000-13ffffffff : Persistent Memory\n1400000000-17ffffffff : Persistent Memory\n"
+E820 = struct.Struct("<QQI")  # struct boot_e820_entry: addr, size, type
+E820_ENTRIES, E820_TABLE, E820_TYPE_PMEM = 0x1E8, 0x2D0, 7  # struct boot_params offsets; its E820 type
+
+
+def e820(boot_params: bytes) -> list[tuple[int, int, int]]:
+    return [E820.unpack_from(boot_params, E820_TABLE + E820.size * i) for i in range(boot_params[E820_ENTRIES])]
+
+
+def boot_params(load: Load) -> bytes:
+    """The segment holding struct boot_params: the setup header's "HdrS" at 0x202."""
+    (found,) = [s.data for s in load.segments if s.data[0x202:0x206] == b"HdrS"]
+    return found
+
+
+def test_persistent_memory_grows_only_the_headers_zero_padding(tmp_path, kexec, shim, vmlinuz):
+    """Two Persistent Memory ranges appear: kexec-tools writes the same program headers into a buffer
+    sized for two more (1 KiB -> 2 KiB), crashhpd's model builds both byte for byte and calls them the
+    same header. The rest of the load changes only in the crash kernel's E820 map, two entries of type
+    E820_TYPE_PMEM more (and purgatory's digests of it), which a dump never reads: /proc/vmcore serves
+    what the header's program headers say."""
+    before_root = system(tmp_path / "before", QEMU, QEMU_KERNEL_TEXT)
+    after_root = system(tmp_path / "after", QEMU + PMEM, QEMU_KERNEL_TEXT)
+    before, after = kexec_p(before_root, kexec, shim, vmlinuz), kexec_p(after_root, kexec, shim, vmlinuz)
+    assert_same_header(before_root, before)
+    assert_same_header(after_root, after)
+    old, new = before.header.data, after.header.data
+    end = 64 + 56 * struct.unpack_from("<H", old, 56)[0]
+    assert (len(old), len(new)) == (1024, 2048)
+    assert new[:end] == old[:end] and new[end:] == bytes(len(new) - end)
+    assert same_program_headers(old, new) and same_program_headers(new, old)
+    old_params, new_params = boot_params(before), boot_params(after)
+    added = [(0x1000000000, 0x400000000, E820_TYPE_PMEM), (0x1400000000, 0x400000000, E820_TYPE_PMEM)]
+    assert e820(new_params) == e820(old_params) + added
+    table_end = E820_TABLE + E820.size * new_params[E820_ENTRIES]
+    assert (new_params[:E820_ENTRIES] + new_params[E820_ENTRIES + 1:E820_TABLE] + new_params[table_end:]
+            == old_params[:E820_ENTRIES] + old_params[E820_ENTRIES + 1:E820_TABLE] + old_params[table_end:])
+
+
+def test_persistent_memory_costs_the_kexec_backend_no_reload_and_new_ram_one(standin, tmp_path):
+    """The decision, where the kernel's header cannot be read back (this tree has no kcore), so the kexec
+    backend's model of its last load decides: the 2 KiB header the two ranges give is the 1 KiB one in
+    force, padded (the test above), so no reload; a hot-added block is one. Comparing bytes, crashhpd
+    reloaded for the padding: the first assertion on `outcome` fails on that. The stand-in kexec
+    (tests/support/kexec_standin.py) loads, as this kernel has no kexec_load."""
+    tree = standin.root
+    layout = preset("kexec-tools")
+    backend = KexecBackend(KexecConfig(binary=str(standin.path)), str(tree), str(tmp_path / "state"), kernel(tree))
+    first = build_valid(read_snapshot(str(tree)), layout)
+    settle(backend.begin(first.data, kernel(tree)), lambda: read_kernel_state(str(tree)))
+    assert len(standin.loads()) == 1 and len(first.data) == 1024
+    replace_iomem(tree, (tree / "proc/iomem").read_text() + PMEM)
+    snapshot = read_snapshot(str(tree))
+    assert snapshot.loaded_header is None and len(build_valid(snapshot, layout).data) == 2048
+    outcome = reconcile(backend, snapshot, layout)
+    assert isinstance(outcome, Outcome) and outcome.applied is None, "a reload for zero padding"
+    assert len(standin.loads()) == 1
+    hot_add(tree, 1)  # the negative control: RAM the header lacks
+    replace_iomem(tree, (tree / "proc/iomem").read_text() + PMEM)
+    pending = reconcile(backend, read_snapshot(str(tree)), layout)
+    assert isinstance(pending, InFlight) and any(line.startswith("+ RAM 0x") for line in pending.changes)
+    settle(pending.pending, lambda: read_kernel_state(str(tree)))
+    assert len(standin.loads()) == 2
 
 
 # --- random systems: whatever the walk meets, the model says what the binary builds -------------------
