@@ -61,11 +61,21 @@ class RequestError(Exception):
 # --- the results: the keys a client reads (a reply may carry more) -----------------------------------
 
 
+class Readiness(TypedDict):
+    """One readiness check (crashhpd/service/protection.py): passed (ok true), failed (false: what a dump would
+    lose and the fix), or unknown (null: why)."""
+
+    check: str
+    ok: bool | None
+    reason: str
+
+
 class StatusResult(TypedDict):
     """The daemon's Status (crashhpd/service/status.py); these are the fields crashhpctl shows, in its order."""
 
     protected: NotRequired[bool]  # the NotRequired keys came later: an older daemon leaves them out
     unprotected_reasons: NotRequired[list[str]]
+    readiness: NotRequired[list[Readiness]]
     crash_kernel_loaded: NotRequired[int | None]
     kexec_sysfs: NotRequired[str]
     crash_kernel_cmdline: NotRequired[str | None]

@@ -69,6 +69,7 @@ def show_status(s: StatusResult, now: float) -> tuple[str, int]:
     protected = s.get("protected")
     rows = [
         ("protected", _verdict(s)),
+        ("checks", _checks(s)),
         ("crash kernel", _crash_kernel(s.get("crash_kernel_loaded"), s.get("kexec_sysfs"))),
         ("crash cmdline", _crash_cmdline(s)),
         ("kernel header", _kernel_header(s)),
@@ -104,6 +105,15 @@ def _verdict(s: StatusResult) -> str:
         return "yes: a dump taken now would save every byte of RAM and every CPU"
     reasons = s.get("unprotected_reasons") or ["no reason given"]
     return "\n".join([f"NO: {reasons[0]}", *reasons[1:]])
+
+
+def _checks(s: StatusResult) -> str:
+    """Every readiness check, one line each: passed, FAILED with the fix, or unknown and why."""
+    checks = s.get("readiness")
+    if not checks:
+        return "unknown (the daemon is older than this crashhpctl, or has not judged yet)"
+    marks = {True: "ok     ", False: "FAILED ", None: "unknown"}
+    return "\n".join(f"{marks[c['ok']]} {c['check']}: {c['reason']}" for c in checks)
 
 
 def _crash_kernel(loaded: int | None, sysfs: str | None) -> str:

@@ -103,6 +103,13 @@ def families(s: Status, now: float) -> list["Metric"]:
         _counter("crashhpd_log_suppressed", "Log lines about control clients held back (one per peer per minute).",
                  s.log_suppressed),
     ]
+    readiness = GaugeMetricFamily("crashhpd_readiness_ok", "Each readiness check: 1 passed, 0 failed (a dump taken "
+                                  "now would not save everything: crashhpctl status says why); unknown ones absent.",
+                                  labels=["check"])
+    for r in s.readiness:
+        if r["ok"] is not None:
+            readiness.add_metric([str(r["check"])], int(bool(r["ok"])))
+    out.append(readiness)
     out.append(_gauge("crashhpd_kernel_header_readable",
                       "1 when the header the kernel holds could be read back from its memory.",
                       int(s.kernel_header_readable)))

@@ -10,9 +10,18 @@ renamed or removed, only added.
 
 import time
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 from ..backends.base import Applied
 from ..elfcorehdr.build import Built
+
+
+class ReadinessItem(TypedDict):
+    """One readiness check as status reports it (the control contract's Readiness has the same keys)."""
+
+    check: str
+    ok: bool | None  # None: unknown
+    reason: str
 
 
 @dataclass(slots=True, kw_only=True)
@@ -89,6 +98,7 @@ class Status(Counters):
     kernel_log_complaint: str | None = None
     protected: bool = False  # a dump taken now would save every byte of RAM and every CPU (service/protection.py)
     unprotected_reasons: list[str] = field(default_factory=list)  # why not, the first to fix first
+    readiness: list["ReadinessItem"] = field(default_factory=list)  # every check (service/protection.py)
     # kexec_load_limit_panic: crash loads the kernel still allows (crashhpd never spends the last); None: unlimited
     crash_loads_left: int | None = None
     kexec_sysfs: str = "kernel"  # the spelling of the kexec attributes read: "kernel/kexec" or "kernel"

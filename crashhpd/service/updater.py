@@ -31,9 +31,9 @@ from .kernel_watch import KernelWatch
 from .later import Later
 from .metrics import Metrics
 from .parts import Parts
-from .protection import NOT_JUDGED, Protection, judge
+from .protection import NOT_JUDGED, Facts, Protection, judge
 from .reconcile import InFlight, Outcome, reconcile
-from .status import ControlCounters, Counters, HeaderInForce, Status, Verdict
+from .status import ControlCounters, Counters, HeaderInForce, ReadinessItem, Status, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -201,8 +201,10 @@ class Updater:
         health = self.backend.health(self.kernel)
         self._health_log.observe(self.backend.name, health)
         self.unhealthy_since = None if health.ok else self.unhealthy_since or self._clock()
-        self.protection = judge(self.backend.name, self.backend.capabilities.keeps_kernel_header, self.kernel,
-                                health, self.kernel_watch.view, self.counters.in_sync, self.counters.last_error)
+        self.protection = judge(Facts(
+            self.backend.name, self.backend.capabilities.keeps_kernel_header, self.kernel, health,
+            self.kernel_watch.view, self.counters.in_sync, self.counters.last_error, self._cmdline[0],
+            tuple(self._cmdline[1]), self.parts.cfg.kexec.complete_cmdline))
         self._ended()
         for waiter in update.waiters:
             waiter.resolve((outcome, update.events))
@@ -371,6 +373,7 @@ class Updater:
             kernel_log_complaint=self.kernel_watch.complaint,
             protected=self.protection.protected,
             unprotected_reasons=list(self.protection.reasons),
+            readiness=[ReadinessItem(check=r.check, ok=r.ok, reason=r.reason) for r in self.protection.readiness],
             protection_source=self.protection.source,
             backend_setting=self.parts.cfg.backend,
             kexec_sysfs=kernel.sysfs,

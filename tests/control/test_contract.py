@@ -43,10 +43,21 @@ def test_the_daemon_and_crashhpctl_know_the_same_ops():
     assert [op for op in OPS if OPS[op].privileged] == ["reconcile"]
 
 
+def _shape(kind: object) -> object:
+    """A type with each TypedDict in it as its keys and their types: the daemon's side and the contract each
+    declare theirs (the contract imports nothing of the daemon), and they must agree key for key."""
+    if typing.is_typeddict(kind):
+        return {key: _shape(value) for key, value in typing.get_type_hints(kind).items()}
+    args = typing.get_args(kind)
+    return (typing.get_origin(kind), tuple(_shape(arg) for arg in args)) if args else kind
+
+
 def test_every_status_key_crashhpctl_reads_is_a_status_field_of_that_type():
     fields = typing.get_type_hints(Status)
     reads = typing.get_type_hints(contract.StatusResult)
-    assert {key: (kind, fields.get(key)) for key, kind in reads.items() if fields.get(key) != kind} == {}
+    assert {key: (kind, fields.get(key)) for key, kind in reads.items()
+            if _shape(fields.get(key)) != _shape(kind)} == {}
+    assert _shape(fields["readiness"]) == (list, ({"check": str, "ok": _shape(bool | None), "reason": str},))
     optional = contract.StatusResult.__optional_keys__  # what an older daemon may leave out: fields added later
     defaults = {key: Status.__dataclass_fields__[key] for key in optional}
     assert optional and all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING

@@ -113,3 +113,37 @@ def test_status_says_how_many_crash_loads_the_kernel_still_allows(tmp_path, monk
         write(root, "proc/sys/kernel/kexec_load_limit_panic", text)
         run_update(daemon)
         assert daemon.status().crash_loads_left == left
+
+
+def test_readiness_lists_every_check_and_a_spent_load_limit_fails_one_with_its_metric(tmp_path, monkeypatch):
+    """Status, the metrics and crashhpctl's rendering read the one verdict: each check with its outcome, and
+    the check that failed is the reason the host is not protected."""
+    from faketree import write
+    from prometheus_client import generate_latest
+    from prometheus_client.registry import CollectorRegistry
+
+    from crashhpd.control.render import show_status
+    from crashhpd.service.metrics import families
+
+    root, daemon, _held = daemon_on(tmp_path, monkeypatch)
+    run_update(daemon)
+    before = {r["check"]: r["ok"] for r in daemon.status().readiness}
+    assert before["crash_loads"] is True and before["header"] is not False
+    write(root, "proc/sys/kernel/kexec_load_limit_panic", "0\n")
+    run_update(daemon)
+    status = daemon.status()
+    loads = next(r for r in status.readiness if r["check"] == "crash_loads")
+    assert loads["ok"] is False and loads["reason"] in status.unprotected_reasons and not status.protected
+
+    class Collector:
+        def collect(self):  # type: ignore[no-untyped-def]
+            return families(status, time.time())
+
+    registry = CollectorRegistry()
+    registry.register(Collector())  # type: ignore[arg-type]
+    exported = generate_latest(registry).decode()
+    assert 'crashhpd_readiness_ok{check="crash_loads"} 0.0' in exported
+    assert 'crashhpd_readiness_ok{check="backend"} 1.0' in exported
+    import dataclasses
+    text, code = show_status(dataclasses.asdict(status), time.time())  # type: ignore[arg-type]
+    assert f"FAILED  crash_loads: {loads['reason']}" in text and code == 1

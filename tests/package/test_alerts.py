@@ -81,6 +81,7 @@ def full_status() -> Status:
         except TypeError:
             if f.default is MISSING:
                 raise
+    values["readiness"] = [{"check": "x", "ok": True, "reason": "x"}]  # one check, so its family has a sample
     return Status(**values)
 
 
