@@ -24,6 +24,7 @@ from .files import read_text, under
 from .kallsyms import KALLSYMS, read_symbols
 from .kcore import KCORE, PAGE_OFFSET_BASE, Kcore, KcoreError, Pread, Unmapped, kernel_page_offset
 from .kernel_state import BOOT_ID, LOCKDOWN
+from .ramdisk import Ramdisk, ramdisk
 
 IMAGE_SYMBOL = "kexec_crash_image"  # struct kimage *: a data symbol, listed with CONFIG_KALLSYMS_ALL
 ATTEMPTS = 5  # reads of the image before giving up on one that never holds still
@@ -60,6 +61,9 @@ class LoadedHeader:
     segments: tuple[Span, ...] = ()  # (mem, memsz) of each segment of the image, in kimage's order
     # the crash kernel's command line, from the x86 boot parameters segment (boot_params.py), or why not
     cmdline: CommandLine = field(default=CommandLine(None, "the crash image was not read"), repr=False)
+    # the initrd segment, as the boot parameters name it (ramdisk.py), and the direct map's base to read it by
+    initrd: Ramdisk = field(default=Ramdisk(None, "the crash image was not read"), repr=False)
+    page_offset: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +287,8 @@ def _read_image(kcore: Kcore, layout: KimageLayout, image_symbol: int, page_offs
     if end > memsz:
         raise _Unreadable(f"the loaded header's program headers end at {end}, past its {memsz}-byte segment")
     return LoadedHeader(readable=True, header=first[:end], segment=first, mem=mem, memsz=memsz, bufsz=bufsz,
-                        segments=tuple(segments), cmdline=cmdline)
+                        segments=tuple(segments), cmdline=cmdline, initrd=ramdisk(heads, segments),
+                        page_offset=page_offset)
 
 
 def _segments(layout: KimageLayout, kimage: bytes, nr_segments: int) -> list[Span]:

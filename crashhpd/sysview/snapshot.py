@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from ..abi.elf import notes_of
 from ..errors import ParseError, SnapshotError
-from . import cpulist, iomem, kallsyms, kcore
+from . import cpulist, iomem, kallsyms, kcore, virtio_mem
 from .files import parse_int, read_int, read_text, under
 from .iomem import Resource
 from .kernel_state import KernelState, kexec_path, read_kernel_state
@@ -61,6 +61,7 @@ class Snapshot:
     crash_cma: tuple[Range, ...] = ()
     loaded_header: LoadedHeader | None = None  # the header the kernel holds, when a reader was asked to look
     resources: tuple[Resource, ...] = ()  # every /proc/iomem line, in file order
+    virtio_mem_devices: int = 0  # virtio_mem.count_devices(): the kdump kernel then needs virtio_mem
 
     def cpu_set(self, which: str) -> frozenset[int]:
         """CPUs listed in possible/present/online; falls back to the CPUs that have notes."""
@@ -200,6 +201,7 @@ def read_snapshot(root: str = "/", boot: BootConstants | None = None,
         crash_cma=() if cma_text is None else parse_ranges(cma_text, under(root, cma_rel)),
         resources=memory.resources,
         loaded_header=loaded,
+        virtio_mem_devices=virtio_mem.count_devices(root),
     )
 
 
