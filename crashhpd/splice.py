@@ -15,32 +15,41 @@ from typing import Any, TypeVar
 S = TypeVar("S", str, bytes, tuple[Any, ...])  # slices of a tuple compare element by element, in C
 T = TypeVar("T")
 
-CHUNK = 1024  # elements per comparison on the way in; the last chunk is bisected
+CHUNK = 1024  # elements in the first comparison; each next one doubles, and the one that differs is bisected
 
 
 def common_prefix(a: S, b: S) -> int:
     """How many leading elements `a` and `b` share."""
-    n = min(len(a), len(b))
-    at = 0
-    while at + CHUNK <= n and a[at:at + CHUNK] == b[at:at + CHUNK]:
-        at += CHUNK
-    low, high = at, min(at + CHUNK, n)  # a[:low] == b[:low]; the first difference, if any, is before high
-    while low < high:
-        mid = (low + high + 1) // 2
-        if a[low:mid] == b[low:mid]:
-            low = mid
-        else:
-            high = mid - 1
-    return low
+    return _common(a, b, min(len(a), len(b)), 0, 0)
 
 
 def common_ends(a: S, b: S) -> tuple[int, int]:
     """(prefix, suffix): how many leading and trailing elements `a` and `b` share, the two never overlapping
     in either, so a[prefix:len(a) - suffix] and b[prefix:len(b) - suffix] are what differs."""
     prefix = common_prefix(a, b)
-    limit = min(len(a), len(b)) - prefix
-    suffix = common_prefix(a[::-1][:limit], b[::-1][:limit])
-    return prefix, suffix
+    return prefix, _common(a, b, min(len(a), len(b)) - prefix, len(a), len(b))
+
+
+def _common(a: S, b: S, limit: int, a_end: int, b_end: int) -> int:
+    """How many elements, up to `limit`, a and b share from their starts (ends 0) or back from a_end and b_end:
+    chunks compared on the way, the one that differs bisected. Slices, not reversed copies."""
+    def same(low: int, high: int) -> bool:  # elements low..high-1 counted from the start, or back from the ends
+        if not a_end:
+            return a[low:high] == b[low:high]
+        return a[a_end - high:a_end - low] == b[b_end - high:b_end - low]
+
+    low, high, step = 0, min(CHUNK, limit), CHUNK
+    while low < high and same(low, high):  # chunks that double: a few comparisons for 350 KB of /proc/iomem
+        step *= 2
+        low, high = high, min(high + step, limit)
+    # the first `low` match; the first difference, if any, is before `high`
+    while low < high:
+        mid = (low + high + 1) // 2
+        if same(low, mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def rows_differing(a: bytes, b: bytes, row: int) -> tuple[int, int]:

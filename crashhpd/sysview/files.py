@@ -74,9 +74,16 @@ def read_text(root: str, rel: str) -> str | None:
     return _read(under(root, rel))
 
 
-def _read(path: str) -> str | None:
+def read_int_in(directory: int, shown: str, name: str, base: int = 10) -> int | None:
+    """read_int() of `name` inside a directory already open (its fd), whose path `shown` errors name: a snapshot
+    reads two files of each of up to thousands of CPUs, and a path walk from the root per file costs more."""
+    text = _read(name, directory, f"{shown}/{name}")
+    return None if text is None else parse_int(text, f"{shown}/{name}", base)
+
+
+def _read(path: str, directory: int | None = None, shown: str | None = None) -> str | None:
     try:  # os.read, not open(): a snapshot reads some 130 sysfs files, and a text stream costs more than the read
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory)
         try:
             chunks = []
             while chunk := os.read(fd, 65536):
@@ -87,7 +94,7 @@ def _read(path: str) -> str | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as err:
-        raise snapshot_error(path, err) from None
+        raise snapshot_error(shown or path, err) from None
 
 
 def read_int(root: str, rel: str, base: int = 10, signed: bool = False) -> int | None:

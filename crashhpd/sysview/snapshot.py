@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from ..abi.elf import notes_of
 from ..errors import ParseError, SnapshotError
 from . import cpulist, iomem, kallsyms, kcore, virtio_mem
-from .files import parse_int, read_int, read_text, under
+from .files import parse_int, read_int, read_int_in, read_text, under
 from .iomem import Resource
 from .kernel_state import KernelState, kexec_path, read_kernel_state
 from .loaded_header import LoadedHeader, LoadedHeaderReader
@@ -114,15 +114,21 @@ def _read_crash_notes(root: str) -> dict[int, CpuNote]:
         return notes
     except OSError as err:
         raise SnapshotError(f"{path}: {err.strerror}") from None
-    for entry in entries:
-        match = _CPU_NAME.fullmatch(entry)
-        if not match:
-            continue
-        addr = read_int(root, f"{CPU_DIR}/{entry}/crash_notes", 16)
-        if addr is None:
-            continue
-        size = read_int(root, f"{CPU_DIR}/{entry}/crash_notes_size")
-        notes[int(match.group(1))] = CpuNote(addr, size)
+    try:
+        directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        raise SnapshotError(f"{path}: {err.strerror}") from None
+    try:
+        for entry in entries:
+            match = _CPU_NAME.fullmatch(entry)
+            if not match:
+                continue
+            addr = read_int_in(directory, path, f"{entry}/crash_notes", 16)
+            if addr is None:
+                continue
+            notes[int(match.group(1))] = CpuNote(addr, read_int_in(directory, path, f"{entry}/crash_notes_size"))
+    finally:
+        os.close(directory)
     return notes
 
 
