@@ -5,9 +5,10 @@ The package is never installed on this host: its postinst would enable and start
 service. It is built once per session and unpacked with dpkg-deb; its commands and
 its maintainer scripts then run where dpkg would put them, in a private mount
 namespace whose /usr and /etc are the unpacked tree laid over this host's, and
-whose /run and /var/lib are empty. A real `apt install` runs in a fresh Debian 12
-that mmdebstrap builds from the host's mirrors (the last section), and installs that
-run under systemd are the e2e guests' work.
+whose /run and /var/lib are empty. A real `apt install` runs in a fresh Debian 12 and
+a fresh Debian 13 that mmdebstrap builds from the host's mirrors (the last section),
+each building the package for itself as the README says, and installs that run under
+systemd are the e2e guests' work.
 """
 
 import argparse
@@ -62,12 +63,17 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
 
 
 def test_setup_installs_every_build_dependency() -> None:
+    """On each release: the one alternative of `python3-pydantic (>= 2.6) | python3.11` that release has."""
     control = (REPO / "debian" / "control").read_text()
     (build_depends,) = re.findall(r"^Build-Depends:((?:.*\n)(?:[ \t].*\n)*)", control, re.M)
-    needed = {d.split("(")[0].strip() for d in build_depends.split(",") if d.strip()} - {"debhelper-compat"}
+    needed = [{a.split("(")[0].strip() for a in d.split("|")} for d in build_depends.split(",") if d.strip()]
     setup = (REPO / ".ci" / "setup").read_text()
     listed = {w for value in re.findall(r'^build_packages="([^"]*)"', setup, re.M) for w in value.split()}
-    assert needed - listed == set() and "debhelper" in listed
+    per_release = dict(re.findall(r'^    (\w+|\*)\) +build_packages="\$build_packages ([^"]*)"', setup, re.M))
+    assert sorted(per_release) == ["*", "bookworm"] and "debhelper" in listed
+    for release, extra in per_release.items():
+        unmet = [d for d in needed if d != {"debhelper-compat"} and not d & (listed | set(extra.split()))]
+        assert unmet == [], release
 
 
 def dpkg_deb(*args: str) -> str:
@@ -89,7 +95,8 @@ def test_lintian_finds_no_error_and_no_warning(build: Build) -> None:
 
 
 def test_every_lintian_override_says_why() -> None:
-    blocks = (REPO / "debian" / "crashhpd.lintian-overrides").read_text().strip().split("\n\n")
+    blocks = [block for name in ("crashhpd", "bookworm")
+              for block in (REPO / "debian" / f"{name}.lintian-overrides").read_text().strip().split("\n\n")]
     for block in blocks:
         lines = block.splitlines()
         assert lines[0].startswith("#") and not lines[-1].startswith("#"), block
@@ -318,10 +325,12 @@ def test_maintainer_scripts_compile_enable_start_stop_and_purge(build: Build, sc
                      "deb-systemd-invoke stop crashhpd.service", "deb-systemd-helper purge crashhpd.service"]
 
 
-# --- on a fresh Debian 12, installed as the README says -----------------------------------------
+# --- on a fresh Debian 12 and 13, installed as the README says ----------------------------------
 
 FRESH_INSTALL = SUPPORT / "fresh_install.sh"
-FRESH_TIMEOUT_S = 900
+FRESH_TIMEOUT_S = 1500
+# each release: where pydantic 2 comes from, which the package built there depends on
+PYDANTIC = {"bookworm": "bundled", "trixie": "python3-pydantic"}
 ADMIN_DROP_IN = "/etc/crashhpd/crashhpd.toml.d/50-admin.toml"
 LOCAL_CAS = Path("/usr/local/share/ca-certificates")  # where Debian keeps the CAs an admin trusts
 
@@ -331,6 +340,7 @@ class Fresh:
     """What tests/support/fresh_install.sh saw inside the fresh system: each step's output, exit status, listings."""
 
     out: Path
+    codename: str
 
     def rc(self, step: str) -> int:
         return int((self.out / f"{step}.rc").read_text())
@@ -353,16 +363,17 @@ def test_the_readme_installs_with_one_command_that_builds_and_installs_the_packa
     assert readme_install_command() == f"sh .ci/setup deb && apt install ./crashhpd_{VERSION}_amd64.deb"
 
 
-@pytest.fixture(scope="module")
-def fresh(tmp_path_factory: pytest.TempPathFactory) -> Fresh:
-    """Debian 12 as a minimal install has it (priority important, so systemd and apt, no Python), built by
+@pytest.fixture(scope="module", params=sorted(PYDANTIC))
+def fresh(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Fresh:
+    """Debian 12 or 13 as a minimal install has it (priority important, so systemd and apt, no Python), built by
     mmdebstrap from the host's own mirrors, with this tree copied in as a clone would have it; in it,
     tests/support/fresh_install.sh runs the README's install command (build dependencies, the build, `apt install`),
     uses what it installed and purges it. Skipped only when the registry cannot be reached.
     """
     from e2e import parts  # the e2e suite's Debian plumbing: the host's mirrors, mmdebstrap
 
-    work = tmp_path_factory.mktemp("fresh-debian")
+    codename = request.param
+    work = tmp_path_factory.mktemp(f"fresh-{codename}")
     root, source, command = work / "root", work / "crashhpd.tar", work / "install-command"
     subprocess.run(["tar", "-C", str(REPO), "--exclude-vcs", "--exclude-vcs-ignores", "--exclude=./.venv",
                     "-cf", str(source), "."], check=True, timeout=120)
@@ -378,22 +389,45 @@ def fresh(tmp_path_factory: pytest.TempPathFactory) -> Fresh:
             f"upload {command} /root/install-command",
             f"upload {FRESH_INSTALL} /root/fresh_install.sh",
             'chroot "$1" sh /root/fresh_install.sh',
-        ], FRESH_TIMEOUT_S)
+        ], FRESH_TIMEOUT_S, codename)
     except parts.PartsUnavailable as err:
         pytest.skip(str(err))
     out = shutil.copytree(root / "root/out", work / "out")
     shutil.rmtree(root)  # some 300 MB: only what the script wrote is kept
-    return Fresh(out)
+    return Fresh(out, codename)
 
 
-def test_apt_installs_the_deb_on_a_fresh_debian_12_with_the_dependencies_it_resolves_itself(fresh: Fresh) -> None:
+def test_apt_installs_the_deb_on_a_fresh_debian_with_the_dependencies_it_resolves_itself(fresh: Fresh) -> None:
     before = set(fresh.lines("packages-before"))
-    from_debian = set(FROM_DEBIAN.values())
+    from_debian = set(FROM_DEBIAN.values()) | ({PYDANTIC[fresh.codename]} - {"bundled"})
     assert "systemd" in before and from_debian & before == set(), "not the fresh system this test is about"
     assert fresh.rc("install") == 0, fresh.text("install.out")[-3000:] + fresh.text("install.err")
     for package in sorted(from_debian):
         assert f"Setting up {package} " in fresh.text("install.out"), package
     assert f"Setting up crashhpd ({VERSION})" in fresh.text("install.out")
+
+
+def test_the_package_built_there_takes_pydantic_2_from_debian_where_it_has_it(fresh: Fresh) -> None:
+    """Debian 13's python3-pydantic is 2.x: a dependency, linked into the virtualenv; Debian 12's is 1.10:
+    bundled, for its python3.11 (so that package cannot install on 13: "Depends: python3.11")."""
+    depends = [d.strip().split()[0] for d in fresh.text("depends.out").split(",")]
+    assert fresh.rc("python") == 0, fresh.text("python.err")
+    python, pydantic, where, real = json.loads(fresh.text("python.out"))
+    assert pydantic.startswith("2."), pydantic
+    if PYDANTIC[fresh.codename] == "bundled":
+        assert "python3.11" in depends and "python3-pydantic" not in depends and python.startswith("3.11.")
+        assert where == real == f"{SITE}/pydantic/__init__.py"
+    else:
+        assert "python3-pydantic" in depends and "python3.11" not in depends and not python.startswith("3.11.")
+        assert re.fullmatch(rf"{VENV}/lib/python3\.\d+/site-packages/pydantic/__init__\.py", where), where
+        assert real == "/usr/lib/python3/dist-packages/pydantic/__init__.py"  # the package's link to Debian's
+        assert os.path.dirname(where) in fresh.lines("owned.out")
+
+
+def test_lintian_of_that_release_finds_no_error_and_no_warning(fresh: Fresh) -> None:
+    assert fresh.rc("lintian-install") == 0, fresh.text("lintian-install.err")
+    tags = [line for line in fresh.lines("lintian.out") if re.match(r"[EWI]: ", line)]
+    assert (fresh.rc("lintian"), tags) == (0, []), fresh.text("lintian.err")
 
 
 def test_the_freshly_installed_service_is_enabled_and_its_commands_work(fresh: Fresh) -> None:
