@@ -63,3 +63,12 @@ def system_image(qemu: parts.Qemu, archives: initramfs.Archives, tmp_path_factor
     """The systemd guest's image with this run's crashhpd .deb installed, prepared once per run."""
     kernels = {series: _fetched(functools.partial(parts.kernel, series)) for series in ("6.1", "6.12")}
     return _fetched(lambda: system.prepare(qemu, kernels, archives.kdump, tmp_path_factory.mktemp("system")))
+
+
+@pytest.fixture(scope="session")
+def trixie_image(qemu: parts.Qemu, archives: initramfs.Archives, tmp_path_factory: pytest.TempPathFactory
+                 ) -> system.System:
+    """The Debian 13 guest's image, with trixie's 6.12 and trixie-backports' 7.3 and this run's .deb."""
+    kernels = {series: _fetched(functools.partial(parts.kernel, f"trixie-{series}")) for series in ("6.12", "7.3")}
+    return _fetched(lambda: system.prepare(qemu, kernels, archives.kdump, tmp_path_factory.mktemp("trixie"),
+                                           release=system.TRIXIE))

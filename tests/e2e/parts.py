@@ -26,7 +26,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import apt_sources
@@ -102,7 +102,7 @@ class Qemu:
 class Kernel:
     version: str  # the package's uname -r
     vmlinuz: Path
-    config: dict[str, str]
+    config: dict[str, str] = field(repr=False)  # thousands of CONFIG_ lines: not in failure messages
     tree: Path  # where its packages are unpacked: lib/modules/<version>/ under it (or under usr/)
     config_file: Path
 
@@ -159,6 +159,17 @@ def mmdebstrap(root: Path, log: Path, variant: str, include: Sequence[str], hook
         if any(word in text for word in _NETWORK_WORDS):
             raise PartsUnavailable(f"mmdebstrap: the Debian package registry cannot be reached: {tail}")
         raise PartsError(f"mmdebstrap failed (exit {proc.returncode}, log {log}): {tail}")
+
+
+LOCAL_CAS = Path("/usr/local/share/ca-certificates")  # where Debian keeps the CAs an admin trusts
+
+
+def local_ca_hooks() -> list[str]:
+    """mmdebstrap hooks for a system on this host's network: it trusts the CAs this host's admin added (a
+    proxy's, say) as it uses this host's mirrors; ca-certificates, once installed there, bundles them."""
+    if not any(LOCAL_CAS.rglob("*.crt")):
+        return []
+    return [f'mkdir -p "$1{LOCAL_CAS}"', f"sync-in {LOCAL_CAS} {LOCAL_CAS}"]
 
 
 @contextmanager

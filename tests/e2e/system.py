@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""The systemd guest: Debian 12 on a virtio disk, booted from Debian's packages with systemd as PID 1.
+"""The systemd guests: Debian 12 and Debian 13 on a virtio disk, booted from Debian's packages with systemd as PID 1.
 
 The root file system is built by mmdebstrap from Debian's packages, with the
 host's own mirrors (parts.host_sources()), into a directory, then written
@@ -16,8 +16,14 @@ What changes from run to run goes into a copy of it in one short boot
 without systemd (`prepare`): the kernels, the kdump-side initramfs the e2e
 suite builds (as kdump-tools' /var/lib/kdump/initrd.img-<release>, so no
 initramfs is generated under TCG) and crashhpd itself, installed with
-`dpkg -i` from the .deb `make deb` built in the same run. Every test then
+`dpkg -i` from the .deb `make deb` built in the same run (for another release
+than the host's, in a chroot of that release). Every test then
 boots that copy with `snapshot=on`: what a test writes is gone after it.
+
+Both releases are built from the same recipe (system/): a Release names the
+codename and the packages, the image's cache key covers both. Debian 13's
+image has systemd 257, kdump-tools 1.10.7 and kexec-tools 2.0.29 (whose
+plain `kexec -p` tries kexec_file_load first), and Python 3.13.
 
 Debian's cloud kernels build virtio_blk (and on 6.1 virtio_pci) as modules,
 so the first kernel gets a small initramfs (system/init, busybox and those
@@ -37,44 +43,55 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
-from . import initramfs, parts
-from .parts import CACHE, CODENAME, REPO, Kernel, PartsError, Qemu
+from . import apt_sources, initramfs, parts
+from .parts import CACHE, REPO, Kernel, PartsError, Qemu
 
 SYSTEM_DIR = Path(__file__).parent / "system"
 # where the image is cached: CACHE, unless CRASHHPD_E2E_SYSTEM_CACHE says otherwise (e.g. a shared,
 # read-only CRASHHPD_E2E_CACHE for the other parts, and a writable one for the image)
 SYSTEM_CACHE = Path(os.environ.get("CRASHHPD_E2E_SYSTEM_CACHE", CACHE))
-PACKAGES = (
-    "systemd", "systemd-sysv", "udev", "kdump-tools", "kexec-tools", "procps", "passwd", "python3.11",
-    # crashhpd's Depends (debian/control), so dpkg -i needs no network
-    "python3-pyelftools", "python3-prometheus-client", "python3-decorator", "python3-pyudev", "python3-systemd",
-)
+BASE = ("systemd", "systemd-sysv", "udev", "kdump-tools", "kexec-tools", "procps", "passwd")
+# crashhpd's Depends (debian/control), so dpkg -i needs no network
+DEPENDS = ("python3-pyelftools", "python3-prometheus-client", "python3-decorator", "python3-pyudev", "python3-systemd")
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """A Debian release the systemd guest is built from, and the packages its image holds."""
+
+    codename: str
+    packages: tuple[str, ...]
+
+
+BOOKWORM = Release("bookworm", (*BASE, "python3.11", *DEPENDS))
+# Debian 13's python3-pydantic 2.x: there crashhpd depends on the distribution's package
+TRIXIE = Release("trixie", (*BASE, "python3", *DEPENDS, "python3-pydantic"))
 IMAGE_SIZE = "2G"
 BUILD_TIMEOUT_S = 600
 MODULES = ("virtio_pci", "virtio_blk")  # and what they depend on, from each module's .modinfo
 BOOT_ARGS = "console=ttyS0 root=/dev/vda rw crashkernel=256M memhp_default_state=online_movable panic=0 loglevel=4"
 
 
-def image_key() -> str:
+def image_key(release: Release = BOOKWORM) -> str:
     """The package list and every file under system/: change either and the image is built anew."""
-    digest = hashlib.sha256(json.dumps([CODENAME, PACKAGES, IMAGE_SIZE]).encode())
+    digest = hashlib.sha256(json.dumps([release.codename, release.packages, IMAGE_SIZE]).encode())
     for path in sorted(p for p in SYSTEM_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
         digest.update(str(path.relative_to(SYSTEM_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
 
 
-def _mmdebstrap(root: Path, log: Path) -> None:
-    parts.mmdebstrap(root, log, "minbase", PACKAGES, [
+def _mmdebstrap(root: Path, log: Path, release: Release) -> None:
+    parts.mmdebstrap(root, log, "minbase", release.packages, [
         f"sync-in {SYSTEM_DIR / 'overlay'} /",
         f"upload {SYSTEM_DIR / 'customize'} /tmp/customize",
         'chroot "$1" sh /tmp/customize',
         'rm "$1/tmp/customize"',
-    ], BUILD_TIMEOUT_S)
+    ], BUILD_TIMEOUT_S, release.codename)
 
 
-def base_image(cache: Path = SYSTEM_CACHE) -> Path:
+def base_image(release: Release = BOOKWORM, cache: Path = SYSTEM_CACHE) -> Path:
     """The root file system as a raw ext4 image, built on first use (mmdebstrap, mke2fs -d) and reused after."""
-    image = cache / "system" / f"bookworm-{image_key()}.raw"
+    image = cache / "system" / f"{release.codename}-{image_key(release)}.raw"
     if image.exists():
         return image
     with parts._locked(cache):
@@ -83,12 +100,12 @@ def base_image(cache: Path = SYSTEM_CACHE) -> Path:
         image.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=image.parent, prefix=".build-") as work:
             root = Path(work) / "root"
-            _mmdebstrap(root, image.parent / "mmdebstrap.log")
+            _mmdebstrap(root, image.parent / f"mmdebstrap-{release.codename}.log", release)
             partial = Path(work) / "image.raw"
             parts._run(["mke2fs", "-q", "-t", "ext4", "-L", "crashhpd-guest", "-d", str(root), str(partial),
                         IMAGE_SIZE], "mke2fs -d (the systemd guest's root file system)")
             partial.rename(image)
-        for old in image.parent.glob("bookworm-*.raw"):  # images of an older package list or recipe
+        for old in image.parent.glob(f"{release.codename}-*.raw"):  # images of an older package list or recipe
             if old != image:
                 old.unlink()
     return image
@@ -108,9 +125,10 @@ def _modinfo_depends(module: Path) -> list[str]:
 
 def _module_files(kernel_tree: Path, work: Path) -> list[Path]:
     """MODULES and their dependencies, in load order, decompressed (busybox's insmod reads plain .ko)."""
-    found = {p.name.split(".ko")[0].replace("-", "_"): p for p in kernel_tree.glob("lib/modules/*/kernel/**/*.ko*")}
+    trees = [d for d in (kernel_tree / "lib/modules", kernel_tree / "usr/lib/modules") if d.is_dir()]  # Debian 12, 13
+    found = {p.name.split(".ko")[0].replace("-", "_"): p for d in trees for p in d.glob("*/kernel/**/*.ko*")}
     builtin = {Path(line).name.split(".ko")[0].replace("-", "_")
-               for listing in kernel_tree.glob("lib/modules/*/modules.builtin")
+               for listing in (f for d in trees for f in d.glob("*/modules.builtin"))
                for line in listing.read_text().splitlines()}
     ordered: list[Path] = []
     seen: set[str] = set()
@@ -138,7 +156,7 @@ def boot_initrd(kernel: Kernel, busybox: Path, out: Path, payload: dict[str, Pat
     work = out.with_suffix(".d")
     shutil.rmtree(work, ignore_errors=True)
     (work / "modules.d").mkdir(parents=True)
-    modules = _module_files(kernel.vmlinuz.parents[1], work / "modules.d")
+    modules = _module_files(kernel.tree, work / "modules.d")
     (work / "modules").write_text("".join(f"{m.name}\n" for m in modules))
     for directory in ("bin", "proc", "sys", "dev", "root"):
         (work / directory).mkdir(exist_ok=True)
@@ -163,12 +181,36 @@ class System:
     kernels: dict[str, Kernel]
     initrds: dict[str, Path]
     prepare_seconds: float
+    codename: str
 
 
-def build_deb(out: Path) -> Path:
-    """`make deb` (through .ci/setup, which installs the build dependencies) into `out`."""
+def _build_elsewhere(out: Path, release: Release) -> None:
+    """`sh .ci/setup deb` in a minimal chroot of `release` (mmdebstrap), which installs the build dependencies
+    there from the host's mirrors: the package fits the release it is built on (debian/rules)."""
+    with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as work:
+        source = Path(work) / "crashhpd.tar"
+        # GNU tar's --exclude-vcs-ignores does not take .gitignore's "dir/" lines: .venv and the e2e cache by name
+        subprocess.run(["tar", "-C", str(REPO), "--exclude-vcs", "--exclude-vcs-ignores", "--exclude=./.venv",
+                        "--exclude=./.cache", "-cf", str(source), "."], check=True, timeout=120)
+        log = out / f"build-{release.codename}.log"
+        parts.mmdebstrap(Path(work) / "root", log, "minbase", ("ca-certificates",), [
+            *parts.local_ca_hooks(),
+            'chroot "$1" update-ca-certificates',
+            f"upload {source} /root/crashhpd.tar",
+            'chroot "$1" sh -c "mkdir /root/src /root/out && tar -C /root/src -xf /root/crashhpd.tar '
+            '&& sh /root/src/.ci/setup deb /root/out"',
+            f"sync-out /root/out {out}",
+        ], BUILD_TIMEOUT_S, release.codename)
+
+
+def build_deb(out: Path, release: Release = BOOKWORM) -> Path:
+    """`make deb` (through .ci/setup, which installs the build dependencies) into `out`, built on `release`:
+    on this host when it runs that release, else in a chroot of it."""
     out.mkdir(parents=True, exist_ok=True)
-    parts._run(["sh", str(REPO / ".ci/setup"), "deb", str(out)], "make deb")
+    if release.codename == apt_sources.own_codename():
+        parts._run(["sh", str(REPO / ".ci/setup"), "deb", str(out)], "make deb")
+    else:
+        _build_elsewhere(out, release)
     debs = sorted(out.glob("crashhpd_*.deb"))
     if len(debs) != 1:
         raise PartsError(f"make deb left {len(debs)} packages in {out}")
@@ -176,14 +218,14 @@ def build_deb(out: Path) -> Path:
 
 
 def prepare(qemu: Qemu, kernels: dict[str, Kernel], kdump_initrd: Path, work: Path,
-            deadline_s: float = 180.0) -> System:
-    """A copy of the cached image with this run's kernels, kdump initrds and crashhpd .deb installed."""
+            deadline_s: float = 180.0, release: Release = BOOKWORM) -> System:
+    """A copy of the release's cached image with this run's kernels, kdump initrds and crashhpd .deb installed."""
     from .vm import Guest  # vm imports nothing of this module; kept local so the build half stays light
 
     started = time.monotonic()
     work.mkdir(parents=True, exist_ok=True)
-    base = base_image()
-    deb = build_deb(work / "deb")
+    base = base_image(release)
+    deb = build_deb(work / "deb", release)
     image = work / "system.raw"
     subprocess.run(["cp", "--sparse=always", str(base), str(image)], check=True)
     busybox = parts.guest() / "bin/busybox"
@@ -191,7 +233,7 @@ def prepare(qemu: Qemu, kernels: dict[str, Kernel], kdump_initrd: Path, work: Pa
     payload = {"crashhpd.deb": deb}
     for kernel in kernels.values():
         payload[f"boot/vmlinuz-{kernel.version}"] = kernel.vmlinuz
-        payload[f"boot/config-{kernel.version}"] = kernel.vmlinuz.with_name(f"config-{kernel.version}")
+        payload[f"boot/config-{kernel.version}"] = kernel.config_file
         payload[f"kdump/initrd.img-{kernel.version}"] = kdump_initrd
     first = next(iter(kernels))
     installer = boot_initrd(kernels[first], busybox, work / "install.cpio", payload)
@@ -204,7 +246,7 @@ def prepare(qemu: Qemu, kernels: dict[str, Kernel], kdump_initrd: Path, work: Pa
         if guest.wait_exit() != 0:
             raise guest.failure("QEMU did not exit cleanly after the install")
     installer.unlink()
-    return System(image, kernels, initrds, time.monotonic() - started)
+    return System(image, kernels, initrds, time.monotonic() - started, release.codename)
 
 
 # --- a boot of it -----------------------------------------------------------------------------
