@@ -80,6 +80,8 @@ class StatusResult(TypedDict):
     kexec_sysfs: NotRequired[str]
     crash_kernel_cmdline: NotRequired[str | None]
     crash_kernel_cmdline_missing: NotRequired[list[str]]
+    kdump_initrd_missing_modules: NotRequired[list[str]]
+    kdump_initrd_source: NotRequired[str | None]
     kernel_header_readable: NotRequired[bool]
     kernel_header_unreadable_reason: NotRequired[str | None]
     kernel_header_in_sync: NotRequired[bool | None]

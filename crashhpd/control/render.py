@@ -72,6 +72,7 @@ def show_status(s: StatusResult, now: float) -> tuple[str, int]:
         ("checks", _checks(s)),
         ("crash kernel", _crash_kernel(s.get("crash_kernel_loaded"), s.get("kexec_sysfs"))),
         ("crash cmdline", _crash_cmdline(s)),
+        ("kdump initrd", _kdump_initrd(s)),
         ("kernel header", _kernel_header(s)),
         ("crashhpd", f"{s['version']}, pid {s['pid']}, up {duration(s['uptime_s'])}"),
         ("backend", f"{s['backend']}{' (chosen by auto)' if s.get('backend_setting') == 'auto' else ''} "
@@ -129,6 +130,14 @@ def _crash_cmdline(s: StatusResult) -> str:
         return "not read (see kernel header)"
     missing = s.get("crash_kernel_cmdline_missing") or []
     return text + (f"\nLACKS {' '.join(missing)}: a dump would lose hot-added memory" if missing else "")
+
+
+def _kdump_initrd(s: StatusResult) -> str:
+    source = s.get("kdump_initrd_source")
+    if source is None:
+        return "not read: no device of this host needs a module in the kdump kernel"
+    missing = s.get("kdump_initrd_missing_modules") or []
+    return (f"LACKS {' '.join(missing)}: " if missing else "has what this host needs: ") + f"read from {source}"
 
 
 def _kernel_header(s: StatusResult) -> str:

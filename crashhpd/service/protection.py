@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..backends.base import Health
 from ..elfcorehdr.coverage import KernelView
+from ..sysview.kdump_initrd import InitrdCheck
 from ..sysview.kernel_state import KernelState
 from ..sysview.ranges import size_text
 
@@ -30,6 +31,7 @@ class Facts:
     cmdline: str | None  # the loaded crash kernel's, read back; None: not read
     cmdline_missing: tuple[str, ...]  # what this host needs in it and it lacks
     complete_cmdline: bool  # crashhpd reloads once to add what is missing ([kexec] complete_cmdline)
+    initrd: InitrdCheck = InitrdCheck()  # the modules the host's devices need in the kdump initramfs, and what lacks
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +103,25 @@ def _crash_loads(f: Facts) -> Readiness:
     return Readiness("crash_loads", True, f"{left} crash kernel loads left (kexec_load_limit_panic)")
 
 
+def _kdump_initrd(f: Facts) -> Readiness:
+    initrd = f.initrd
+    if not initrd.needed:
+        return Readiness("kdump_initrd", True, "no device of this host needs a module in the kdump kernel")
+    if initrd.ok is None:
+        return Readiness("kdump_initrd", None, f"the kdump initramfs could not be read: {initrd.reason}")
+    if initrd.missing:
+        lacking = " ".join(initrd.missing)
+        return Readiness("kdump_initrd", False, f"the kdump initramfs lacks {lacking} (read from {initrd.source}): "
+                         "the kdump kernel cannot tell /proc/vmcore which virtio-mem memory is unplugged, so a "
+                         f"dump may read memory it must not (kdump-tools: add {lacking} to /etc/initramfs-tools/"
+                         "modules, run /etc/kernel/postinst.d/kdump-tools $(uname -r) and kdump-config reload)")
+    return Readiness("kdump_initrd", True, f"the kdump initramfs has {' '.join(initrd.needed)} "
+                     f"(read from {initrd.source})")
+
+
 # The checks, in the order their failures are to be fixed; each name is a `check` label admins' alerts match.
 CHECKS: tuple[Callable[[Facts], Readiness], ...] = (
-    _backend, _crash_kernel, _header, _backend_health, _crash_kernel_cmdline, _crash_loads,
+    _backend, _crash_kernel, _header, _backend_health, _crash_kernel_cmdline, _crash_loads, _kdump_initrd,
 )
 
 

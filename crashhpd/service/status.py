@@ -106,6 +106,9 @@ class Status(Counters):
     protection_source: str = "model"  # "kernel": the header read back decided; "model": the backend's record
     crash_kernel_cmdline: str | None = None  # the loaded crash kernel's, from its boot parameters; None: not read
     crash_kernel_cmdline_missing: list[str] = field(default_factory=list)  # what this host needs and it lacks
+    # modules the host's devices need in the kdump kernel (virtio_mem) that its initramfs lacks, and what was read
+    kdump_initrd_missing_modules: list[str] = field(default_factory=list)
+    kdump_initrd_source: str | None = None
 
 
 @dataclass(slots=True)

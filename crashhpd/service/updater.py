@@ -22,6 +22,7 @@ from ..elfcorehdr.build import Built, build_valid, changes
 from ..elfcorehdr.coverage import KernelView, view
 from ..elfcorehdr.layout import same_program_headers
 from ..errors import BackendError, CrashhpdError, HeaderError
+from ..sysview.kdump_initrd import InitrdCheck, KdumpInitrd
 from ..sysview.kernel_state import KernelState, read_kernel_state
 from ..sysview.loaded_header import LoadedHeader
 from ..sysview.ranges import total_bytes
@@ -97,6 +98,8 @@ class Updater:
         self._health_log = HealthLog()
         self._tracebacks_logged: set[tuple[str, str, str]] = set()
         self._cmdline: tuple[str | None, list[str]] = (None, [])  # the crash kernel's, read back, and what it lacks
+        self._initrd_reader = KdumpInitrd(parts.cfg.root)
+        self._initrd = InitrdCheck()  # what the kdump initramfs lacks of what the host's devices need
 
     @property
     def backend(self) -> Backend:
@@ -204,7 +207,7 @@ class Updater:
         self.protection = judge(Facts(
             self.backend.name, self.backend.capabilities.keeps_kernel_header, self.kernel, health,
             self.kernel_watch.view, self.counters.in_sync, self.counters.last_error, self._cmdline[0],
-            tuple(self._cmdline[1]), self.parts.cfg.kexec.complete_cmdline))
+            tuple(self._cmdline[1]), self.parts.cfg.kexec.complete_cmdline, initrd=self._initrd))
         self._ended()
         for waiter in update.waiters:
             waiter.resolve((outcome, update.events))
@@ -226,6 +229,7 @@ class Updater:
         if update.reason == RECOVER_REASON:
             self._after_recovery(kernel)
         self._note_cmdline(loaded, built.snapshot.kernel, update.reason)
+        self._note_initrd(loaded, built.snapshot.virtio_mem_devices)
         self._failing = None
         self.kernel_watch.updated(loaded, kernel, built, self.parts.layout.name,
                                   reloaded=applied and through.capabilities.reloads,
@@ -268,6 +272,16 @@ class Updater:
         recovery = self.backend.recovery
         if lacking and recovery is not None and reason != RECOVER_REASON and recovery.load_changed(kernel):
             self.kernel_watch.recover_wanted = True
+
+    def _note_initrd(self, loaded: LoadedHeader | None, virtio_mem_devices: int) -> None:
+        """The kdump initramfs judged after the update (the loaded one, read again only when it changed), and
+        said once while it stays short of a module the host's devices need."""
+        found = self._initrd_reader.check(loaded, virtio_mem_devices)
+        if found.missing and found.missing != self._initrd.missing:
+            logger.warning("the kdump initramfs lacks %s, which this host's virtio-mem devices need: a dump could "
+                           "not tell unplugged memory from plugged (read from %s)", " ".join(found.missing),
+                           found.source, extra=log.fields("kdump-initrd", missing=" ".join(found.missing)))
+        self._initrd = found
 
     def _after_recovery(self, kernel: KernelView) -> None:
         """A recovery that left the kernel's header stale is tried again, backed off, while it stays so."""
@@ -380,6 +394,8 @@ class Updater:
             crash_loads_left=kernel.load_limit if kernel.load_limit is not None and kernel.load_limit >= 0 else None,
             crash_kernel_cmdline=self._cmdline[0],
             crash_kernel_cmdline_missing=list(self._cmdline[1]),
+            kdump_initrd_missing_modules=list(self._initrd.missing),
+            kdump_initrd_source=self._initrd.source,
         )
 
     def header_in_force(self) -> HeaderInForce | None:

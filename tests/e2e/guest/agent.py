@@ -384,6 +384,8 @@ def kdump_kernel(channel: Channel) -> None:
         if command[0] == "PROBE":
             start, size = int(command[1], 0), int(command[2], 0)
             channel.send("PROBED", [read_page(headers["segments"], a) for a in (start, start + size - PAGE)])
+        elif command[0] == "DMESG":
+            channel.send("DMESG", subprocess.run(["dmesg"], capture_output=True, text=True).stdout[-20000:])
         elif command[0] == "READALL":
             channel.send("READ", read_all())
         elif command[0] == "POWEROFF":

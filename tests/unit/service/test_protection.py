@@ -16,7 +16,8 @@ IN_SYNC = KernelView(True, None, 8192, Coverage("0" * 64, 0, 0, 0, []))
 FINE = dict(backend="kexec", keeps_kernel_header=True, kernel=KERNEL, health=Health(), view=IN_SYNC,
             last_update_ok=True, last_error=None, cmdline="reset_devices nr_cpus=1 acpi_no_memhotplug",
             cmdline_missing=(), complete_cmdline=True)
-NAMES = ["backend", "crash_kernel", "header", "backend_health", "crash_kernel_cmdline", "crash_loads"]
+NAMES = ["backend", "crash_kernel", "header", "backend_health", "crash_kernel_cmdline", "crash_loads",
+         "kdump_initrd"]
 
 
 def judged(**change: object):  # type: ignore[no-untyped-def]
