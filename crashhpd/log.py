@@ -51,6 +51,7 @@ MESSAGE_IDS: Mapping[str, str] = MappingProxyType({
     "kernel-log": "5e664cb9c6ea45bdb8e4c5c62ed17da8",  # /dev/kmsg watched or not, and why
     "udev": "945d70f4be4f4e1795f060b1c091d4d5",
     "crash-cmdline": "90fc5872086247fb812908dd79497486",  # the crash kernel's command line lacks what the host needs
+    "kdump-initrd": "02111bb568b1478f8cdf6d6da4c88985",  # the kdump initramfs lacks a module the host's devices need
 })
 
 LEVELS: Mapping[str, int] = MappingProxyType({
