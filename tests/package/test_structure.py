@@ -17,7 +17,7 @@ PACKAGE = REPO / "crashhpd"
 
 STAGES = [  # lowest first; a module's stage is its folder's, or its own name for the top-level modules
     ("base", {"crashhpd", "crashhpd.errors", "crashhpd.abi", "crashhpd.log",
-              "crashhpd.safefile"}),
+              "crashhpd.safefile", "crashhpd.splice"}),
     ("sysview", {"crashhpd.sysview"}),
     ("elfcorehdr", {"crashhpd.elfcorehdr"}),
     ("config", {"crashhpd.config"}),
