@@ -2,20 +2,24 @@
 """crashhpd against kdump-tools' real udev rule under real udevd: a hot-add of 8 GiB each, in the systemd guest.
 
 Run (it builds what the e2e suite builds: the cached Debian image, this run's .deb):
-    .venv/bin/python tests/bench/guest_hotplug.py [--gib 8]
+    .venv/bin/python tests/bench/guest_hotplug.py [--gib 8] [--guest bookworm|trixie]
 
-One boot of tests/e2e/system.py's guest on Linux 6.1 (no CONFIG_CRASH_HOTPLUG),
-with systemd, udevd, kdump-tools and crashhpd as the .deb installs them.
-First phase: crashhpd runs (backend auto, so kexec) and the host hot-adds one
+One boot of tests/e2e/system.py's guest: Debian 12 on Linux 6.1 (no
+CONFIG_CRASH_HOTPLUG, so crashhpd's backend is kexec), or with --guest trixie
+Debian 13 on its own Linux 6.12, where kdump-tools' plain `kexec -p` loads with
+kexec_file_load and the kernel rewrites its header at each event itself (crashhpd's
+backend is kernel: it loads nothing unless the kernel's header goes stale).
+systemd, udevd, kdump-tools and crashhpd are as the .deb installs them.
+First phase: crashhpd runs (backend auto) and the host hot-adds one
 DIMM; kdump-tools' rule is kept out of it by the override crashhpd ships, put
 in place by crashhpd itself where it takes over /run/udev/rules.d and by the
 README's manual step otherwise (the output says which). Second phase:
 `systemctl stop crashhpd`, the override gone, so udevd runs
 50-kdump-tools.rules (`kdump-config try-reload`, unload and load, per memory
 online event), and the host hot-adds a second DIMM of the same size. As
-Debian 12 ships them, every one of those runs fails: systemd-udevd.service's
-SystemCallFilter has no kexec_load, so `kexec -p -u` gets EPERM and the
-header stays stale. Third phase, the baseline the figures compare with: the
+Debian 12 and 13 ship them, every one of those runs fails: systemd-udevd.service's
+SystemCallFilter has no kexec_load, so `kexec -p -u` gets EPERM (on Debian 12's
+6.1 the header stays stale; Debian 13's kernel updates it). Third phase, the baseline the figures compare with: the
 same with kexec_load and kexec_file_load added to udevd's filter (a drop-in),
 what an admin would do to make the rule work, and a third DIMM.
 
@@ -39,6 +43,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +57,20 @@ BENCH = "/usr/lib/crashhpd-e2e/bench"
 OVERRIDE = "/etc/udev/rules.d/50-kdump-tools.rules"
 TAKEOVER = "/run/udev/rules.d/50-kdump-tools.rules"
 SHIPPED = "/usr/share/crashhpd/udev/50-kdump-tools.rules"
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """Which systemd guest: its release, the kernel (tests/e2e/parts.py's name) and its series in the image."""
+
+    release: system.Release
+    kernel: str
+    series: str
+    debian: int
+
+
+GUESTS = {"bookworm": Setup(system.BOOKWORM, "6.1", "6.1", 12),
+          "trixie": Setup(system.TRIXIE, "trixie-6.12", "6.12", 13)}
 
 
 def phase(g: SystemGuest, name: str, address: int, size: int, dimm: str) -> dict[str, Any]:
@@ -144,10 +163,12 @@ def done(args: argparse.Namespace, work: Path) -> int:
     return 0
 
 
-def arguments(doc: str, default_gib: int) -> tuple[argparse.Namespace, Path, float]:
+def arguments(doc: str, default_gib: int, guests: tuple[str, ...] = ()) -> tuple[argparse.Namespace, Path, float]:
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--gib", type=int, default=default_gib, help=f"size of each hot-added DIMM (default {default_gib})")
     ap.add_argument("--keep", action="store_true", help="keep the guest's logs and print where")
+    if guests:
+        ap.add_argument("--guest", choices=guests, default=guests[0], help=f"the systemd guest (default {guests[0]})")
     return ap.parse_args(), Path(tempfile.mkdtemp(prefix="crashhpd-bench-")), time.monotonic()
 
 
@@ -156,14 +177,16 @@ ALLOW_KEXEC = "kexec_load kexec_file_load"  # a second SystemCallFilter= line ad
 
 
 def main() -> int:
-    args, work, started = arguments(__doc__ or "", 8)  # 8 GiB: 64 memory blocks
+    args, work, started = arguments(__doc__ or "", 8, tuple(GUESTS))  # 8 GiB: 64 memory blocks
+    guest = GUESTS[args.guest]
     size = args.gib * GIB
-    qemu, kernel = parts.qemu(), parts.kernel("6.1")
+    qemu, kernel = parts.qemu(), parts.kernel(guest.kernel)
     archives = initramfs.build(parts.guest(), work / "initramfs")
-    image = system.prepare(qemu, {"6.1": kernel}, archives.kdump, work / "system")
+    image = system.prepare(qemu, {guest.series: kernel}, archives.kdump, work / "system", release=guest.release)
     memory = f"2G,slots=4,maxmem={2 + 3 * args.gib}G"  # the memmap of 3 DIMMs comes out of boot RAM
-    with SystemGuest(qemu, image, "6.1", work / "guest", deadline_s=3600, memory=memory) as g:
+    with SystemGuest(qemu, image, guest.series, work / "guest", deadline_s=3600, memory=memory) as g:
         g.booted()
+        backend = g.status()["backend"]
         takeover = g.run(f"test -e {TAKEOVER}")["exit"] == 0
         if not takeover:  # the README's manual step: no rule while crashhpd runs
             g.sh(f"install -m 0644 {SHIPPED} {OVERRIDE} && udevadm control --reload")
@@ -180,12 +203,14 @@ def main() -> int:
         if result["failed"]:
             print(f"{result['phase']}: {len(result['failed'])} failed kexec runs, e.g. {result['failed'][0]}",
                   file=sys.stderr)
-    print(f"Linux {kernel.version} under QEMU ({accel}), systemd guest; {args.gib} GiB hot-added per phase "
-          f"({size // (128 << 20)} memory blocks); {time.monotonic() - started:.0f} s in all")
+    print(f"Debian {guest.debian}, Linux {kernel.version} under QEMU ({accel}), systemd guest; crashhpd's backend "
+          f"{backend}; {args.gib} GiB hot-added per phase ({size // (128 << 20)} memory blocks); "
+          f"{time.monotonic() - started:.0f} s in all")
     print(f"rule kept out while crashhpd ran by: {'crashhpd (/run/udev/rules.d)' if takeover else OVERRIDE}")
-    print(f"the rule as Debian 12 ships it: {shipped['rule_runs']} runs, {shipped['unloads']} kexec -p -u "
+    print(f"the rule as Debian {guest.debian} ships it: {shipped['rule_runs']} runs, {shipped['unloads']} kexec -p -u "
           f"({len(shipped['failed'])} failed: udevd's SystemCallFilter has no kexec_load), {shipped['loads']} loads, "
-          f"so the header stayed stale; below, the rule with kexec_load allowed in udevd ({UDEVD_KEXEC})\n")
+          f"{shipped['sampled_unloaded_s'] * 1000:.0f} ms without a crash kernel (sampled); below, the rule with "
+          f"kexec_load allowed in udevd ({UDEVD_KEXEC})\n")
     table(ours, rule)
     print(row("hot-add to all handled (host's clock)", ms(ours["handled_s"]), ms(rule["handled_s"]),
               ratio(rule["handled_s"], ours["handled_s"])))
