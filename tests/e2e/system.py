@@ -218,13 +218,14 @@ def build_deb(out: Path, release: Release = BOOKWORM) -> Path:
 
 
 def prepare(qemu: Qemu, kernels: dict[str, Kernel], kdump_initrd: Path, work: Path,
-            deadline_s: float = 180.0, release: Release = BOOKWORM) -> System:
-    """A copy of the release's cached image with this run's kernels, kdump initrds and crashhpd .deb installed."""
+            deadline_s: float = 180.0, release: Release = BOOKWORM, cache: Path = SYSTEM_CACHE) -> System:
+    """A copy of the release's cached image (in `cache`) with this run's kernels, kdump initrds and crashhpd .deb
+    installed."""
     from .vm import Guest  # vm imports nothing of this module; kept local so the build half stays light
 
     started = time.monotonic()
     work.mkdir(parents=True, exist_ok=True)
-    base = base_image(release)
+    base = base_image(release, cache)
     deb = build_deb(work / "deb", release)
     image = work / "system.raw"
     subprocess.run(["cp", "--sparse=always", str(base), str(image)], check=True)
