@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """crashhpd as a Debian service: systemd as PID 1, real udevd, the real kdump-tools, the .deb of this run.
 
-Each boot is one scenario run once per module (see system.py for the image);
+Each boot is one scenario run once per module (see system.py for the images);
 the tests read what it saw, and every fact is taken from inside the guest
 with the system's own tools: systemctl, journalctl, crashhpctl, kdump-config's
 and kexec's own runs (logged by wrappers around them, so counts do not rest on
@@ -14,11 +14,20 @@ loaded with the kdump-side initramfs of tests/e2e.
                    (SIGSTOP); crashhpd stopped: the rule reloads once per event
   6.12, hot-plug   kdump-tools loads with kexec_file_load (-s), crashhpd picks the kernel
                    backend; the same hot-add and hot-remove, the kernel's own header crashed
+
+and on Debian 13 (systemd 257, kdump-tools 1.10.7, kexec-tools 2.0.29, whose plain
+`kexec -p` tries kexec_file_load first), test ids with `trixie`:
+
+  6.12 and 7.3,    boot; the same hot-plug as on 6.12, with kdump-tools as configured
+    hot-plug       (no -s), and on 7.3 the kexec attributes under /sys/kernel/kexec/
+  6.12, service    the same service cases; the control: what kdump-tools' rule does on
+                   each event on a kernel that keeps its header current itself
 """
 
 import json
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +126,49 @@ def on_612(qemu: Qemu, system_image: System, tmp_path_factory: pytest.TempPathFa
                             "crashhpd_e2e.kexec_args=-s")
 
 
+@pytest.fixture(scope="module")
+def on_trixie_612(qemu: Qemu, trixie_image: System, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return hotplug_scenario(qemu, trixie_image, "6.12", tmp_path_factory.mktemp("trixie-6.12"))
+
+
+@pytest.fixture(scope="module")
+def on_trixie_73(qemu: Qemu, trixie_image: System, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return hotplug_scenario(qemu, trixie_image, "7.3", tmp_path_factory.mktemp("trixie-7.3"))
+
+
+@dataclass(frozen=True, slots=True)
+class Boot:
+    """A hot-plug scenario's fixture and what its guest must show."""
+
+    scenario: str  # the fixture's name
+    backend: str  # auto's choice
+    kexec_sysfs: str = "kernel"  # where crashhpd read the kexec attributes (Linux 6.19 moved them)
+    kexec_args: str = ""  # KDUMP_KEXEC_ARGS of the boot
+
+
+KEXEC_BOOTS = [pytest.param(Boot("on_61", "kexec"), id="bookworm-6_1")]
+KERNEL_BOOTS = [pytest.param(Boot("on_612", "kernel", kexec_args="-s"), id="bookworm-6_12"),
+                pytest.param(Boot("on_trixie_612", "kernel"), id="trixie-6_12"),
+                pytest.param(Boot("on_trixie_73", "kernel", kexec_sysfs="kernel/kexec"), id="trixie-7_3")]
+
+
+def _seen(request: pytest.FixtureRequest) -> tuple[Boot, dict[str, Any]]:
+    """The parameter's Boot and what its scenario saw (each scenario's fixture boots once per module)."""
+    return request.param, request.getfixturevalue(request.param.scenario)
+
+
+@pytest.fixture(scope="module", params=[*KEXEC_BOOTS, *KERNEL_BOOTS[1:]])
+def booted(request: pytest.FixtureRequest) -> tuple[Boot, dict[str, Any]]:
+    """The boot cases, once per release: Debian 12's 6.1 (kexec backend) and Debian 13's kernels (kernel)."""
+    return _seen(request)
+
+
+@pytest.fixture(scope="module", params=KERNEL_BOOTS)
+def updates_itself(request: pytest.FixtureRequest) -> tuple[Boot, dict[str, Any]]:
+    """The kernels that keep their own header current (CONFIG_CRASH_HOTPLUG, loaded with kexec_file_load)."""
+    return _seen(request)
+
+
 def messages(journal: list[dict]) -> list[str]:
     return [str(e.get("MESSAGE", "")) for e in journal]
 
@@ -141,27 +193,34 @@ def first(journal: list[dict], wanted: Callable[[dict], bool], what: str, guest:
     return found
 
 
-def test_boot_crashhpd_is_ready_after_kdump_tools_loaded_and_its_first_reconcile(on_61: dict[str, Any]) -> None:
-    guest, journal = on_61["guest"], on_61["journal"]
-    check(guest, on_61["active"] == ["active", "active"], f"systemctl is-active crashhpd kdump-tools: {on_61}")
-    boot_loads = kexec_loads(on_61["boot_kexec"], "kdump-tools.service")
+def says_backend(status_text: str, backend: str) -> bool:
+    """crashhpctl status names auto's choice and calls it healthy (its columns are as wide as its longest label)."""
+    return re.search(rf"^backend +{backend} \(chosen by auto\) \(healthy", status_text, re.MULTILINE) is not None
+
+
+def test_boot_crashhpd_is_ready_after_kdump_tools_loaded_and_its_first_reconcile(
+        booted: tuple[Boot, dict[str, Any]]) -> None:
+    boot, seen = booted
+    guest, journal = seen["guest"], seen["journal"]
+    check(guest, seen["active"] == ["active", "active"], f"systemctl is-active crashhpd kdump-tools: {seen}")
+    boot_loads = kexec_loads(seen["boot_kexec"], "kdump-tools.service")
     check(guest, len(boot_loads) == 1 and boot_loads[0]["exit"] == 0,
-          f"kdump-tools' load at boot: {on_61['boot_kexec']}")
+          f"kdump-tools' load at boot: {seen['boot_kexec']}")
     started = first(journal, lambda e: str(e.get("MESSAGE")).startswith("crashhpd started"), "start-up line", guest)
     reconciled = first(journal, lambda e: e.get("MESSAGE_ID") == READY_ID, "ready line (after the first reconcile)",
                        guest)
     ready = first(journal, lambda e: str(e.get("MESSAGE")).startswith("Started crashhpd.service"), "'Started'", guest)
     # READY=1 and STATUS= go in one datagram, after the first reconcile; the daemon logs the same status as
     # "ready: ..." right after it (so that line and systemd's "Started" may come in either order)
-    check(guest, started < ready and f"ready: {on_61['status_text']}" == journal[reconciled]["MESSAGE"],
+    check(guest, started < ready and f"ready: {seen['status_text']}" == journal[reconciled]["MESSAGE"],
           f"systemd's 'Started' must follow the start and carry the first reconcile's status: {messages(journal)}")
     check(guest, int(journal[started]["__REALTIME_TIMESTAMP"]) / 1e6 > boot_loads[0]["end"],
           "crashhpd started before kdump-tools had loaded the crash kernel")
-    check(guest, re.match(r"generation \d+, 2 CPUs, \d+ ranges, kexec, idle$", on_61["status_text"]) is not None,
-          f"StatusText: {on_61['status_text']}")
-    status = on_61["crashhpctl"]
-    check(guest, status["exit"] == 0 and status["stdout"].startswith("protected      yes: ")
-          and "backend        kexec (chosen by auto) (healthy" in status["stdout"],
+    check(guest, re.match(rf"generation \d+, 2 CPUs, \d+ ranges, {boot.backend}, idle$", seen["status_text"])
+          is not None, f"StatusText: {seen['status_text']}")
+    status = seen["crashhpctl"]
+    check(guest, status["exit"] == 0 and re.match(r"protected +yes: ", status["stdout"]) is not None
+          and says_backend(status["stdout"], boot.backend),
           f"crashhpctl status under the unit's hardening: {status}")
 
 
@@ -183,17 +242,22 @@ def test_hot_add_udevd_delivers_and_crashhpd_reloads_exactly_once(on_61: dict[st
           and "CRASHHPD_EVENTS" in fields and "CRASHHPD_RANGES" in fields, f"the applied entry's fields: {applied[0]}")
 
 
-def test_hot_add_kdump_tools_rule_reloads_nothing_while_crashhpd_runs(on_61: dict[str, Any]) -> None:
-    add = on_61["add"]
-    assert TAKEN_OVER in on_61["takeover"], f"crashhpd's override is not in /run/udev/rules.d: {on_61['takeover']}"
+def test_hot_add_kdump_tools_rule_reloads_nothing_while_crashhpd_runs(booted: tuple[Boot, dict[str, Any]]) -> None:
+    """With crashhpd, the rule never runs: the counterpart of each release's control case below."""
+    _, seen = booted
+    add = seen["add"]
+    assert TAKEN_OVER in seen["takeover"], f"crashhpd's override is not in /run/udev/rules.d: {seen['takeover']}"
     assert try_reloads(add["rule"]) == [], f"kdump-config try-reload ran while crashhpd kept the header: {add['rule']}"
     assert kexec_loads(add["kexec"], "systemd-udevd.service") == [], add["kexec"]
+    assert unloads(add["kexec"], "systemd-udevd.service") == [], add["kexec"]
 
 
-def test_a_member_of_the_control_group_runs_crashhpctl_status(on_61: dict[str, Any]) -> None:
-    oper = on_61["crashhpctl_oper"]
-    check(on_61["guest"], oper["exit"] == 0 and "crashadm" in oper["stdout"].split("\n")[0]
-          and "backend        kexec (chosen by auto) (healthy" in oper["stdout"], f"crashhpctl status as oper: {oper}")
+def test_a_member_of_the_control_group_runs_crashhpctl_status(booted: tuple[Boot, dict[str, Any]]) -> None:
+    boot, seen = booted
+    oper = seen["crashhpctl_oper"]
+    check(seen["guest"], oper["exit"] == 0 and "crashadm" in oper["stdout"].split("\n")[0]
+          and says_backend(oper["stdout"], boot.backend),
+          f"crashhpctl status as oper: {oper}")
 
 
 def test_hot_add_the_dimm_is_in_the_vmcore(on_61: dict[str, Any]) -> None:
@@ -216,29 +280,38 @@ def test_hot_remove_the_header_drops_the_range_and_the_whole_vmcore_reads(on_61:
     check(guest, read["error"] is None and read["bytes"] == vmcore["size"], f"reading all of /proc/vmcore: {read}")
 
 
-# --- 6.12: kexec_file_load, the kernel backend -------------------------------------------------------
+# --- 6.12 and 7.3: kexec_file_load, the kernel backend -----------------------------------------------
 
 
-def test_612_auto_picks_the_kernel_backend_and_a_hot_add_costs_no_reload(on_612: dict[str, Any]) -> None:
-    guest, status = on_612["guest"], on_612["status"]
-    boot_loads = kexec_loads(on_612["boot_kexec"], "kdump-tools.service")
-    check(guest, len(boot_loads) == 1 and " -s " in f" {boot_loads[0]['args']} ", f"kdump-tools' load: {boot_loads}")
+def test_kernel_updates_auto_picks_the_kernel_backend_and_a_hot_add_costs_no_reload(
+        updates_itself: tuple[Boot, dict[str, Any]]) -> None:
+    """On Debian 12, kdump-tools is told -s; on Debian 13 it runs a plain `kexec -p`, and crash_hotplug
+    reading 1 says kexec-tools 2.0.29 chose kexec_file_load by itself (a kexec_load image reads 0 unless
+    loaded with --hotplug, which kdump-tools does not pass)."""
+    boot, seen = updates_itself
+    guest, status = seen["guest"], seen["status"]
+    boot_loads = kexec_loads(seen["boot_kexec"], "kdump-tools.service")
+    options = boot_loads[0]["args"].split()[:2] if boot_loads else []
+    check(guest, len(boot_loads) == 1 and (("-s" in options) == (boot.kexec_args == "-s")),
+          f"kdump-tools' load: {boot_loads}")
     check(guest, status["backend"] == "kernel" and status["crash_hotplug_memory"] == 1,
           f"auto did not pick the passive kernel backend: {status}")
-    check(guest, on_612["active"] == ["active", "active"], f"systemctl is-active: {on_612['active']}")
-    added = on_612["add"]["kexec"]
+    check(guest, status["kexec_sysfs"] == boot.kexec_sysfs, f"the kexec attributes read: {status['kexec_sysfs']}")
+    check(guest, seen["active"] == ["active", "active"], f"systemctl is-active: {seen['active']}")
+    added = seen["add"]["kexec"]
     check(guest, kexec_loads(added) == [] and unloads(added) == [], f"kexec ran for the hot-add: {added}")
-    check(guest, try_reloads(on_612["add"]["rule"]) == [], f"kdump-tools' rule ran: {on_612['add']['rule']}")
-    check(guest, on_612["verify"]["in_sync"], f"crashhpctl verify after the hot-add: {on_612['verify']}")
-    check(guest, covered(on_612["vmcore"]["segments"], HOTPLUG_BASE, DIMM) == DIMM,
-          f"the kernel's own header lacks the hot-added DIMM: {on_612['vmcore']}")
+    check(guest, try_reloads(seen["add"]["rule"]) == [], f"kdump-tools' rule ran: {seen['add']['rule']}")
+    check(guest, seen["verify"]["in_sync"], f"crashhpctl verify after the hot-add: {seen['verify']}")
+    check(guest, covered(seen["vmcore"]["segments"], HOTPLUG_BASE, DIMM) == DIMM,
+          f"the kernel's own header lacks the hot-added DIMM: {seen['vmcore']}")
 
 
-def test_612_hot_remove_the_kernel_keeps_the_range_and_crashhpd_reloads_once_to_drop_it(
-        on_612: dict[str, Any]) -> None:
+def test_kernel_updates_hot_remove_the_kernel_keeps_the_range_and_crashhpd_reloads_once_to_drop_it(
+        updates_itself: tuple[Boot, dict[str, Any]]) -> None:
     """Linux 6.12 rebuilds its header at MEM_OFFLINE, while the range is still System RAM, and not after the
     removal: crashhpd reads the header back from the kernel, says it is stale, and recovers with one reload."""
-    guest, remove, vmcore, read = on_612["guest"], on_612["remove"], on_612["vmcore"], on_612["read"]
+    _, seen = updates_itself
+    guest, remove, vmcore, read = seen["guest"], seen["remove"], seen["vmcore"], seen["read"]
     gone = f"- RAM {SECOND:#x}-{SECOND + DIMM - 1:#x} (512 MiB)"
     said = [str(e["MESSAGE"]) for e in remove["journal"] if e.get("MESSAGE_ID") == KERNEL_HEADER_STALE_ID]
     check(guest, len(said) == 2 and "header is stale" in said[0] and gone in said[0] and "current again" in said[1],
@@ -256,10 +329,16 @@ def test_612_hot_remove_the_kernel_keeps_the_range_and_crashhpd_reloads_once_to_
 # --- 6.1: the service under systemd ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def service(qemu: Qemu, system_image: System, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemGuest]:
-    """One boot for the service cases, in this file's order; the control stops crashhpd, so it is last."""
-    with SystemGuest(qemu, system_image, "6.1", tmp_path_factory.mktemp("system-service"), deadline_s=420) as g:
+@pytest.fixture(scope="module", params=[pytest.param(("system_image", "6.1"), id="bookworm-6_1"),
+                                        pytest.param(("trixie_image", "6.12"), id="trixie-6_12")])
+def service(qemu: Qemu, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[SystemGuest]:
+    """One boot per release for the service cases, in this file's order; the control stops crashhpd, so it is
+    last. Debian 12's 6.1 has the kexec backend, Debian 13's 6.12 the kernel backend."""
+    image, series = request.param
+    system: System = request.getfixturevalue(image)
+    with SystemGuest(qemu, system, series, tmp_path_factory.mktemp(f"{system.codename}-service"),
+                     deadline_s=420) as g:
         g.booted()
         yield g
 
@@ -312,10 +391,12 @@ def test_watchdog_a_stopped_daemon_is_killed_restarted_and_in_sync_again(service
 
 def test_control_crashhpd_stopped_the_rule_runs_once_per_event_and_udevd_refuses_its_kexec(
         service: SystemGuest) -> None:
-    """The real baseline, as Debian 12 ships it: udevd runs kdump-config try-reload for every memory online
-    event, and every one fails, because systemd-udevd.service's SystemCallFilter (@system-service @module
-    @raw-io bpf, SystemCallErrorNumber=EPERM) has no kexec_load: `kexec -p -u` gets EPERM, kdump-config stops
-    there, and the crash kernel stays loaded with the header of before the hot-add."""
+    """The real baseline, as Debian 12 and 13 ship it: udevd runs kdump-config try-reload for every memory
+    online event, and every one fails, because systemd-udevd.service's SystemCallFilter (@system-service
+    @module @raw-io bpf, SystemCallErrorNumber=EPERM; systemd 252 and 257 alike) has no kexec_load: `kexec -p -u`
+    gets EPERM, kdump-config stops there, and the crash kernel stays loaded. On Debian 12's 6.1 its header is
+    the one of before the hot-add; on Debian 13's 6.12, loaded with kexec_file_load, the kernel has updated
+    it itself: crashhpd, started again, reads the kernel's header back and finds the DIMM in it, with no load."""
     g = service
     g.sh("systemctl stop crashhpd", timeout=60)
     check(g, g.run(f"test -e {TAKEN_OVER}")["exit"] == 1, "crashhpd stopped and left its override in place")
@@ -332,3 +413,12 @@ def test_control_crashhpd_stopped_the_rule_runs_once_per_event_and_udevd_refuses
     allowed = g.sh("systemctl show -p SystemCallFilter --value systemd-udevd").split()
     check(g, "kexec_load" not in allowed and "execve" in allowed, f"udevd's system call filter: {allowed}")
     check(g, g.sh("cat /sys/kernel/kexec_crash_loaded").strip() == "1", "the crash kernel of the boot is gone")
+    if g.run("cat /sys/devices/system/memory/crash_hotplug")["stdout"].strip() != "1":
+        return  # 6.1 (no such file): nothing updates the header without crashhpd
+    cursor = g.mark()
+    g.sh("systemctl start crashhpd", timeout=180)
+    status = g.wait("idle", -1)
+    check(g, status["backend"] == "kernel" and status["kernel_header_in_sync"] is True
+          and status["uncovered_ram_bytes"] == 0, f"the kernel's own header after the rule failed: {status}")
+    calls = g.calls(KEXEC, cursor)
+    check(g, kexec_loads(calls) == [], f"crashhpd loaded where the kernel's header was current: {calls}")
