@@ -7,8 +7,16 @@ an online uevent each) or a CPU, waits until the guest says the burst is
 handled, panics it with sysrq, and reads /proc/vmcore in the kdump kernel.
 The control tests run the same guest without crashhpd and must find the DIMM
 or the CPU's note missing: that is what shows the other tests can fail.
+
+A DIMM counts as saved only when the known pattern the guest wrote into it
+(guest/dimm_pattern.py: up to 4 MiB of pages, each unique to a random seed and its
+physical address) reads back from /proc/vmcore with the same sha256: a PT_LOAD
+that covers the range, or a page that reads, is not enough (QEMU answers reads
+of memory that is gone, and a kdump kernel that took the DIMM as its own RAM
+fails them with EFAULT).
 """
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +33,11 @@ PAGE = 4096
 KEXEC_TOOLS_ADDS = r" acpi_rsdp=0x[0-9a-f]+ elfcorehdr=\d+K"  # what kexec-tools 2.0.25 appends (BIOS guest)
 BLOCK_EVENTS = 2 * DIMM // (128 * MIB)  # add + online per 128 MiB memory block
 DIMM_RANGE = f"+ RAM {HOTPLUG_BASE:#x}-{HOTPLUG_BASE + DIMM - 1:#x} (512 MiB)"
+SECOND = HOTPLUG_BASE + DIMM  # the DIMM hot-added and removed again (remove=True)
+MOVABLE = "memhp_default_state=online_movable"  # after BOOT_ARGS' "online", so it wins: a removable DIMM
+NO_RECOVER = "crashhpd_e2e.recover=0"  # [kernel] recover = false
 
+DEADLINE_S = 300.0  # a bound on a hung guest, not a timing: a loaded 2-core host runs a case in 90 to 150 s under TCG
 Boot = Callable[[str], tuple[Kernel, Path]]
 
 
@@ -47,12 +59,13 @@ def check(guest: Guest, condition: bool, what: str) -> None:
 
 
 def run_guest(qemu: Qemu, boot: Boot, tmp_path: Path, series: str, mode: str, plug: str = "memory",
-              params: str = "") -> dict[str, Any]:
-    """Boot, hot-add a DIMM (or a CPU, or take one offline and back), let the guest settle, crash it;
-    everything each stage reported. `params`: more crashhpd_e2e.* for the agent."""
+              params: str = "", remove: bool = False) -> dict[str, Any]:
+    """Boot, hot-add a DIMM and write the pattern into it (or a CPU, or take one offline and back), let the
+    guest settle, crash it; everything each stage reported. `params`: more crashhpd_e2e.* for the agent (and
+    kernel parameters); `remove`: a second DIMM hot-added and removed again before the crash."""
     kernel, initrd = boot(series)
     smp = f"{BOOT_CPUS},maxcpus={BOOT_CPUS + 1}" if plug == "cpu" else str(BOOT_CPUS)
-    with Guest(qemu, kernel, initrd, tmp_path / "guest", mode, smp=smp,
+    with Guest(qemu, kernel, initrd, tmp_path / "guest", mode, smp=smp, deadline_s=DEADLINE_S,
                append=f"{BOOT_ARGS} crashhpd_e2e.mode={mode} {params}".strip()) as guest:
         seen: dict[str, Any] = {"guest": guest, "loaded": guest.expect("LOADED")}
         check(guest, seen["loaded"]["exit"] == 0, f"kexec -p failed in the guest: {seen['loaded']}")
@@ -69,20 +82,60 @@ def run_guest(qemu: Qemu, boot: Boot, tmp_path: Path, series: str, mode: str, pl
             seen["offline"] = guest.expect("SETTLED")
             guest.send("SETTLE", "CPU", BOOT_CPUS - 1)
         seen["settled"] = guest.expect("SETTLED")
+        if plug == "memory":
+            guest.send("PATTERN", hex(HOTPLUG_BASE), hex(DIMM))
+            seen["pattern"] = guest.expect("PATTERN")
+        if remove:
+            seen["removed"] = add_and_remove(guest)
         guest.send("CRASH")
-        guest.expect("CRASHING")
+        crashing = guest.expect("CRASHING")
+        check(guest, crashing["pattern_moved"] == 0, f"the kernel moved pages of the pattern: {crashing}")
         seen["vmcore"] = guest.expect("VMCORE")
         guest.send("PROBE", hex(HOTPLUG_BASE), hex(DIMM))
         seen["probed"] = guest.expect("PROBED")
+        if "pattern" in seen:
+            guest.send("FIND", json.dumps(seen["pattern"]["pages"], separators=(",", ":")))
+            seen["found"] = guest.expect("FOUND")
         guest.send("POWEROFF")
         check(guest, guest.wait_exit() == 0, "QEMU did not exit cleanly after the kdump kernel powered off")
         return seen
+
+
+def add_and_remove(guest: Guest) -> dict[str, Any]:
+    """A second DIMM hot-added, then removed (device_del: the guest offlines, removes and ejects it); what
+    the guest reported once crashhpd had handled the removal."""
+    check(guest, guest.hot_add_memory(DIMM, SECOND, "dimm1")["addr"] == SECOND, "QEMU put the second DIMM elsewhere")
+    guest.send("SETTLE", "MEMORY", hex(SECOND), hex(DIMM))
+    guest.expect("SETTLED")
+    guest.hot_remove_memory("dimm1")
+    guest.send("SETTLE", "GONE", hex(SECOND), hex(DIMM))
+    return guest.expect("SETTLED")
+
+
+def assert_pattern(seen: dict[str, Any], outcome: str) -> None:
+    """What became of the pattern in the dump: "found" (every page read, the sha256 of what was written),
+    "missing" (no PT_LOAD covers a page of it) or "EFAULT" (every page covered, every read EFAULT)."""
+    guest, written, found = seen["guest"], seen["pattern"], seen["found"]
+    count = written["count"]
+    if outcome == "found":
+        ok = (found["read"], found["sha256"]) == (count, written["sha256"])
+    elif outcome == "missing":
+        ok = found["covered"] == 0
+    else:
+        ok = (found["covered"], found["read"], found["errors"]) == (count, 0, {outcome: count})
+    check(guest, ok, f"the pattern ({count} pages, sha256 {written['sha256']}) is not {outcome} in the dump: {found}")
+
+
+def header_check(status: dict[str, Any]) -> dict[str, Any]:
+    """The readiness row `header` of a status."""
+    return next(row for row in status["readiness"] if row["check"] == "header")
 
 
 def one_reload(seen: dict[str, Any]) -> dict[str, Any]:
     """The settled status, after checking that the burst cost exactly one `kexec -p` and left crashhpd in sync."""
     guest, ready, settled = seen["guest"], seen["ready"], seen["settled"]
     check(guest, ready["status"]["backend"] == "kexec", f"not the kexec backend: {ready['status']}")
+    check(guest, ready["kexec_loads"] == [], f"crashhpd loaded at a start whose crash kernel was right: {ready}")
     status = settled["status"]
     reloads = settled["kexec_loads"][len(ready["kexec_loads"]):]
     check(guest, len(reloads) == 1, f"{len(reloads)} kexec -p runs for one hot-add burst: {reloads}")
@@ -115,7 +168,8 @@ def assert_the_kernels_header_read_back(seen: dict[str, Any]) -> None:
 def assert_the_kdump_kernel_used_what_was_read(seen: dict[str, Any]) -> None:
     """What crashhpd read back is what the kdump kernel turned into /proc/vmcore: the same PT_LOADs (address
     and size; the kdump kernel rewrites only their file offsets) and one NT_PRSTATUS per CPU note."""
-    guest, read, vmcore = seen["guest"], seen["settled"]["kernel_header"], seen["vmcore"]
+    guest, vmcore = seen["guest"], seen["vmcore"]
+    read = seen["removed" if "removed" in seen else "settled"]["kernel_header"]  # the last read before the crash
 
     def loads(segments: list[dict[str, Any]]) -> list[tuple[int, int]]:
         return sorted((s["paddr"], s["memsz"]) for s in segments if s["type"] == "PT_LOAD" and s["memsz"])
@@ -134,6 +188,7 @@ def assert_dimm_saved(seen: dict[str, Any]) -> None:
     for page in seen["probed"]:
         check(guest, page["covered"] and page["bytes"] == 4096,
               f"reading /proc/vmcore at {page['address']:#x} failed: {seen['probed']}")
+    assert_pattern(seen, "found")
 
 
 def test_kexec_backend_reloads_once_and_the_dimm_is_in_the_vmcore(qemu: Qemu, boot: Boot, tmp_path: Path) -> None:
@@ -151,15 +206,23 @@ def test_without_crashhpd_the_dimm_is_missing_from_the_vmcore(qemu: Qemu, boot: 
     saved = covered(seen["vmcore"]["segments"], HOTPLUG_BASE, DIMM)
     check(guest, saved == 0, f"the stale header covers {saved} bytes of the DIMM: {seen['vmcore']}")
     check(guest, not any(page["covered"] for page in seen["probed"]), f"the DIMM was readable: {seen['probed']}")
+    assert_pattern(seen, "missing")
     # 1 GiB booted, less the 256 MiB crash kernel (placed differently from boot to boot) and firmware holes
     boot_ram = covered(seen["vmcore"]["segments"], 0, 4 * GIB)
     check(guest, boot_ram >= 700 * MIB,
           f"the control's vmcore lacks boot RAM too ({boot_ram >> 20} MiB), so it proves nothing: {seen['vmcore']}")
 
 
-def test_kernel_that_updates_the_header_itself_gets_no_reload(qemu: Qemu, boot: Boot, tmp_path: Path) -> None:
-    seen = run_guest(qemu, boot, tmp_path, "6.12", "auto")
+def test_kernel_that_updates_the_header_itself_gets_no_reload_and_without_recovery_keeps_a_removed_dimm(
+        qemu: Qemu, boot: Boot, tmp_path: Path) -> None:
+    """6.12 keeps its own header on a hot-add: no reload, the DIMM's pattern in the dump. Then a second DIMM
+    hot-added and removed with [kernel] recover = false, the negative control of the systemd guest's hot-remove
+    (test_system.py, where crashhpd's recovery drops the range): 6.12 rebuilds its header at MEM_OFFLINE, while
+    the range is still System RAM, so without crashhpd's reload the removed DIMM's PT_LOAD stays in the dump,
+    and crashhpd said so before the crash (stale_ram_bytes, the readiness check `header`, verify)."""
+    seen = run_guest(qemu, boot, tmp_path, "6.12", "auto", params=f"{NO_RECOVER} {MOVABLE}", remove=True)
     guest, ready, settled = seen["guest"], seen["ready"], seen["settled"]
+    check(guest, ready["kexec_loads"] == [], f"crashhpd loaded at a start whose crash kernel was right: {ready}")
     check(guest, "-s" in seen["loaded"]["argv"], f"not loaded with kexec_file_load: {seen['loaded']}")
     status = settled["status"]
     check(guest, ready["status"]["backend"] == "kernel" and status["crash_hotplug_memory"] == 1,
@@ -169,6 +232,16 @@ def test_kernel_that_updates_the_header_itself_gets_no_reload(qemu: Qemu, boot: 
     check(guest, settled["verify"]["in_sync"], f"crashhpctl verify says out of sync: {settled['verify']}")
     assert_the_kernels_header_read_back(seen)  # the header the kernel rewrote itself, read back
     assert_dimm_saved(seen)
+    removed = seen["removed"]["status"]
+    check(guest, (removed["kernel_header_in_sync"], removed["stale_ram_bytes"], removed["uncovered_ram_bytes"])
+          == (False, DIMM, 0) and removed["errors"].get("kernel-header-stale", 0) >= 1,
+          f"crashhpd did not see the removed DIMM left in the kernel's header: {removed}")
+    row = header_check(removed)
+    check(guest, row["ok"] is False and "cover 512 MiB that is gone" in row["reason"] and not removed["protected"]
+          and not seen["removed"]["verify"]["in_sync"], f"crashhpd did not say so: {row}, verify {seen['removed']}")
+    check(guest, seen["removed"]["kexec_loads"] == [], f"a reload with recover = false: {seen['removed']}")
+    stays = covered(seen["vmcore"]["segments"], SECOND, DIMM)
+    check(guest, stays == DIMM, f"the removed DIMM's PT_LOAD covers {stays} bytes in the dump: {seen['vmcore']}")
 
 
 def test_a_kernel_that_does_not_update_its_header_is_caught_and_recovered(qemu: Qemu, boot: Boot,
@@ -178,11 +251,8 @@ def test_a_kernel_that_does_not_update_its_header_is_caught_and_recovered(qemu: 
     with kexec_file_load, after which the DIMM is in the vmcore."""
     seen = run_guest(qemu, boot, tmp_path, "6.12", "stale")
     guest, ready, settled = seen["guest"], seen["ready"], seen["settled"]
-    check(guest, "-c" in seen["loaded"]["argv"], f"not loaded with kexec_load: {seen['loaded']}")
-    check(guest, ready["status"]["backend"] == "kernel" and ready["status"]["kernel_header_in_sync"] is True,
-          f"not the passive backend on a complete header: {ready['status']}")
+    stale_header_seen(seen)
     status = settled["status"]
-    check(guest, status["errors"].get("kernel-header-stale", 0) >= 1, f"the stale header went unseen: {status}")
     console = guest.console.read_text(errors="replace")
     check(guest, f"a dump taken now would miss {DIMM} bytes of RAM" in console,
           "the journal line does not say the whole DIMM was missing")
@@ -192,6 +262,36 @@ def test_a_kernel_that_does_not_update_its_header_is_caught_and_recovered(qemu: 
     check(guest, (status["kernel_header_in_sync"], status["uncovered_ram_bytes"]) == (True, 0),
           f"still stale after the recovery: {status}")
     assert_dimm_saved(seen)
+
+
+def stale_header_seen(seen: dict[str, Any]) -> None:
+    """6.12 with a kexec_load image: complete at start (no load by crashhpd), stale after the hot-add."""
+    guest, ready, status = seen["guest"], seen["ready"], seen["settled"]["status"]
+    check(guest, "-c" in seen["loaded"]["argv"], f"not loaded with kexec_load: {seen['loaded']}")
+    check(guest, ready["status"]["backend"] == "kernel" and ready["status"]["kernel_header_in_sync"] is True
+          and ready["kexec_loads"] == [], f"not the passive backend on a complete header, unloaded: {ready}")
+    check(guest, status["errors"].get("kernel-header-stale", 0) >= 1, f"the stale header went unseen: {status}")
+
+
+def test_with_recover_false_the_stale_kernel_header_is_only_reported_and_the_dimm_is_missing_from_the_dump(
+        qemu: Qemu, boot: Boot, tmp_path: Path) -> None:
+    """The negative control of the recovery above: [kernel] recover = false. crashhpd says before the crash
+    that a dump would miss the DIMM (status, the readiness check `header`, verify), reloads nothing, and the
+    dump then really lacks it: no PT_LOAD covers the DIMM, none of the pattern's pages is in the vmcore."""
+    seen = run_guest(qemu, boot, tmp_path, "6.12", "stale", params=NO_RECOVER)
+    guest, settled = seen["guest"], seen["settled"]
+    stale_header_seen(seen)
+    status = settled["status"]
+    check(guest, (status["kernel_header_in_sync"], status["uncovered_ram_bytes"], status["stale_ram_bytes"])
+          == (False, DIMM, 0), f"the stale header's count: {status}")
+    check(guest, header_check(status)["ok"] is False and "miss 512 MiB of RAM" in header_check(status)["reason"]
+          and not status["protected"] and not settled["verify"]["in_sync"],
+          f"crashhpd did not say a dump would miss the DIMM: {header_check(status)}, verify {settled['verify']}")
+    check(guest, settled["kexec_loads"] == [], f"a reload with recover = false: {settled['kexec_loads']}")
+    assert_the_kdump_kernel_used_what_was_read(seen)  # the stale header crashhpd read is the one the dump used
+    saved = covered(seen["vmcore"]["segments"], HOTPLUG_BASE, DIMM)
+    check(guest, saved == 0, f"the stale header covers {saved} bytes of the DIMM: {seen['vmcore']}")
+    assert_pattern(seen, "missing")
 
 
 def test_kexec_backend_gets_a_hot_added_cpus_note_into_the_vmcore(qemu: Qemu, boot: Boot, tmp_path: Path) -> None:
@@ -297,6 +397,7 @@ def assert_dimm_pages_read(seen: dict[str, Any], ok: bool) -> None:
             check(guest, page["bytes"] == PAGE and "error" not in page, f"a DIMM page did not read: {seen['probed']}")
         else:
             check(guest, page.get("error") == "EFAULT", f"a DIMM page did not fail with EFAULT: {seen['probed']}")
+    assert_pattern(seen, "found" if ok else "EFAULT")
 
 
 def test_6_12_file_load_command_line_is_read_back_and_without_acpi_no_memhotplug_the_dimm_reads_efault(

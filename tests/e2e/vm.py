@@ -191,6 +191,11 @@ class Guest:
                 return data
         raise self.failure(f"QMP query-memory-devices does not list {name}")
 
+    def hot_remove_memory(self, name: str, timeout_s: float = 180.0) -> dict[str, Any]:
+        """device_del a DIMM: the guest offlines and removes its blocks and ejects it; QEMU's DEVICE_DELETED."""
+        self.qmp("device_del", id=name)
+        return self.qmp_event("DEVICE_DELETED", timeout_s, device=name)
+
     def hot_add_cpu(self, name: str = "cpu-hot") -> dict[str, Any]:
         """device_add the first free CPU slot QEMU offers (boot with -smp N,maxcpus=M); returns its slot."""
         free = [slot for slot in self.qmp("query-hotpluggable-cpus") if "qom-path" not in slot]

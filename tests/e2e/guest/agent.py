@@ -15,6 +15,9 @@ is chosen by `crashhpd_e2e.mode=` on the command line:
            as crashhpd_e2e.complete= says (0 or 1): it must see what the command line lacks
   bench    load the crash kernel, then obey BENCH commands (hotplug_bench.py, for tests/bench/guest_hotplug_emulated.py)
 
+crashhpd_e2e.recover=0 sets [kernel] recover = false: a stale kernel header is reported, not reloaded.
+PATTERN writes a known pattern into pages of a hot-added DIMM (dimm_pattern.py); FIND looks for it in the dump.
+
 In the kdump kernel (/proc/vmcore exists) it reports the program headers of /proc/vmcore, read
 with crashhpd's own validator, reads the pages the host asks for, or all of it. The systemd
 guest (system.py) boots this kdump kernel too: kdump-tools loads it with this archive.
@@ -31,6 +34,8 @@ import time
 import tty
 from collections.abc import Callable
 from typing import Any
+
+import dimm_pattern  # beside this file in both archives
 
 from crashhpd.abi.elf import EHDR
 from crashhpd.elfcorehdr.validate import parse  # the kdump kernel's archive has no more of crashhpd than this needs
@@ -141,7 +146,8 @@ def daemon_quiet(done: Callable[[dict[str, Any]], bool], deadline: float) -> dic
         time.sleep(0.05)
 
 
-def write_config(backend: str, file_load: bool, append: str | None = APPEND, complete: bool = True) -> None:
+def write_config(backend: str, file_load: bool, append: str | None = APPEND, complete: bool = True,
+                 recover: bool = True) -> None:
     os.makedirs(RUN, exist_ok=True)
     with open(CONFIG, "w") as f:
         f.write(f'backend = "{backend}"\n'
@@ -152,7 +158,8 @@ def write_config(backend: str, file_load: bool, append: str | None = APPEND, com
                 f'[kexec]\nbinary = "{KEXEC_SHIM}"\nkernel = "{KERNEL}"\ninitrd = "{INITRD}"\n'
                 + (f'append = "{append}"\n' if append else "")
                 + f'file_load = {"true" if file_load else "false"}\n'
-                f'complete_cmdline = {"true" if complete else "false"}\n')
+                f'complete_cmdline = {"true" if complete else "false"}\n'
+                f'[kernel]\nrecover = {"true" if recover else "false"}\n')
 
 
 def start_crashhpd() -> tuple[subprocess.Popen, float]:
@@ -193,6 +200,13 @@ def blocks_online(start: int, size: int) -> bool:
         except FileNotFoundError:
             return False
     return True
+
+
+def blocks_gone(start: int, size: int) -> bool:
+    """None of the memory blocks of [start, start + size) exists any more: the DIMM was removed."""
+    with open(f"{MEMORY}/block_size_bytes") as f:
+        block = int(f.read(), 16)
+    return not any(os.path.exists(f"{MEMORY}/memory{i}") for i in range(start // block, (start + size) // block))
 
 
 def wait_for(condition: Callable[[], bool], what: str, deadline: float) -> None:
@@ -236,12 +250,13 @@ def cpu_offline(cpu: int) -> bool:
 
 
 def settle(what: list[str], daemon: bool, events_before: int) -> dict[str, Any]:
-    """Wait until the hot-added memory is online, or the CPU online (CPU) or offline (CPU-OFFLINE), and
-    crashhpd has finished the burst it caused."""
+    """Wait until the hot-added memory is online (MEMORY) or removed (GONE), or the CPU online (CPU) or
+    offline (CPU-OFFLINE), and crashhpd has finished the burst it caused."""
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
-    if what[0] == "MEMORY":
+    if what[0] in ("MEMORY", "GONE"):
         start, size = int(what[1], 0), int(what[2], 0)
-        wait_for(lambda: blocks_online(start, size), f"memory {start:#x}+{size:#x} online", deadline)
+        there = blocks_online if what[0] == "MEMORY" else blocks_gone
+        wait_for(lambda: there(start, size), f"memory {start:#x}+{size:#x} {what[0].lower()}", deadline)
     elif what[0] == "CPU-OFFLINE":
         wait_for(lambda: cpu_offline(int(what[1])), f"CPU {what[1]} offline", deadline)
     else:
@@ -292,7 +307,7 @@ def first_kernel(channel: Channel, mode: str) -> None:
     if daemon:
         complete = param("complete", "1") == "1"
         write_config({"auto": "auto", "stale": "kernel", "distro": "auto"}.get(mode, "kexec"), file_load, append,
-                     complete)
+                     complete, param("recover", "1") == "1")
         _, ready["seconds"] = start_crashhpd()
         # where crashhpd completes the command line, READY waits for its reload (the passive backend's recovery
         # follows the first update)
@@ -311,8 +326,10 @@ def first_kernel(channel: Channel, mode: str) -> None:
         elif command[0] == "BENCH":
             from hotplug_bench import serve  # the benchmark's guest half, only imported when asked for
             channel.send("BENCHED", serve(command[1:]))
+        elif command[0] == "PATTERN":
+            channel.send("PATTERN", dimm_pattern.write(int(command[1], 0), int(command[2], 0)))
         elif command[0] == "CRASH":
-            channel.send("CRASHING", {"uptime": uptime()})
+            channel.send("CRASHING", {"uptime": uptime(), "pattern_moved": dimm_pattern.moved()})
             os.sync()
             with open("/proc/sysrq-trigger", "w") as f:
                 f.write("c")
@@ -386,6 +403,8 @@ def kdump_kernel(channel: Channel) -> None:
             channel.send("PROBED", [read_page(headers["segments"], a) for a in (start, start + size - PAGE)])
         elif command[0] == "DMESG":
             channel.send("DMESG", subprocess.run(["dmesg"], capture_output=True, text=True).stdout[-20000:])
+        elif command[0] == "FIND":
+            channel.send("FOUND", dimm_pattern.read(headers["segments"], json.loads(command[1])))
         elif command[0] == "READALL":
             channel.send("READ", read_all())
         elif command[0] == "POWEROFF":
