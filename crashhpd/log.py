@@ -52,6 +52,7 @@ MESSAGE_IDS: Mapping[str, str] = MappingProxyType({
     "udev": "945d70f4be4f4e1795f060b1c091d4d5",
     "crash-cmdline": "90fc5872086247fb812908dd79497486",  # the crash kernel's command line lacks what the host needs
     "kdump-initrd": "02111bb568b1478f8cdf6d6da4c88985",  # the kdump initramfs lacks a module the host's devices need
+    "crash-headroom": "b887cf7287da4cd0a8d1378bb0edb29d",  # the crashkernel= reservation is short of the measured need
 })
 
 LEVELS: Mapping[str, int] = MappingProxyType({

@@ -82,6 +82,8 @@ class StatusResult(TypedDict):
     crash_kernel_cmdline_missing: NotRequired[list[str]]
     kdump_initrd_missing_modules: NotRequired[list[str]]
     kdump_initrd_source: NotRequired[str | None]
+    crashkernel_reserved_bytes: NotRequired[int | None]
+    crashkernel_needed_bytes: NotRequired[int | None]
     kernel_header_readable: NotRequired[bool]
     kernel_header_unreadable_reason: NotRequired[str | None]
     kernel_header_in_sync: NotRequired[bool | None]

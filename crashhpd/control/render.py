@@ -73,6 +73,7 @@ def show_status(s: StatusResult, now: float) -> tuple[str, int]:
         ("crash kernel", _crash_kernel(s.get("crash_kernel_loaded"), s.get("kexec_sysfs"))),
         ("crash cmdline", _crash_cmdline(s)),
         ("kdump initrd", _kdump_initrd(s)),
+        ("crash memory", _crash_memory(s)),
         ("kernel header", _kernel_header(s)),
         ("crashhpd", f"{s['version']}, pid {s['pid']}, up {duration(s['uptime_s'])}"),
         ("backend", f"{s['backend']}{' (chosen by auto)' if s.get('backend_setting') == 'auto' else ''} "
@@ -138,6 +139,17 @@ def _kdump_initrd(s: StatusResult) -> str:
         return "not read: no device of this host needs a module in the kdump kernel"
     missing = s.get("kdump_initrd_missing_modules") or []
     return (f"LACKS {' '.join(missing)}: " if missing else "has what this host needs: ") + f"read from {source}"
+
+
+def _crash_memory(s: StatusResult) -> str:
+    """The reservation against what a dump was measured to need of it (sysview/headroom.py)."""
+    reserved, needed = s.get("crashkernel_reserved_bytes"), s.get("crashkernel_needed_bytes")
+    if reserved is None:
+        return "unknown: no Crash kernel range in /proc/iomem"
+    if needed is None:
+        return f"{size(reserved)} reserved; the need was not measured for this host (crashhpctl status: checks)"
+    short = "" if reserved >= needed else f", SHORT by {size(needed - reserved)}"
+    return f"{size(reserved)} reserved, {size(needed)} needed{short}"
 
 
 def _kernel_header(s: StatusResult) -> str:

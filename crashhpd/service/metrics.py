@@ -124,6 +124,10 @@ def families(s: Status, now: float) -> list["Metric"]:
         ("crashhpd_uncovered_ram_bytes", "RAM a dump taken now would miss.", s.uncovered_ram_bytes),
         ("crashhpd_stale_ram_bytes", "RAM the kernel's header covers that no longer exists.", s.stale_ram_bytes),
         ("crashhpd_missing_cpu_notes", "CPUs without a note in the kernel's header.", s.missing_cpu_notes),
+        ("crashhpd_crashkernel_reserved_bytes", "Memory reserved for the crash kernel (Crash kernel ranges, crash "
+         "CMA).", s.crashkernel_reserved_bytes),
+        ("crashhpd_crashkernel_needed_bytes", "What the crash kernel needs of it to save a dump, as measured for "
+         "this much RAM and the image loaded (absent: not measured).", s.crashkernel_needed_bytes),
     ):
         if value is not None:
             out.append(_gauge(name, doc, value))

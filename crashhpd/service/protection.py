@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..backends.base import Health
 from ..elfcorehdr.coverage import KernelView
+from ..sysview.headroom import Headroom
 from ..sysview.kdump_initrd import InitrdCheck
 from ..sysview.kernel_state import KernelState
 from ..sysview.ranges import size_text
@@ -32,6 +33,7 @@ class Facts:
     cmdline_missing: tuple[str, ...]  # what this host needs in it and it lacks
     complete_cmdline: bool  # crashhpd reloads once to add what is missing ([kexec] complete_cmdline)
     initrd: InitrdCheck = InitrdCheck()  # the modules the host's devices need in the kdump initramfs, and what lacks
+    headroom: Headroom = Headroom(None, None, "not judged yet")  # the reservation against the measured need
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +121,27 @@ def _kdump_initrd(f: Facts) -> Readiness:
                      f"(read from {initrd.source})")
 
 
+def _crashkernel_reservation(f: Facts) -> Readiness:
+    h = f.headroom
+    if h.reserved_bytes is None:
+        return Readiness("crashkernel_reservation", None, "no crash kernel memory is reserved (no Crash kernel "
+                         "range in /proc/iomem)")
+    if h.needed_bytes is None:
+        return Readiness("crashkernel_reservation", None, f"{size_text(h.reserved_bytes)} reserved; what a dump "
+                         f"needs is not known here: {h.reason}")
+    if h.reserved_bytes < h.needed_bytes:
+        return Readiness("crashkernel_reservation", False, f"{size_text(h.reserved_bytes)} is reserved for the crash "
+                         f"kernel, {size_text(h.needed_bytes)} is needed ({h.reason}): the kdump kernel would run "
+                         "out of memory before the dump is saved (a hot-add never grows crashkernel=: raise it on "
+                         "the kernel command line and reboot)")
+    return Readiness("crashkernel_reservation", True, f"{size_text(h.reserved_bytes)} reserved, "
+                     f"{size_text(h.needed_bytes)} needed ({h.reason})")
+
+
 # The checks, in the order their failures are to be fixed; each name is a `check` label admins' alerts match.
 CHECKS: tuple[Callable[[Facts], Readiness], ...] = (
     _backend, _crash_kernel, _header, _backend_health, _crash_kernel_cmdline, _crash_loads, _kdump_initrd,
+    _crashkernel_reservation,
 )
 
 

@@ -109,6 +109,10 @@ class Status(Counters):
     # modules the host's devices need in the kdump kernel (virtio_mem) that its initramfs lacks, and what was read
     kdump_initrd_missing_modules: list[str] = field(default_factory=list)
     kdump_initrd_source: str | None = None
+    # the crash kernel's reservation (Crash kernel ranges, crash CMA) and what a dump needs of it, as measured
+    # (sysview/headroom.py); None: unknown, or not measured for this much RAM
+    crashkernel_reserved_bytes: int | None = None
+    crashkernel_needed_bytes: int | None = None
 
 
 @dataclass(slots=True)

@@ -22,11 +22,12 @@ from ..elfcorehdr.build import Built, build_valid, changes
 from ..elfcorehdr.coverage import KernelView, view
 from ..elfcorehdr.layout import same_program_headers
 from ..errors import BackendError, CrashhpdError, HeaderError
+from ..sysview.headroom import Headroom, headroom, newly_short
 from ..sysview.kdump_initrd import InitrdCheck, KdumpInitrd
 from ..sysview.kernel_state import KernelState, read_kernel_state
 from ..sysview.loaded_header import LoadedHeader
 from ..sysview.ranges import total_bytes
-from ..sysview.snapshot import read_snapshot
+from ..sysview.snapshot import Snapshot, read_snapshot
 from .health_log import HealthLog
 from .kernel_watch import KernelWatch
 from .later import Later
@@ -100,6 +101,7 @@ class Updater:
         self._cmdline: tuple[str | None, list[str]] = (None, [])  # the crash kernel's, read back, and what it lacks
         self._initrd_reader = KdumpInitrd(parts.cfg.root)
         self._initrd = InitrdCheck()  # what the kdump initramfs lacks of what the host's devices need
+        self._headroom = Headroom(None, None, "not judged yet")  # the reservation against the measured need
 
     @property
     def backend(self) -> Backend:
@@ -207,7 +209,8 @@ class Updater:
         self.protection = judge(Facts(
             self.backend.name, self.backend.capabilities.keeps_kernel_header, self.kernel, health,
             self.kernel_watch.view, self.counters.in_sync, self.counters.last_error, self._cmdline[0],
-            tuple(self._cmdline[1]), self.parts.cfg.kexec.complete_cmdline, initrd=self._initrd))
+            tuple(self._cmdline[1]), self.parts.cfg.kexec.complete_cmdline, initrd=self._initrd,
+            headroom=self._headroom))
         self._ended()
         for waiter in update.waiters:
             waiter.resolve((outcome, update.events))
@@ -230,6 +233,7 @@ class Updater:
             self._after_recovery(kernel)
         self._note_cmdline(loaded, built.snapshot.kernel, update.reason)
         self._note_initrd(loaded, built.snapshot.virtio_mem_devices)
+        self._note_headroom(loaded, built.snapshot)
         self._failing = None
         self.kernel_watch.updated(loaded, kernel, built, self.parts.layout.name,
                                   reloaded=applied and through.capabilities.reloads,
@@ -282,6 +286,20 @@ class Updater:
                            "not tell unplugged memory from plugged (read from %s)", " ".join(found.missing),
                            found.source, extra=log.fields("kdump-initrd", missing=" ".join(found.missing)))
         self._initrd = found
+
+    def _note_headroom(self, loaded: LoadedHeader | None, snapshot: Snapshot) -> None:
+        """The crash kernel's reservation against the measured need for this RAM and the image loaded after the
+        update; said once per spell of being short (a hot-add can start one: the reservation never grows)."""
+        segments = loaded.segments if loaded is not None and loaded.readable else None
+        found = headroom(total_bytes(snapshot.ram), segments, snapshot.crash_kernel, snapshot.crash_cma,
+                         self.kernel.crash_size)
+        if newly_short(self._headroom, found):
+            logger.warning("the crash kernel's reservation is short: %d MiB reserved, %d MiB needed (%s); a dump "
+                           "taken now would not be saved", (found.reserved_bytes or 0) >> 20,
+                           (found.needed_bytes or 0) >> 20, found.reason,
+                           extra=log.fields("crash-headroom", reserved=found.reserved_bytes,
+                                            needed=found.needed_bytes))
+        self._headroom = found
 
     def _after_recovery(self, kernel: KernelView) -> None:
         """A recovery that left the kernel's header stale is tried again, backed off, while it stays so."""
@@ -394,6 +412,8 @@ class Updater:
             crash_loads_left=kernel.load_limit if kernel.load_limit is not None and kernel.load_limit >= 0 else None,
             crash_kernel_cmdline=self._cmdline[0],
             crash_kernel_cmdline_missing=list(self._cmdline[1]),
+            crashkernel_reserved_bytes=self._headroom.reserved_bytes,
+            crashkernel_needed_bytes=self._headroom.needed_bytes,
             kdump_initrd_missing_modules=list(self._initrd.missing),
             kdump_initrd_source=self._initrd.source,
         )

@@ -26,7 +26,8 @@ JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 KINDS = ["started", "ready", "reload", "config-invalid", "applied", "skipped", "apply-failed", "events-lost",
          "snapshot-failed", "retry", "stopping", "kexec-load", "kexec-failed", "no-crash-kernel", "passive",
          "load-limit", "control", "header-invalid", "backend-health", "startup-failed",
-         "internal", "udev", "kernel-header-stale", "model-drift", "kernel-log", "crash-cmdline"]
+         "internal", "udev", "kernel-header-stale", "model-drift", "kernel-log", "crash-cmdline", "kdump-initrd",
+         "crash-headroom"]
 
 # Logs one operation with every contract field, a filtered debug line and a multi-line error.
 CHILD = '''\

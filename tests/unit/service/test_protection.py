@@ -8,6 +8,7 @@ import pytest
 from crashhpd.backends.base import Health
 from crashhpd.elfcorehdr.coverage import Coverage, KernelView
 from crashhpd.service.protection import CHECKS, Facts, judge
+from crashhpd.sysview.headroom import Headroom
 from crashhpd.sysview.kernel_state import KernelState
 
 KERNEL = KernelState(crash_loaded=1, crash_size=256 << 20, elfcorehdr_size=None, crash_hotplug_cpu=None,
@@ -15,9 +16,9 @@ KERNEL = KernelState(crash_loaded=1, crash_size=256 << 20, elfcorehdr_size=None,
 IN_SYNC = KernelView(True, None, 8192, Coverage("0" * 64, 0, 0, 0, []))
 FINE = dict(backend="kexec", keeps_kernel_header=True, kernel=KERNEL, health=Health(), view=IN_SYNC,
             last_update_ok=True, last_error=None, cmdline="reset_devices nr_cpus=1 acpi_no_memhotplug",
-            cmdline_missing=(), complete_cmdline=True)
+            cmdline_missing=(), complete_cmdline=True, headroom=Headroom(256 << 20, 128 << 20, "measured"))
 NAMES = ["backend", "crash_kernel", "header", "backend_health", "crash_kernel_cmdline", "crash_loads",
-         "kdump_initrd"]
+         "kdump_initrd", "crashkernel_reservation"]
 
 
 def judged(**change: object):  # type: ignore[no-untyped-def]
