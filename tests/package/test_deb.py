@@ -375,8 +375,9 @@ def fresh(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     codename = request.param
     work = tmp_path_factory.mktemp(f"fresh-{codename}")
     root, source, command = work / "root", work / "crashhpd.tar", work / "install-command"
+    # tar's --exclude-vcs-ignores skips no `dir/` pattern of .gitignore: the virtualenv and the tests' cache by name
     subprocess.run(["tar", "-C", str(REPO), "--exclude-vcs", "--exclude-vcs-ignores", "--exclude=./.venv",
-                    "-cf", str(source), "."], check=True, timeout=120)
+                    "--exclude=./.cache", "-cf", str(source), "."], check=True, timeout=120)
     command.write_text(readme_install_command() + "\n")
     # The fresh system is on this host's network: it trusts the CAs this host's admin added (a proxy's, say)
     # as it uses this host's mirrors. ca-certificates, once the build pulls it in, bundles them.
