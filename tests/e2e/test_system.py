@@ -11,7 +11,9 @@ loaded with the kdump-side initramfs of tests/e2e.
   6.1, hot-plug    boot; hot-add a DIMM (one reload by crashhpd, none by kdump-tools'
                    rule); hot-add a second and device_del it (the header drops it); crash
   6.1, service     systemctl reload with a good and a bad configuration; the watchdog
-                   (SIGSTOP); crashhpd stopped: the rule reloads once per event
+                   (SIGSTOP); kdump-tools loaded without acpi_no_memhotplug: crashhpd's
+                   start-up loads once, adding it; crashhpd stopped: the rule reloads once
+                   per event, and the crash dumps none of the DIMM
   6.12, hot-plug   kdump-tools loads with kexec_file_load (-s), crashhpd picks the kernel
                    backend; the same hot-add and hot-remove, the kernel's own header crashed
 
@@ -32,6 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from crashhpd.backends.kdump_discovery import param_name
+from crashhpd.backends.kexec_cmdline import LOADER_PARAMS
 
 from .parts import Qemu
 from .system import KDUMP_CONFIG_TAG as KDUMP_CONFIG
@@ -86,6 +91,45 @@ def hot_remove(g: SystemGuest, address: int, name: str) -> dict[str, Any]:
             "verify": json.loads(g.sh("crashhpctl verify --json")), "journal": g.entries("-u crashhpd", cursor)}
 
 
+def load_of(args: str) -> tuple[str, str | None, list[str]]:
+    """A logged `kexec -p` as its kernel, initrd and command line's parameters. The wrapper logs "$*", so
+    the command line is the words from --command-line= to the next option or to the kernel, the last word
+    (kdump-config passes it before --initrd=, crashhpd after)."""
+    words = args.split()
+    initrd, params, inside = None, [], False
+    for word in words[:-1]:
+        if word.startswith("--command-line="):
+            inside, word = True, word[len("--command-line="):]
+        elif word.startswith("-"):
+            inside = False
+        if word.startswith("--initrd="):
+            initrd = word[len("--initrd="):]
+        elif inside and word:
+            params.append(word)
+    return words[-1], initrd, params
+
+
+def real_paths(g: SystemGuest, calls: list[dict]) -> dict[str, str]:
+    """Each kernel and initrd the loads named, resolved in the guest (kdump-tools names its links in
+    /var/lib/kdump; crashhpd may name what they point at)."""
+    files = sorted({f for c in kexec_loads(calls) for f in load_of(c["args"])[:2] if f})
+    return dict(zip(files, g.sh(f"readlink -f {' '.join(files)}").split(), strict=True))
+
+
+def same_load(ours: dict, distro: dict, files: dict[str, str], added: list[str]) -> list[str]:
+    """How crashhpd's load differs from kdump-tools' beyond the parameters crashhpd `added`: [] when it names
+    the same kernel and initrd and a command line equal to kdump-tools' plus `added`."""
+    (kernel, initrd, params), (want_kernel, want_initrd, want_params) = load_of(ours["args"]), load_of(distro["args"])
+    found = []
+    if files[kernel] != files[want_kernel]:
+        found.append(f"kernel {files[kernel]}, kdump-tools' {files[want_kernel]}")
+    if (initrd and files[initrd]) != (want_initrd and files[want_initrd]):
+        found.append(f"initrd {initrd}, kdump-tools' {want_initrd}")
+    if params != want_params + added:
+        found.append(f"command line {' '.join(params)!r}, kdump-tools' {' '.join(want_params)!r} + {added}")
+    return found
+
+
 def hotplug_scenario(qemu: Qemu, system: System, series: str, workdir: Path, kernel_args: str = "") -> dict[str, Any]:
     """Boot, look, hot-add two DIMMs, remove the second, crash; all that each stage reported."""
     with SystemGuest(qemu, system, series, workdir, kernel_args) as g:
@@ -103,6 +147,7 @@ def hotplug_scenario(qemu: Qemu, system: System, series: str, workdir: Path, ker
         seen["verify"] = json.loads(g.sh("crashhpctl verify --json"))
         hot_add(g, SECOND, "dimm1")
         seen["remove"] = hot_remove(g, SECOND, "dimm1")
+        seen["files"] = real_paths(g, g.calls(KEXEC))
         g.guest.send("CRASH")
         g.guest.expect("CRASHING")
         seen["vmcore"] = g.guest.expect("VMCORE")
@@ -169,6 +214,12 @@ def updates_itself(request: pytest.FixtureRequest) -> tuple[Boot, dict[str, Any]
     return _seen(request)
 
 
+@pytest.fixture(scope="module", params=[*KEXEC_BOOTS, *KERNEL_BOOTS])
+def every_boot(request: pytest.FixtureRequest) -> tuple[Boot, dict[str, Any]]:
+    """Every hot-plug boot: what is said of all of them, kexec backend and kernel backend alike."""
+    return _seen(request)
+
+
 def messages(journal: list[dict]) -> list[str]:
     return [str(e.get("MESSAGE", "")) for e in journal]
 
@@ -222,6 +273,50 @@ def test_boot_crashhpd_is_ready_after_kdump_tools_loaded_and_its_first_reconcile
     check(guest, status["exit"] == 0 and re.match(r"protected +yes: ", status["stdout"]) is not None
           and says_backend(status["stdout"], boot.backend),
           f"crashhpctl status under the unit's hardening: {status}")
+
+
+def test_boot_crashhpd_loads_nothing_where_kdump_tools_loaded_the_right_crash_kernel(
+        every_boot: tuple[Boot, dict[str, Any]]) -> None:
+    """kdump-tools loaded the crash kernel with acpi_no_memhotplug (the image's KDUMP_CMDLINE_APPEND) and no
+    memory has changed: crashhpd's start-up must spend no load, counted by the kexec wrapper, not by crashhpd.
+    The control, a start-up whose crash kernel is not right and which must cost exactly one load, is in the
+    service cases below (the command line lacking the parameter; on 6.1 the header lacking a DIMM)."""
+    _, seen = every_boot
+    guest, status = seen["guest"], seen["status"]
+    check(guest, len(kexec_loads(seen["boot_kexec"], "kdump-tools.service")) == 1,
+          f"kdump-tools' load at boot: {seen['boot_kexec']}")
+    check(guest, kexec_loads(seen["boot_kexec"], "crashhpd.service") == [] == unloads(seen["boot_kexec"],
+          "crashhpd.service"), f"crashhpd ran kexec at a start-up with the right crash kernel: {seen['boot_kexec']}")
+    check(guest, status["crash_kernel_cmdline"] is not None and status["crash_kernel_cmdline_missing"] == []
+          and status["uncovered_ram_bytes"] == 0, f"crashhpd's status after its start-up: {status}")
+
+
+def test_boot_the_command_line_crashhpd_reads_from_the_kernel_is_the_one_kdump_tools_passed(
+        every_boot: tuple[Boot, dict[str, Any]]) -> None:
+    """status's crash_kernel_cmdline, read from the loaded image's boot parameters, is kdump-tools' logged
+    --command-line plus only what the loaders add themselves (kexec-tools' acpi_rsdp= and elfcorehdr=,
+    kexec_file_load's elfcorehdr=)."""
+    _, seen = every_boot
+    distro = kexec_loads(seen["boot_kexec"], "kdump-tools.service")[0]
+    loaded = seen["status"]["crash_kernel_cmdline"] or ""
+    ours = [p for p in loaded.split() if param_name(p) not in LOADER_PARAMS]
+    check(seen["guest"], ours == load_of(distro["args"])[2],
+          f"the crash kernel's command line read back: {loaded!r}; kdump-tools passed {distro['args']!r}")
+
+
+def test_reload_crashhpd_loads_the_kernel_initrd_and_command_line_kdump_tools_loaded(
+        every_boot: tuple[Boot, dict[str, Any]]) -> None:
+    """crashhpd's own load (on 6.1 the hot-add's reload, on the kernel backend the hot-remove's recovery)
+    against kdump-tools' boot load in the same guest, both as the kexec wrapper logged them: the same files,
+    and the same command line, as kdump-tools' already holds what crashhpd adds (acpi_no_memhotplug). The
+    service cases prove the comparison sees a difference: there crashhpd adds the parameter kdump-tools lacks."""
+    _, seen = every_boot
+    distro = kexec_loads(seen["boot_kexec"], "kdump-tools.service")[0]
+    ours = kexec_loads(seen["add"]["kexec"] + seen["remove"]["kexec"], "crashhpd.service")
+    check(seen["guest"], len(ours) >= 1, f"crashhpd loaded nothing: {seen['add']['kexec']}, {seen['remove']}")
+    for load in ours:
+        differs = same_load(load, distro, seen["files"], [])
+        check(seen["guest"], differs == [], f"crashhpd's load {load['args']!r} differs from kdump-tools': {differs}")
 
 
 def test_hot_add_udevd_delivers_and_crashhpd_reloads_exactly_once(on_61: dict[str, Any]) -> None:
@@ -389,14 +484,42 @@ def test_watchdog_a_stopped_daemon_is_killed_restarted_and_in_sync_again(service
     g.sh("rm /run/systemd/system/crashhpd.service.d/watchdog.conf && systemctl daemon-reload")
 
 
+def test_start_up_a_crash_kernel_without_acpi_no_memhotplug_costs_one_load_that_adds_it(service: SystemGuest) -> None:
+    """The control of the boot cases' "no load at a right start-up" and "the same load as kdump-tools'":
+    kdump-tools loads with Debian's default KDUMP_CMDLINE_APPEND (no acpi_no_memhotplug) while crashhpd is
+    stopped; crashhpd, started, must spend exactly one load, and that load names kdump-tools' kernel and initrd
+    and its command line with only acpi_no_memhotplug added. The image's setting is put back afterwards."""
+    g = service
+    g.sh("systemctl stop crashhpd", timeout=60)
+    cursor = g.mark()
+    g.sh("sed -i 's/ acpi_no_memhotplug\"$/\"/' /etc/default/kdump-tools && systemctl restart kdump-tools",
+         timeout=180)
+    g.sh("systemctl start crashhpd", timeout=180)
+    status = g.wait("idle", -1)
+    g.sh("sed -i '/^KDUMP_CMDLINE_APPEND=/s/\"$/ acpi_no_memhotplug\"/' /etc/default/kdump-tools")
+    calls = g.calls(KEXEC, cursor)
+    distro, ours = kexec_loads(calls, "kdump-tools.service"), kexec_loads(calls, "crashhpd.service")
+    check(g, len(distro) == 1 and "acpi_no_memhotplug" not in load_of(distro[0]["args"])[2],
+          f"kdump-tools' load with the default append: {calls}")
+    check(g, len(ours) == 1 and ours[0]["exit"] == 0, f"crashhpd's loads at its start-up: {calls}")
+    differs = same_load(ours[0], distro[0], real_paths(g, calls), [])
+    check(g, len(differs) == 1 and differs[0].startswith("command line "),
+          f"the comparison must see the parameter crashhpd added, and nothing else: {differs}")
+    check(g, same_load(ours[0], distro[0], real_paths(g, calls), ["acpi_no_memhotplug"]) == [],
+          f"crashhpd's load {ours[0]['args']!r} against kdump-tools' {distro[0]['args']!r}")
+    check(g, "acpi_no_memhotplug" in (status["crash_kernel_cmdline"] or "").split()
+          and status["crash_kernel_cmdline_missing"] == [], f"the command line read back after the load: {status}")
+
+
 def test_control_crashhpd_stopped_the_rule_runs_once_per_event_and_udevd_refuses_its_kexec(
         service: SystemGuest) -> None:
     """The real baseline, as Debian 12 and 13 ship it: udevd runs kdump-config try-reload for every memory
     online event, and every one fails, because systemd-udevd.service's SystemCallFilter (@system-service
     @module @raw-io bpf, SystemCallErrorNumber=EPERM; systemd 252 and 257 alike) has no kexec_load: `kexec -p -u`
     gets EPERM, kdump-config stops there, and the crash kernel stays loaded. On Debian 12's 6.1 its header is
-    the one of before the hot-add; on Debian 13's 6.12, loaded with kexec_file_load, the kernel has updated
-    it itself: crashhpd, started again, reads the kernel's header back and finds the DIMM in it, with no load."""
+    the one of before the hot-add, and the guest crashed then dumps no byte of the DIMM; on Debian 13's 6.12,
+    loaded with kexec_file_load, the kernel has updated it itself: crashhpd, started again, reads the kernel's
+    header back and finds the DIMM in it, with no load."""
     g = service
     g.sh("systemctl stop crashhpd", timeout=60)
     check(g, g.run(f"test -e {TAKEN_OVER}")["exit"] == 1, "crashhpd stopped and left its override in place")
@@ -414,11 +537,20 @@ def test_control_crashhpd_stopped_the_rule_runs_once_per_event_and_udevd_refuses
     check(g, "kexec_load" not in allowed and "execve" in allowed, f"udevd's system call filter: {allowed}")
     check(g, g.sh("cat /sys/kernel/kexec_crash_loaded").strip() == "1", "the crash kernel of the boot is gone")
     if g.run("cat /sys/devices/system/memory/crash_hotplug")["stdout"].strip() != "1":
-        return  # 6.1 (no such file): nothing updates the header without crashhpd
+        # 6.1 (no such file): nothing updated the header, so the dump must lack the DIMM that the hot-plug
+        # boot's dump, with crashhpd, holds (test_hot_add_the_dimm_is_in_the_vmcore)
+        g.guest.send("CRASH")
+        g.guest.expect("CRASHING")
+        vmcore = g.guest.expect("VMCORE")
+        g.guest.send("PROBE", hex(HOTPLUG_BASE), hex(DIMM))
+        probed = g.guest.expect("PROBED")
+        check(g, covered(vmcore["segments"], HOTPLUG_BASE, DIMM) == 0 and not any(p["covered"] for p in probed),
+              f"a dump taken without crashhpd holds the DIMM: {vmcore}, {probed}")
+        return
     cursor = g.mark()
     g.sh("systemctl start crashhpd", timeout=180)
     status = g.wait("idle", -1)
+    calls = g.calls(KEXEC, cursor)
     check(g, status["backend"] == "kernel" and status["kernel_header_in_sync"] is True
           and status["uncovered_ram_bytes"] == 0, f"the kernel's own header after the rule failed: {status}")
-    calls = g.calls(KEXEC, cursor)
     check(g, kexec_loads(calls) == [], f"crashhpd loaded where the kernel's header was current: {calls}")
