@@ -134,6 +134,9 @@ def _crashkernel_reservation(f: Facts) -> Readiness:
                          f"kernel, {size_text(h.needed_bytes)} is needed ({h.reason}): the kdump kernel would run "
                          "out of memory before the dump is saved (a hot-add never grows crashkernel=: raise it on "
                          "the kernel command line and reboot)")
+    if h.at_least:
+        return Readiness("crashkernel_reservation", None, f"{size_text(h.reserved_bytes)} reserved, at least "
+                         f"{size_text(h.needed_bytes)} needed ({h.reason}): whether it is enough was not measured")
     return Readiness("crashkernel_reservation", True, f"{size_text(h.reserved_bytes)} reserved, "
                      f"{size_text(h.needed_bytes)} needed ({h.reason})")
 

@@ -7,9 +7,12 @@ larger size). What the kdump kernel needs is not computed from a formula: it is
 the smallest crashkernel= with which Debian's kdump-tools saved a complete dump
 in tests/bench/crashkernel_headroom.py (docs/benchmarks.md, "Crash kernel
 headroom"), for the RAM measured at or above this host's. That run's crash image
-had its own kernel and initrd; where the image loaded here is larger, the
-difference is added (its segments sit in the reservation). Above the largest RAM
-measured the need is unknown (None), never extrapolated.
+had its own kernel and initrd; where the image loaded here is larger, the need is
+at least the difference more (its segments sit in the reservation), and more than
+that was measured (an initrd 32 MiB larger failed with 32 MiB more reserved: its
+unpacked copy needs room too), so the need is then only a lower bound: short below
+it, unknown above it. Above the largest RAM measured the need is unknown (None),
+never extrapolated.
 """
 
 from collections.abc import Sequence
@@ -35,7 +38,7 @@ class Measured:
 # the kdump kernel), the same 7-segment crash image each time. 96 MiB failed at every size (the kdump kernel ran
 # out of memory in its own boot); the need did not grow with RAM.
 _LOADED = 56_967_168
-MEASURED: tuple[Measured, ...] = tuple(Measured(gib * GIB, 128 * MIB, _LOADED) for gib in (2, 4, 16))
+MEASURED: tuple[Measured, ...] = tuple(Measured(gib * GIB, 128 * MIB, _LOADED) for gib in (2, 4, 16, 32, 64))
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,7 @@ class Headroom:
     reserved_bytes: int | None
     needed_bytes: int | None
     reason: str  # how the need was found, or why it was not
+    at_least: bool = False  # needed_bytes is a lower bound: the loaded image is larger than the one measured
 
     @property
     def headroom_bytes(self) -> int | None:
@@ -75,27 +79,29 @@ def reserved(crash_kernel: Sequence[Range], crash_cma: Sequence[Range], crash_si
 
 
 def needed(ram_bytes: int, segments: Sequence[Span] | None,
-           measured: Sequence[Measured] = MEASURED) -> tuple[int | None, str]:
-    """The measured need for this much RAM, with the loaded image's excess over the measured one's; or why not."""
+           measured: Sequence[Measured] = MEASURED) -> tuple[int | None, str, bool]:
+    """The measured need for this much RAM, how it was found, and whether it is only a lower bound (the loaded
+    image is larger than the measured one: its excess is added, and more may be needed); or why there is none."""
     if segments is None:
-        return None, "the loaded crash image's segments could not be read"
+        return None, "the loaded crash image's segments could not be read", False
     if not segments:
-        return None, "no crash image is loaded"
+        return None, "no crash image is loaded", False
     row = min((m for m in measured if m.ram_bytes >= ram_bytes), key=lambda m: m.ram_bytes, default=None)
     if row is None:
         largest = max((m.ram_bytes for m in measured), default=0)
         return None, (f"{size_text(ram_bytes)} of RAM is more than was measured ({size_text(largest)})"
-                      if largest else "nothing was measured")
+                      if largest else "nothing was measured"), False
     loaded = sum(size for _, size in segments)
     extra = max(0, loaded - row.loaded_bytes)
     how = f"measured: {size_text(row.reservation_bytes)} saved a dump of {size_text(row.ram_bytes)} of RAM"
     if extra:
-        how += f", and the loaded image is {size_text(extra)} larger than that run's"
-    return row.reservation_bytes + extra, how
+        how += (f" with a crash image {size_text(extra)} smaller than the one loaded, which needs at least that "
+                "much more")
+    return row.reservation_bytes + extra, how, extra > 0
 
 
 def headroom(ram_bytes: int, segments: Sequence[Span] | None, crash_kernel: Sequence[Range],
              crash_cma: Sequence[Range], crash_size: int | None,
              measured: Sequence[Measured] = MEASURED) -> Headroom:
-    need, reason = needed(ram_bytes, segments, measured)
-    return Headroom(reserved(crash_kernel, crash_cma, crash_size), need, reason)
+    need, reason, at_least = needed(ram_bytes, segments, measured)
+    return Headroom(reserved(crash_kernel, crash_cma, crash_size), need, reason, at_least)

@@ -47,3 +47,11 @@ def test_not_measured_is_unknown_and_does_not_fail_the_verdict() -> None:
     assert r.ok is None and verdict.protected
     assert r.reason.endswith("not known here: 64 GiB of RAM is more than was measured (32 GiB)")
     assert row(Headroom(None, None, "x"))[1].ok is None
+
+
+def test_a_larger_image_than_measured_fails_below_the_bound_and_is_unknown_above_it() -> None:
+    reason = "measured: 128 MiB saved a dump of 4 GiB of RAM with a crash image 32 MiB smaller than the one loaded"
+    assert row(Headroom(128 * MIB, 160 * MIB, reason, at_least=True))[1].ok is False
+    verdict, r = row(Headroom(256 * MIB, 160 * MIB, reason, at_least=True))
+    assert r.ok is None and verdict.protected
+    assert r.reason == f"256 MiB reserved, at least 160 MiB needed ({reason}): whether it is enough was not measured"

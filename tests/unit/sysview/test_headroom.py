@@ -26,21 +26,21 @@ def test_the_need_is_the_row_measured_at_or_above_this_ram() -> None:
 
 
 def test_above_what_was_measured_the_need_is_unknown_not_extrapolated() -> None:
-    need, reason = needed(17 * GIB, SEGMENTS, ROWS)
+    need, reason, _ = needed(17 * GIB, SEGMENTS, ROWS)
     assert need is None and "more than was measured (16 GiB)" in reason
     assert needed(GIB, SEGMENTS, ())[0] is None
 
 
-def test_a_larger_loaded_image_adds_its_excess_a_smaller_one_takes_nothing_off() -> None:
+def test_a_larger_loaded_image_makes_the_need_a_lower_bound_a_smaller_one_takes_nothing_off() -> None:
     bigger = (*SEGMENTS, (0x30000000, 24 * MIB))
-    need, reason = needed(4 * GIB, bigger, ROWS)
-    assert need == 216 * MIB and "24 MiB larger" in reason
-    assert needed(4 * GIB, SEGMENTS[:1], ROWS)[0] == 192 * MIB
+    need, reason, at_least = needed(4 * GIB, bigger, ROWS)
+    assert (need, at_least) == (216 * MIB, True) and "a crash image 24 MiB smaller than the one loaded" in reason
+    assert needed(4 * GIB, SEGMENTS[:1], ROWS)[::2] == (192 * MIB, False)
 
 
 def test_without_the_loaded_image_the_need_is_unknown() -> None:
-    assert needed(4 * GIB, None, ROWS) == (None, "the loaded crash image's segments could not be read")
-    assert needed(4 * GIB, (), ROWS) == (None, "no crash image is loaded")
+    assert needed(4 * GIB, None, ROWS) == (None, "the loaded crash image's segments could not be read", False)
+    assert needed(4 * GIB, (), ROWS) == (None, "no crash image is loaded", False)
 
 
 def test_headroom_is_reserved_less_needed() -> None:
