@@ -1,15 +1,16 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """The smallest crashkernel= with which kdump-tools saves a complete dump, for a guest grown by hot-add.
 
-Run (it builds what the e2e suite builds: the cached Debian 12 image, this run's .deb):
+Run (it builds what the e2e suite builds: the Debian 12 image with makedumpfile, this run's .deb):
     .venv/bin/python tests/bench/crashkernel_headroom.py [--sizes 2,4,16,32] [--steps 64,96,128,192,256,384,512]
+        [--initrd-pad MIB] [--keep] [--system DIR]
 
-One boot of tests/e2e/system.py's Debian 12 guest (Linux 6.1, systemd, kdump-tools
-with acpi_no_memhotplug appended, crashhpd on the kexec backend) per (size,
-crashkernel=) pair: 2 GiB at boot (the memmap of hot-added RAM comes out of boot
-RAM), one DIMM hot-added to reach the size, crashhpd's reload waited for, then a
-sysrq crash. The kdump kernel saves the dump the way Debian does it: its initrd
-(system/init: busybox and the virtio modules, smaller than initramfs-tools' one)
+One boot of tests/e2e/kdump_save.py's Debian 12 guest (Linux 6.1, systemd, kdump-tools
+with acpi_no_memhotplug appended, makedumpfile, crashhpd on the kexec backend) per
+(size, crashkernel=) pair: 2 GiB at boot (the memmap of hot-added RAM comes out of
+boot RAM), DIMMs of at most 16 GiB hot-added to reach the size, crashhpd's reload
+waited for, then a sysrq crash. The kdump kernel saves the dump the way Debian does
+it: its initrd (system/init: busybox and the virtio modules, smaller than initramfs-tools' one)
 mounts the root file system and hands over to systemd with kdump-config's
 `systemd.unit=kdump-tools-dump.service`, which runs `kdump-config savecore`
 (`makedumpfile -F -c -d 31 /proc/vmcore | compress > /var/crash/.../dump-incomplete`,
@@ -50,6 +51,7 @@ from e2e.system import SystemGuest
 from e2e.vm import GIB, HOTPLUG_BASE
 
 BOOT_GIB = 2
+DIMM_MAX_GIB = 16  # QEMU cannot mmap a backend larger than the host's RAM (overcommit heuristic): more DIMMs
 AFTER_CRASH_S = 1500.0  # the kdump kernel's boot and makedumpfile, under TCG
 SEGMENTS = ("/usr/lib/crashhpd/bin/python3 -c 'from crashhpd.sysview.loaded_header import LoadedHeaderReader as R; "
             "import json; print(json.dumps([list(s) for s in R().read().segments]))'")
@@ -57,7 +59,9 @@ SEGMENTS = ("/usr/lib/crashhpd/bin/python3 -c 'from crashhpd.sysview.loaded_head
 
 def one_run(qemu: parts.Qemu, image: system.System, work: Path, size_gib: int, crash_mib: int) -> dict[str, Any]:
     started = time.monotonic()
-    memory = f"{BOOT_GIB}G,slots=2,maxmem={max(size_gib, BOOT_GIB + 1)}G"
+    added_gib = max(size_gib - BOOT_GIB, 0)
+    dimms = [min(DIMM_MAX_GIB, added_gib - i) for i in range(0, added_gib, DIMM_MAX_GIB)]
+    memory = f"{BOOT_GIB}G,slots={max(len(dimms), 1)},maxmem={max(size_gib, BOOT_GIB + 1)}G"
     run: dict[str, Any] = {"size_gib": size_gib, "crashkernel_mib": crash_mib}
     with SystemGuest(qemu, image, SERIES, work / f"{size_gib}G-{crash_mib}M", deadline_s=AFTER_CRASH_S + 1200,
                      memory=memory, kernel_args=f"crashkernel={crash_mib}M loglevel=7") as g:
@@ -68,11 +72,11 @@ def one_run(qemu: parts.Qemu, image: system.System, work: Path, size_gib: int, c
             run["outcome"] = "kdump-tools could not load the crash kernel"
             run["seconds"] = time.monotonic() - started
             return run
-        if size_gib > BOOT_GIB:
-            added = (size_gib - BOOT_GIB) * GIB
+        if dimms:
             before = g.status()["events_received"]
-            g.guest.hot_add_memory(added, HOTPLUG_BASE)
-            g.wait("online", hex(HOTPLUG_BASE), hex(added))
+            for i, gib in enumerate(dimms):
+                g.guest.hot_add_memory(gib * GIB, HOTPLUG_BASE + i * DIMM_MAX_GIB * GIB, f"dimm{i}")
+            g.wait("online", hex(HOTPLUG_BASE), hex(added_gib * GIB))
             g.sh("udevadm settle --timeout=600", timeout=620)
             g.wait("idle", before)
         status = g.status()
