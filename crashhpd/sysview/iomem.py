@@ -83,36 +83,50 @@ def _place(res: Resource, open_levels: list[Resource], line: str, path: str, lin
     open_levels.append(res)
 
 
-def reparse(old_text: str, old: tuple[Resource, ...], text: str, path: str = "/proc/iomem") \
-        -> tuple[tuple[Resource, ...], int, int]:
+def reparse(old_text: str, old: tuple[Resource, ...], text: str, path: str = "/proc/iomem",
+            dense: bool | None = None) -> tuple[tuple[Resource, ...], int, int, bool]:
     """parse(text), given `old`, the parse of `old_text`, and [first, stop): the whole top-level lines (with
     what nests in them) in which the two differ, every one outside them the same in both. Only the lines
     between the texts' common start and end are parsed, and the lines after them placed again until their
     context is the old one (a line at depth 0). Where that cannot be shown cheaply (blank lines, an error),
-    the whole text is parsed."""
+    the whole text is parsed. `dense`: whether each line of the old text is one of `old` (counted if None);
+    the last value returned says the same of the new text."""
     try:
-        return _reparse(old_text, old, text, path)
+        return (*_reparse(old_text, old, text, path, _dense(old_text, old) if dense is None else dense), True)
     except (ParseError, _Whole):
         resources = tuple(parse(text, path))
-        return resources, 0, len(resources)
+        return resources, 0, len(resources), _dense(text, resources)
+
+
+def _dense(text: str, resources: tuple[Resource, ...]) -> bool:
+    """Each line of the text is one resource, in order (no blank lines): the lines can be counted instead."""
+    return text.endswith("\n") and len(resources) == text.count("\n")
 
 
 class _Whole(Exception):
     """The incremental parse cannot stand for parse(): parse the whole text."""
 
 
-def _reparse(old_text: str, old: tuple[Resource, ...], text: str, path: str) -> tuple[tuple[Resource, ...], int, int]:
-    if not text.endswith("\n") or not old_text.endswith("\n") or "\n\n" in text or text.startswith("\n"):
+def _reparse(old_text: str, old: tuple[Resource, ...], text: str, path: str, dense: bool) \
+        -> tuple[tuple[Resource, ...], int, int]:
+    if not dense or not text.endswith("\n") or "\n\n" in text or text.startswith("\n"):
         raise _Whole
     prefix, suffix = common_ends(old_text, text)
     start = text.rfind("\n", 0, prefix) + 1  # the first line that is not whole in the common start
     tail = len(text) - suffix
     if tail > start and text[tail - 1] != "\n":  # the first line whole in the common end
         tail = text.find("\n", tail) + 1
-    head = text.count("\n", 0, start)  # lines before the window: the old parse's first `head` resources
-    kept = text.count("\n", tail)  # lines after it: the old parse's last `kept`
-    if head + kept > len(old) or len(old) != old_text.count("\n"):
-        raise _Whole  # the old text had blank lines: lines are not resources one for one
+    # lines before the window (the old parse's first `head` resources) and after it (its last `kept`): the old
+    # text's lines are its resources one for one, so counting the shorter side and the old window gives both
+    old_middle = old_text.count("\n", start, len(old_text) - (len(text) - tail))
+    if start <= len(text) - tail:
+        head = text.count("\n", 0, start)
+        kept = len(old) - head - old_middle
+    else:
+        kept = text.count("\n", tail)
+        head = len(old) - kept - old_middle
+    if head < 0 or kept < 0:
+        raise _Whole
     open_levels, first = _open_levels(old, head)
     middle = []
     for lineno, line in enumerate(text[start:tail].split("\n")[:-1], head + 1):
@@ -182,6 +196,7 @@ class IomemView:
     kernel_bss: Range | None
     text: str = field(default="", repr=False, compare=False)  # what it was parsed from
     marks: tuple[Resource, ...] = field(default=(), repr=False, compare=False)  # every line named in _MARKS
+    dense: bool = field(default=False, repr=False, compare=False)  # each line of `text` is one resource
 
 
 _LAST: dict[str, IomemView] = {}  # the last view of each path: most updates find it, or a few lines changed
@@ -196,7 +211,8 @@ def view_of(text: str, path: str = "/proc/iomem") -> IomemView:
         view = last
     elif last is None:
         resources = tuple(parse(text, path))
-        view = _view(resources, tuple(system_ram(resources)), tuple(r for r in resources if r.name in _MARKS), text)
+        view = _view(resources, tuple(system_ram(resources)), tuple(r for r in resources if r.name in _MARKS), text,
+                     _dense(text, resources))
     else:
         view = _view_again(last, text, path)
     _LAST[path] = view
@@ -205,17 +221,17 @@ def view_of(text: str, path: str = "/proc/iomem") -> IomemView:
     return view
 
 
-def _view(resources: tuple[Resource, ...], ram: tuple[Range, ...], marks: tuple[Resource, ...], text: str) \
-        -> IomemView:
+def _view(resources: tuple[Resource, ...], ram: tuple[Range, ...], marks: tuple[Resource, ...], text: str,
+          dense: bool) -> IomemView:
     code, bss = named(marks, "Kernel code"), named(marks, "Kernel bss")
     return IomemView(resources, ram, tuple(named(marks, CRASH_KERNEL)), code[0] if code else None,
-                     bss[0] if bss else None, text, marks)
+                     bss[0] if bss else None, text, marks, dense)
 
 
 def _view_again(last: IomemView, text: str, path: str) -> IomemView:
     """The views of a text that differs from the last one in some top-level lines: each taken from the last
     view outside them (top-level lines ascend, so what nests in them sorts by address), found again inside."""
-    resources, first, stop = reparse(last.text, last.resources, text, path)
+    resources, first, stop, dense = reparse(last.text, last.resources, text, path, last.dense)
     low = resources[first].start if 0 < first < len(resources) else -1
     high = resources[stop].start if stop < len(resources) else U64_MAX + 1
     changed = resources[first:stop]
@@ -225,4 +241,4 @@ def _view_again(last: IomemView, text: str, path: str) -> IomemView:
              + last.marks[bisect.bisect_left(last.marks, high, key=start):])
     ram = (last.ram[:bisect.bisect_left(last.ram, (low,))] + tuple(system_ram(changed))
            + last.ram[bisect.bisect_left(last.ram, (high,)):])
-    return _view(resources, ram, marks, text)
+    return _view(resources, ram, marks, text, dense)

@@ -156,7 +156,7 @@ def test_a_reparse_from_the_last_text_is_the_parse_of_the_whole(text, at, cut, i
         assert _views(iomem._view_again(_whole_view(old), new, "/proc/iomem")) == _views(_whole_view(new))
     # and not by falling back to parse() where it need not: the lines it reads again give the same verdict
     try:
-        assert iomem._reparse(old, old_parse, new, "/proc/iomem")[0] == expected
+        assert iomem._reparse(old, old_parse, new, "/proc/iomem", iomem._dense(old, old_parse))[0] == expected
     except iomem._Whole:
         assert any(not line.strip() for line in (old + new).split("\n")[:-1]) or not new.endswith("\n")
     except ParseError:  # reparse() then parses the whole text for parse()'s own message
@@ -173,7 +173,7 @@ def test_a_reparse_checks_the_lines_after_the_change_against_it(line, edit, why)
     text = NESTED.replace("\n\n", "\n")  # a blank line makes it parse the whole text
     edited = text.replace(line, edit)
     with pytest.raises(ParseError, match=why):
-        iomem._reparse(text, tuple(iomem.parse(text)), edited, "/proc/iomem")
+        iomem._reparse(text, tuple(iomem.parse(text)), edited, "/proc/iomem", True)
     with pytest.raises(ParseError, match=why):
         iomem.reparse(text, tuple(iomem.parse(text)), edited)
 
@@ -194,7 +194,7 @@ DEEP = """\
 ])
 def test_a_reparse_of_a_valid_edit_is_the_parse_of_the_whole_without_falling_back(edit):
     edited = DEEP.replace(*edit)
-    assert iomem._reparse(DEEP, tuple(iomem.parse(DEEP)), edited, "/proc/iomem")[0] == tuple(iomem.parse(edited))
+    assert iomem._reparse(DEEP, tuple(iomem.parse(DEEP)), edited, "/proc/iomem", True)[0] == tuple(iomem.parse(edited))
 
 
 def test_a_view_after_a_hot_add_parses_only_the_new_lines(monkeypatch):
