@@ -108,17 +108,17 @@ def _read_cpus(root: str, name: str) -> frozenset[int] | None:
 def _read_crash_notes(root: str) -> dict[int, CpuNote]:
     notes: dict[int, CpuNote] = {}
     path = under(root, CPU_DIR)
-    try:
-        entries = os.listdir(path)
+    try:  # opened once: listed and read through the same fd
+        directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return notes
     except OSError as err:
         raise SnapshotError(f"{path}: {err.strerror}") from None
     try:
-        directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as err:
-        raise SnapshotError(f"{path}: {err.strerror}") from None
-    try:
+        try:
+            entries = os.listdir(directory)
+        except OSError as err:
+            raise SnapshotError(f"{path}: {err.strerror}") from None
         for entry in entries:
             match = _CPU_NAME.fullmatch(entry)
             if not match:
