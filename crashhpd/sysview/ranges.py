@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""Inclusive physical address ranges and the one operation the header needs: subtraction.
+"""Inclusive physical address ranges and the one operation the header needs: what a cover leaves out of them.
 
 Ranges are (start, end) tuples with an inclusive end, as /proc/iomem prints them
 and as the kernel's struct crash_mem holds them.
@@ -167,11 +167,6 @@ def _merged(ranges: Iterable[Range]) -> tuple[Range, ...]:
 def _ascending(rows: tuple[Range, ...]) -> bool:
     """Every row well formed, each starting after the one before ends."""
     return all(start <= end for start, end in rows) and all(a[1] < b[0] for a, b in zip(rows, rows[1:]))
-
-
-def subtract(ranges: Iterable[Range], holes: Iterable[Range]) -> list[Range]:
-    """Remove every hole from every range, splitting where a hole falls inside; input order is kept."""
-    return Cover(holes).missing(ranges)
 
 
 def size_text(nbytes: int) -> str:
