@@ -82,6 +82,7 @@ class Updater:
         self.kernel: KernelState = read_kernel_state(parts.cfg.root)  # of the latest snapshot, or after a reload
         self.built: Built | None = None  # of the last update that succeeded
         self._ram_bytes = 0  # the RAM it covers
+        self._system_ram_bytes = 0  # the System RAM of its snapshot
         self.retry_at: float | None = None
         self._retry_reason = "retry"  # what the retry is: a recovery is retried as a recovery
         self._recover_backoff = Backoff()  # a recovery that left the kernel's header stale is tried again
@@ -233,14 +234,16 @@ class Updater:
             self._after_recovery(kernel)
         self._note_cmdline(loaded, built.snapshot.kernel, update.reason)
         self._note_initrd(loaded, built.snapshot.virtio_mem_devices)
+        # status and the headroom ask at every update: summed once per build (a reused build has the same RAM)
+        if self.built is None or built.model is not self.built.model:
+            self._ram_bytes = total_bytes(built.model.ram)
+            self._system_ram_bytes = total_bytes(built.snapshot.ram)
         self._note_headroom(loaded, built.snapshot)
         self._failing = None
         self.kernel_watch.updated(loaded, kernel, built, self.parts.layout.name,
                                   reloaded=applied and through.capabilities.reloads,
                                   keeps_header=self.backend.capabilities.keeps_kernel_header,
                                   can_recover=self.backend.recovery is not None)
-        if self.built is None or built.model is not self.built.model:  # status asks often: summed once per build
-            self._ram_bytes = total_bytes(built.model.ram)
         self.built = built
         counters = self.counters
         counters.in_sync = True
@@ -291,7 +294,7 @@ class Updater:
         """The crash kernel's reservation against the measured need for this RAM and the image loaded after the
         update; said once per spell of being short (a hot-add can start one: the reservation never grows)."""
         segments = loaded.segments if loaded is not None and loaded.readable else None
-        found = headroom(total_bytes(snapshot.ram), segments, snapshot.crash_kernel, snapshot.crash_cma,
+        found = headroom(self._system_ram_bytes, segments, snapshot.crash_kernel, snapshot.crash_cma,
                          self.kernel.crash_size)
         if newly_short(self._headroom, found):
             logger.warning("the crash kernel's reservation is short: %d MiB reserved, %d MiB needed (%s); a dump "
