@@ -203,9 +203,7 @@ def _check_window(h: ParsedHeader, snap: Snapshot, layout: Layout | None, middle
     entries = [(s.paddr, s.end) for s in middle if s.memsz]
     at = head - bisect.bisect_left(h.others, head)  # the first changed row's place in h.ram
     p += _overlaps(h.ram[max(at - 1, 0):at + len(entries) + 1])  # in order with the rows on either side
-    offsets = {offset} | {s.vaddr - s.paddr for s in middle if s.memsz}
-    if len(offsets) > 1:
-        p.append(f"RAM entries disagree on the direct-map base ({len(offsets)} different offsets)")
+    p += _direct_map_problems({offset} | {s.vaddr - s.paddr for s in middle if s.memsz})
     if ram_changed is not None:
         i, j = touching(h.ram, *ram_changed[0])  # RAM whose System RAM range may be another now
         entries += h.ram[i:j]
@@ -260,9 +258,7 @@ def _check_order(h: ParsedHeader) -> list[str]:
     if not ram:
         p.append("no RAM PT_LOAD: a dump would save no memory")
     p += _overlaps(h.ram)
-    offsets = {s.vaddr - s.paddr for s in ram}
-    if len(offsets) > 1:
-        p.append(f"RAM entries disagree on the direct-map base ({len(offsets)} different offsets)")
+    p += _direct_map_problems({s.vaddr - s.paddr for s in ram})
     return p
 
 
@@ -285,6 +281,12 @@ def _segment_problems(i: int, s: Segment, seen_load: bool) -> list[str]:
             and f"p_filesz {s.filesz} and p_memsz {s.memsz} must be equal and non-zero",
             s.align != 0 and f"p_align {s.align}, expected 0"]
     return [f"phdr {i} ({s.type} 0x{s.paddr:x}): {problem}" for problem in bad if problem]
+
+
+def _direct_map_problems(offsets: set[int]) -> list[str]:
+    """Every RAM entry's p_vaddr - p_paddr is the one direct-map base."""
+    return [f"RAM entries disagree on the direct-map base ({len(offsets)} different offsets)"] if len(offsets) > 1 \
+        else []
 
 
 def _overlaps(ram: tuple[Range, ...] | list[Range]) -> list[str]:
