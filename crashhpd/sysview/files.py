@@ -77,8 +77,9 @@ def read_text(root: str, rel: str) -> str | None:
 def read_int_in(directory: int, shown: str, name: str, base: int = 10) -> int | None:
     """read_int() of `name` inside a directory already open (its fd), whose path `shown` errors name: a snapshot
     reads two files of each of up to thousands of CPUs, and a path walk from the root per file costs more."""
-    text = _read(name, directory, f"{shown}/{name}")
-    return None if text is None else parse_int(text, f"{shown}/{name}", base)
+    path = f"{shown}/{name}"
+    text = _read(name, directory, path)
+    return None if text is None else parse_int(text, path, base)
 
 
 def _read(path: str, directory: int | None = None, shown: str | None = None) -> str | None:
