@@ -35,6 +35,8 @@ class BootConstants:
     direct_map_base: int | None  # kexec-tools' rule, kcore.kexec_tools_page_offset(): RAM p_vaddr = base + paddr
     kernel_stext: int | None = None  # _stext: kexec-tools picks the kcore PT_LOAD holding it
     kcore_kernel_map: tuple[tuple[int, int], ...] = ()  # kcore.kernel_map(): (vaddr, memsz) in the image's mapping
+    # each CPU directory's crash note, read when the directory first appears (see _read_crash_notes)
+    cpu_notes: dict[str, "CpuNote"] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +107,12 @@ def _read_cpus(root: str, name: str) -> frozenset[int] | None:
     return None if text is None else cpulist.parse(text, under(root, f"{CPU_DIR}/{name}"))
 
 
-def _read_crash_notes(root: str) -> dict[int, CpuNote]:
+def _read_crash_notes(root: str, seen: dict[str, CpuNote]) -> dict[int, CpuNote]:
+    """The crash note of each CPU sysfs lists; `seen`, the notes of the directories listed before, is not read
+    again. show_crash_notes() (drivers/base/cpu.c) prints per_cpu_ptr_to_phys(per_cpu_ptr(crash_notes, cpu)),
+    a per-CPU area crash_notes_memory_init() allocates once at boot for every possible CPU, and
+    crash_notes_size is sizeof(note_buf_t): both are fixed from boot to shutdown, and 128 reads at 64 CPUs
+    were the largest part of an update's snapshot (tests/bench/update_cost.py)."""
     notes: dict[int, CpuNote] = {}
     path = under(root, CPU_DIR)
     try:  # opened once: listed and read through the same fd
@@ -123,10 +130,13 @@ def _read_crash_notes(root: str) -> dict[int, CpuNote]:
             match = _CPU_NAME.fullmatch(entry)
             if not match:
                 continue
-            addr = read_int_in(directory, path, f"{entry}/crash_notes", 16)
-            if addr is None:
-                continue
-            notes[int(match.group(1))] = CpuNote(addr, read_int_in(directory, path, f"{entry}/crash_notes_size"))
+            note = seen.get(entry)
+            if note is None:
+                addr = read_int_in(directory, path, f"{entry}/crash_notes", 16)
+                if addr is None:
+                    continue
+                note = seen[entry] = CpuNote(addr, read_int_in(directory, path, f"{entry}/crash_notes_size"))
+            notes[int(match.group(1))] = note
     finally:
         os.close(directory)
     return notes
@@ -169,7 +179,7 @@ def read_boot_constants(root: str = "/") -> BootConstants:
 
 def read_snapshot(root: str = "/", boot: BootConstants | None = None,
                   header_reader: LoadedHeaderReader | None = None) -> Snapshot:
-    """Everything the header depends on, read now; `boot` saves re-reading kallsyms and kcore."""
+    """Everything the header depends on, read now; `boot` saves re-reading kallsyms, kcore and the CPU notes."""
     iomem_path = under(root, "proc/iomem")
     memory = iomem.view_of(_read_iomem(root), iomem_path)
     ram = memory.ram
@@ -186,7 +196,7 @@ def read_snapshot(root: str = "/", boot: BootConstants | None = None,
     vmcoreinfo = None if vmcoreinfo_text is None else parse_vmcoreinfo(vmcoreinfo_text,
                                                                        under(root, "sys/kernel/vmcoreinfo"))
     loaded = None if header_reader is None else header_reader.read()
-    crash_notes = _read_crash_notes(root)
+    crash_notes = _read_crash_notes(root, boot.cpu_notes if boot is not None else {})
     if loaded is not None and loaded.readable and possible is not None:
         crash_notes = _with_notes_of_absent_cpus(crash_notes, possible, vmcoreinfo, loaded.header)
     return Snapshot(

@@ -142,6 +142,24 @@ def test_cpu_set_falls_back_to_cpus_with_notes(tmp_path):
     assert snap.cpu_set("present") == frozenset({0, 1, 2, 3})
 
 
+def test_a_cpus_note_is_read_once_a_boot_a_new_cpu_is_read_and_a_gone_one_is_dropped(tmp_path):
+    """show_crash_notes() prints a per-CPU area allocated once at boot: the daemon's BootConstants keep each CPU's
+    note from the first snapshot that lists it. A value rewritten after that is not read again (on a real kernel
+    it never changes); a CPU directory that appears is read, one that goes is no longer listed."""
+    from crashhpd.sysview.snapshot import read_boot_constants
+    root = make_tree(tmp_path, IOMEM, possible="0-2", notes={0: (0x5000, 368), 1: (0x6000, 368)})
+    boot = read_boot_constants(str(root))
+    assert read_snapshot(str(root), boot).crash_notes == {0: CpuNote(0x5000, 368), 1: CpuNote(0x6000, 368)}
+    write(root, f"{CPU}/cpu0/crash_notes", "9000\n")
+    write(root, f"{CPU}/cpu2/crash_notes", "7000\n")
+    write(root, f"{CPU}/cpu2/crash_notes_size", "368\n")
+    for name in ("crash_notes", "crash_notes_size"):
+        (root / CPU / "cpu1" / name).unlink()
+    (root / CPU / "cpu1").rmdir()
+    assert read_snapshot(str(root), boot).crash_notes == {0: CpuNote(0x5000, 368), 2: CpuNote(0x7000, 368)}
+    assert read_snapshot(str(root)).crash_notes == {0: CpuNote(0x9000, 368), 2: CpuNote(0x7000, 368)}  # no boot
+
+
 def test_directories_that_are_not_cpus_are_ignored(tmp_path):
     root = make_tree(tmp_path, IOMEM, possible="0", extra={f"{CPU}/cpufreq/crash_notes": "1000\n",
                                                          f"{CPU}/cpuidle/crash_notes": "2000\n"})
