@@ -141,9 +141,10 @@ def view(loaded: LoadedHeader | None, fresh: Built, previous: KernelView | None 
     if previous is not None and basis is not None and same_header and basis.fresh is fresh.parsed:
         return replace(previous, segment_bytes=loaded.memsz)
     try:
-        # parsed once per bytes; a header that changed is parsed again only where its rows did
-        held = basis.held if basis is not None and same_header else parse(
-            loaded.header, (basis.header, basis.held) if basis is not None else None)
+        # parsed once per bytes, only where its rows differ from the fresh header's: a kernel that keeps its
+        # header right holds those bytes, and rows taken from the fresh parse are the same objects, which the
+        # diff and the covers then compare by identity
+        held = basis.held if basis is not None and same_header else parse(loaded.header, (fresh.data, fresh.parsed))
         coverage, new_basis = _compare(loaded.header, fresh, held, basis)
         return KernelView(True, None, loaded.memsz, coverage, new_basis)
     except NotAHeader as err:

@@ -12,6 +12,7 @@ from faketree import BLOCK, QEMU_GUEST, QEMU_HOT_ADD_BASE, hot_added, make_tree,
 from crashhpd.elfcorehdr.build import build_valid
 from crashhpd.elfcorehdr.coverage import view
 from crashhpd.elfcorehdr.layout import preset
+from crashhpd.elfcorehdr.validate import parse
 from crashhpd.sysview import iomem
 from crashhpd.sysview.loaded_header import LoadedHeader
 from crashhpd.sysview.snapshot import CpuNote, read_snapshot
@@ -53,6 +54,25 @@ def test_a_view_is_reused_only_for_the_same_kernel_header_against_the_same_build
     assert stale.coverage is not None and stale.coverage.uncovered_ram_bytes == BLOCK
     other = dataclasses.replace(held, header=grown.data)
     assert view(other, built, first).coverage is not first.coverage
+
+
+def test_the_kernels_header_is_parsed_from_the_fresh_one_and_shares_its_rows(tmp_path):
+    """A kernel's header that differs from the fresh one (stale: a block fewer) is parsed only where its rows
+    differ: the parse is the whole parse, and every row equal to the fresh header's is the fresh row itself,
+    which the diff and the covers then compare by identity."""
+    root = make_tree(tmp_path, QEMU_GUEST)
+    old = build_valid(read_snapshot(str(root)), preset("kernel"))
+    replace_iomem(root, hot_added(QEMU_GUEST, 1, QEMU_HOT_ADD_BASE))
+    grown = build_valid(read_snapshot(str(root)), preset("kernel"), old)
+    seen = view(LoadedHeader(True, header=old.data, memsz=len(old.data)), grown)
+    assert seen.basis is not None and seen.coverage is not None and seen.coverage.uncovered_ram_bytes == BLOCK
+    held, whole = seen.basis.held, parse(old.data)
+    assert (held, held.ram, held.others, held.cover.ranges) == (whole, whole.ram, whole.others, whole.cover.ranges)
+    # every segment of the old header is one of the new; its last merged range grew by the block
+    for mine, fresh, alike in ((held.segments, grown.parsed.segments, len(held.segments)),
+                               (held.cover.ranges, grown.parsed.cover.ranges, len(held.cover.ranges) - 1)):
+        equal = [i for i, (a, b) in enumerate(zip(mine, fresh)) if a == b]
+        assert len(equal) == alike and all(mine[i] is fresh[i] for i in equal)
 
 
 def _same_build(a, b) -> bool:
