@@ -89,6 +89,20 @@ def test_reads_exactly_the_header_the_kernel_holds_with_its_segment(tmp_path, he
     assert "header=" not in repr(result) and "segment=" not in repr(result)
 
 
+def test_a_reread_of_the_same_header_gives_the_last_objects_and_a_changed_one_its_new_bytes(tmp_path, header, grown):
+    """The update compares the kernel's header by identity and hashes it once: a read that finds the same bytes
+    returns the same LoadedHeader; the kernel's rewrite is read anew."""
+    kernel = CrashKernel(tmp_path).install(header, MEMSZ)
+    reader = LoadedHeaderReader(str(tmp_path), sleep=Sleeps())
+    first = reader.read()
+    assert first.readable and reader.read() is first
+    kernel.set_header(grown)
+    again = reader.read()
+    assert again is not first and again.header == grown[:table_end(grown)]
+    kernel.set_header(header)
+    assert reader.read().header == header[:table_end(header)]
+
+
 def test_under_kaslr_the_moved_text_and_direct_map_are_followed(tmp_path, header):
     CrashKernel(tmp_path, text=KASLR_TEXT, page_offset=KASLR_PAGE_OFFSET).install(header, MEMSZ)
     result = read(tmp_path)
