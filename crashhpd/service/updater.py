@@ -26,7 +26,7 @@ from ..sysview.headroom import Headroom, headroom, newly_short
 from ..sysview.kdump_initrd import InitrdCheck, KdumpInitrd
 from ..sysview.kernel_state import KernelState, read_kernel_state
 from ..sysview.loaded_header import LoadedHeader
-from ..sysview.ranges import total_bytes
+from ..sysview.ranges import total_bytes, total_bytes_since
 from ..sysview.snapshot import Snapshot, read_snapshot
 from .health_log import HealthLog
 from .kernel_watch import KernelWatch
@@ -235,9 +235,13 @@ class Updater:
         self._note_cmdline(loaded, built.snapshot.kernel, update.reason)
         self._note_initrd(loaded, built.snapshot.virtio_mem_devices)
         # status and the headroom ask at every update: summed once per build (a reused build has the same RAM)
-        if self.built is None or built.model is not self.built.model:
+        if self.built is None:
             self._ram_bytes = total_bytes(built.model.ram)
             self._system_ram_bytes = total_bytes(built.snapshot.ram)
+        elif built.model is not self.built.model:
+            self._ram_bytes = total_bytes_since(self.built.model.ram, self._ram_bytes, built.model.ram)
+            self._system_ram_bytes = total_bytes_since(self.built.snapshot.ram, self._system_ram_bytes,
+                                                       built.snapshot.ram)
         self._note_headroom(loaded, built.snapshot)
         self._failing = None
         self.kernel_watch.updated(loaded, kernel, built, self.parts.layout.name,

@@ -147,3 +147,16 @@ def test_readiness_lists_every_check_and_a_spent_load_limit_fails_one_with_its_m
     import dataclasses
     text, code = show_status(dataclasses.asdict(status), time.time())  # type: ignore[arg-type]
     assert f"FAILED  crash_loads: {loads['reason']}" in text and code == 1
+
+
+def test_the_ram_status_reports_is_the_whole_sum_after_hot_adds_and_a_hot_remove(tmp_path, monkeypatch):
+    """Status sums the header's RAM once per build, from the last sum where the ranges moved (a comparison, not
+    8192 additions): after each change it is the sum of the header's RAM ranges, counted whole here."""
+    root, daemon, _held = daemon_on(tmp_path, monkeypatch)
+    for blocks in (1, 3, 2):
+        replace_iomem(root, hot_added(QEMU_GUEST, blocks, QEMU_HOT_ADD_BASE))
+        run_update(daemon)
+        status = daemon.status()
+        whole = build_valid(read_snapshot(str(root)), preset("kexec-tools"))
+        assert status.in_sync and status.ram_ranges == len(whole.model.ram)
+        assert status.ram_bytes == sum(end - start + 1 for start, end in whole.model.ram)

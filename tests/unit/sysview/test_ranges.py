@@ -95,3 +95,10 @@ def test_missing_recomputed_from_its_previous_is_missing_computed_whole(holes, w
                         (Cover(holes[1]), wanted[1])):  # both
         again = Missing.of(cover, want, first)
         assert again.ranges == tuple(cover.missing(want)), (cover.ranges, want)
+
+
+@given(edits())
+def test_a_total_resummed_between_the_common_ends_is_the_whole_sum(edit):
+    from crashhpd.sysview.ranges import total_bytes, total_bytes_since
+    rows, edited = edit
+    assert total_bytes_since(rows, total_bytes(rows), edited) == sum(end - start + 1 for start, end in edited)
