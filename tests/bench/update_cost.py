@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """What one update costs the loop at 64 CPUs and 8192 RAM ranges: snapshot, build, compare, the kernel's header.
 
-Run: .venv/bin/python tests/bench/update_cost.py [--updates 50] [--baseline SRC]
+Run: .venv/bin/python tests/bench/update_cost.py [--updates 50] [--baseline SRC] [--stages]
 
 Wall time and the process's CPU time are both printed: on a machine whose cores
 other work shares, the CPU time is what an update costs, the wall time what it
@@ -16,7 +16,8 @@ time (the kernel's header then differs: the passive backend records, the
 kernel's header is reported stale).
 --baseline SRC measures the same tree with the crashhpd package found in SRC
 (a checkout of an earlier commit: `git worktree add /tmp/before <commit>`), in a
-child process, and prints the ratio.
+child process, and prints the ratio. --stages runs this tree once more with the
+functions of STAGES timed (their wrappers cost a little), for where the time goes.
 """
 
 import argparse
@@ -27,12 +28,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "support"), str(HERE.parent.parent)]
 
 MEASURE = """
-import json, os, selectors, sys, time
+import importlib, json, os, selectors, sys, time
 from crashhpd import config as config_mod
 from crashhpd.service.daemon import Daemon
 from crashhpd.service.metrics import Metrics
@@ -40,6 +42,34 @@ from crashhpd.service.notify import Notifier
 from crashhpd.wiring import build_parts
 
 path, count, iomem, grown = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+stage_times, timing = {}, [False]
+
+
+def timed_stage(name):  # "module:function" or "module:Class.method", timed wherever it is bound
+    module_name, _, qualname = name.partition(":")
+    *path, attr = qualname.split(".")
+    owner = importlib.import_module(module_name)
+    for part in path:
+        owner = getattr(owner, part)
+    original = getattr(owner, attr)
+    stage_times[name] = 0.0
+
+    def wrapper(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            if timing[0]:
+                stage_times[name] += time.perf_counter() - started
+    holders = [owner] if path else [m for m in list(sys.modules.values()) if getattr(m, "__name__", "").startswith(
+        "crashhpd")]  # a function: its own module and every module that imported it by name
+    for holder in holders:
+        if getattr(holder, attr, None) is original:
+            setattr(holder, attr, wrapper)
+
+
+for stage in sys.argv[5:]:
+    timed_stage(stage)
 original = open(iomem).read()
 cfg = config_mod.load(path)
 daemon = Daemon(build_parts(cfg, None), build_parts, selectors.DefaultSelector(), Metrics(), Notifier(), path,
@@ -65,11 +95,14 @@ for i in range(count):  # each update finds one 128 MiB block more than the one 
     with open(iomem + ".new", "w") as f:
         f.write(open(os.path.join(grown, str(i))).read())
     os.replace(iomem + ".new", iomem)
+    timing[0] = True
     timed("changed", lambda: daemon.update("events"))
+    timing[0] = False
     assert daemon.status().in_sync, daemon.status().last_error
 with open(iomem, "w") as f:  # as it was, for the next run on the same tree
     f.write(original)
 times["ranges"], times["cpus"] = status.ram_ranges, status.cpus
+times["stages"] = {name: spent / count for name, spent in stage_times.items()}
 print(json.dumps(times))
 """
 
@@ -100,11 +133,18 @@ def tree(work: Path, count: int) -> Path:
     return config
 
 
-def measure(src: Path, config: Path, count: int) -> dict[str, list[float]]:
+# where an update with one block more spends its time (--stages): each function's time, nested ones inside the others
+STAGES = ("crashhpd.sysview.snapshot:read_snapshot", "crashhpd.sysview.snapshot:_read_iomem",
+          "crashhpd.sysview.iomem:view_of", "crashhpd.sysview.loaded_header:LoadedHeaderReader.read",
+          "crashhpd.sysview.snapshot:_read_crash_notes", "crashhpd.elfcorehdr.build:build_valid",
+          "crashhpd.elfcorehdr.coverage:view", "crashhpd.service.updater:Updater._succeeded")
+
+
+def measure(src: Path, config: Path, count: int, stages: tuple[str, ...] = ()) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(src)}
     work = config.parent
     proc = subprocess.run([sys.executable, "-c", MEASURE, str(config), str(count), str(work / "root/proc/iomem"),
-                           str(work / "grown")], env=env, capture_output=True, text=True,
+                           str(work / "grown"), *stages], env=env, capture_output=True, text=True,
                           cwd=work)  # not this tree's directory: `python -c` puts the cwd first on sys.path
     if proc.returncode != 0:
         sys.exit(f"the measurement with {src} failed:\n{proc.stderr[-2000:]}")
@@ -121,10 +161,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--updates", type=int, default=50)
     ap.add_argument("--baseline", type=Path, help="a source tree whose crashhpd package is measured too")
+    ap.add_argument("--stages", action="store_true",
+                    help="a separate run of this tree that times each stage of an update with one block more")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         config = tree(Path(tmp), args.updates)
         runs = {"this tree": measure(HERE.parent.parent, config, args.updates)}
+        stages = measure(HERE.parent.parent, config, args.updates, STAGES)["stages"] if args.stages else {}
         if args.baseline:
             runs[f"baseline {args.baseline}"] = measure(args.baseline, config, args.updates)
     first = next(iter(runs.values()))
@@ -139,6 +182,10 @@ def main() -> None:
         for what in ("update", "verify", "changed"):
             print(f"{what}: baseline / this tree = "
                   f"{statistics.median(theirs[what]) / statistics.median(ours[what]):.1f}x (medians)")
+    if stages:
+        print("\n| this tree, one block more: stage | mean per update |\n| --- | ---: |")
+        for name, spent in stages.items():
+            print(f"| {name} | {spent * 1000:.2f} ms |")
 
 
 if __name__ == "__main__":
