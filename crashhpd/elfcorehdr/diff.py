@@ -6,8 +6,8 @@ extends a range reads "+ RAM 0x140000000-0x17fffffff (1 GiB)" instead of a
 removed and an added entry.
 """
 
-from ..splice import common_ends
 from ..sysview.ranges import Range, size_text
+from ..sysview.splice import common_ends
 from .validate import ParsedHeader, Segment
 
 

@@ -25,7 +25,7 @@ from ..abi.elf import (
     header_size,
 )
 from ..errors import HeaderError
-from ..splice import common_ends
+from ..sysview.splice import common_ends
 from .layout import HeaderModel
 
 DEFAULT_MAX_MEMORY_RANGES = 8192  # CRASH_MAX_MEMORY_RANGES

@@ -14,9 +14,9 @@ from typing import Any, NamedTuple
 
 from ..abi.elf import EHDR, EHDR_SIZE, EM_X86_64, ET_CORE, MAX_PHNUM, PF_RWX, PHDR, PHDR_SIZE, PT_LOAD
 from ..abi.x86_64 import START_KERNEL_MAP
-from ..splice import common_ends, rows_differing, spliced
 from ..sysview.ranges import Cover, Range, changed_span, touching
 from ..sysview.snapshot import Snapshot
+from ..sysview.splice import common_ends, rows_differing, spliced
 from .layout import BACKUP_LIMIT, Layout, image_of
 
 

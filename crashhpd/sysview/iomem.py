@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 
 from ..errors import ParseError, SnapshotError
-from ..splice import common_ends
 from .ranges import Range
+from .splice import common_ends
 
 _LINE = re.compile(r"( *)([0-9a-fA-F]+)-([0-9a-fA-F]+) : (.*)")
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 
-from ..splice import common_ends
+from .splice import common_ends
 
 Range = tuple[int, int]
 

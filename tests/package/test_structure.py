@@ -17,7 +17,7 @@ PACKAGE = REPO / "crashhpd"
 
 STAGES = [  # lowest first; a module's stage is its folder's, or its own name for the top-level modules
     ("base", {"crashhpd", "crashhpd.errors", "crashhpd.abi", "crashhpd.log",
-              "crashhpd.safefile", "crashhpd.splice"}),
+              "crashhpd.safefile"}),
     ("sysview", {"crashhpd.sysview"}),
     ("elfcorehdr", {"crashhpd.elfcorehdr"}),
     ("config", {"crashhpd.config"}),
@@ -58,6 +58,22 @@ def test_no_module_imports_from_a_stage_above_its_own(edges):
     upward = sorted(f"{m} ({STAGES[stage(m)][0]}) imports {d} ({STAGES[stage(d)][0]})"
                     for m, deps in edges.items() for d in deps if stage(d) > stage(m))
     assert upward == []
+
+
+# the flat modules beside the stage folders, each a concern that cuts across them; anything else lives in a folder
+FLAT = {"cli", "config", "errors", "log", "safefile", "wiring"}  # entry points, configuration, ..., wiring
+MODULE_LINES, LOOP_LINES = 500, 450  # a module a maintainer reads whole; the loop reads as the loop only
+
+
+def test_only_the_cross_cutting_modules_sit_flat_in_the_package():
+    flat = {path.stem for path in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
+    assert flat <= FLAT, f"{sorted(flat - FLAT)} belong in a stage's folder"
+
+
+def test_no_module_is_too_long_to_read_whole():
+    lines = {str(path.relative_to(PACKAGE)): len(path.read_text().splitlines()) for path in PACKAGE.rglob("*.py")}
+    assert {name: n for name, n in lines.items() if n > MODULE_LINES} == {}
+    assert lines["service/daemon.py"] < LOOP_LINES
 
 
 @pytest.mark.parametrize(("folder", "forbidden"), [

@@ -4,7 +4,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crashhpd.splice import CHUNK, common_ends, rows_differing, spliced
+from crashhpd.sysview.splice import CHUNK, common_ends, rows_differing, spliced
 
 
 def brute(a, b) -> tuple[int, int]:  # type: ignore[no-untyped-def]
