@@ -26,7 +26,7 @@ from ..sysview.headroom import Headroom, headroom, newly_short
 from ..sysview.kdump_initrd import InitrdCheck, KdumpInitrd
 from ..sysview.kernel_state import KernelState, read_kernel_state
 from ..sysview.loaded_header import LoadedHeader
-from ..sysview.ranges import total_bytes, total_bytes_since
+from ..sysview.ranges import total_bytes_since
 from ..sysview.snapshot import Snapshot, read_snapshot
 from .health_log import HealthLog
 from .kernel_watch import KernelWatch
@@ -81,7 +81,7 @@ class Updater:
         self.counters = Counters()
         self.kernel: KernelState = read_kernel_state(parts.cfg.root)  # of the latest snapshot, or after a reload
         self.built: Built | None = None  # of the last update that succeeded
-        self._ram_bytes = 0  # the RAM it covers
+        self._ram_bytes = 0  # the RAM it covers (0 before the first: total_bytes_since() sums from it)
         self._system_ram_bytes = 0  # the System RAM of its snapshot
         self.retry_at: float | None = None
         self._retry_reason = "retry"  # what the retry is: a recovery is retried as a recovery
@@ -234,13 +234,12 @@ class Updater:
             self._after_recovery(kernel)
         self._note_cmdline(loaded, built.snapshot.kernel, update.reason)
         self._note_initrd(loaded, built.snapshot.virtio_mem_devices)
-        # status and the headroom ask at every update: summed once per build (a reused build has the same RAM)
-        if self.built is None:
-            self._ram_bytes = total_bytes(built.model.ram)
-            self._system_ram_bytes = total_bytes(built.snapshot.ram)
-        elif built.model is not self.built.model:
-            self._ram_bytes = total_bytes_since(self.built.model.ram, self._ram_bytes, built.model.ram)
-            self._system_ram_bytes = total_bytes_since(self.built.snapshot.ram, self._system_ram_bytes,
+        # status and the headroom ask at every update: summed once per build (a reused build has the same RAM),
+        # from the last build's sums where the ranges moved (no build yet: no ranges, 0 bytes)
+        if self.built is None or built.model is not self.built.model:
+            last = self.built
+            self._ram_bytes = total_bytes_since(last.model.ram if last else (), self._ram_bytes, built.model.ram)
+            self._system_ram_bytes = total_bytes_since(last.snapshot.ram if last else (), self._system_ram_bytes,
                                                        built.snapshot.ram)
         self._note_headroom(loaded, built.snapshot)
         self._failing = None

@@ -61,12 +61,13 @@ def test_no_module_imports_from_a_stage_above_its_own(edges):
 
 
 # the flat modules beside the stage folders, each a concern that cuts across them; anything else lives in a folder
-FLAT = {"cli", "config", "errors", "log", "safefile", "wiring"}  # entry points, configuration, ..., wiring
+FLAT = {"cli", "config", "errors", "log", "safefile", "wiring"}  # entry points, configuration, errors, logging,
+# the safe writer, wiring
 MODULE_LINES, LOOP_LINES = 500, 450  # a module a maintainer reads whole; the loop reads as the loop only
 
 
 def test_only_the_cross_cutting_modules_sit_flat_in_the_package():
-    flat = {path.stem for path in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
+    flat = {path.stem for path in PACKAGE.glob("*.py")} - {"__init__"}
     assert flat <= FLAT, f"{sorted(flat - FLAT)} belong in a stage's folder"
 
 
